@@ -1,0 +1,81 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+//! The core's [`Platform`] on real hardware: PSCI firmware by SMC, device
+//! access through the hypervisor's identity map, EL1 system registers.
+
+use core::fmt::Write;
+
+use hyp_stub::addr::PhysAddr;
+use hyp_stub::esr::Width;
+use hyp_stub::hyp::Platform;
+use hyp_stub::vcpu::{El1Context, El1Exception};
+
+use super::console::Console;
+use super::sysreg::{read_sysreg, write_sysreg};
+
+/// QEMU `virt` with the hypervisor at EL2.
+pub struct Board {
+    console: Console,
+}
+
+impl Board {
+    /// The board.
+    pub const fn new() -> Self {
+        Self { console: Console }
+    }
+}
+
+impl Platform for Board {
+    fn firmware_call(&mut self, fid: u32, args: [u64; 3]) -> [u64; 4] {
+        let mut full = [0u64; 17];
+        full[..3].copy_from_slice(&args);
+        let r = smccc::smc64(fid, full);
+        [r[0], r[1], r[2], r[3]]
+    }
+
+    fn mmio_read(&mut self, pa: PhysAddr, width: Width) -> u64 {
+        let p = pa.get() as usize;
+        // SAFETY: the core only forwards naturally aligned accesses inside
+        // the device window [0, 1 GiB), which the hypervisor maps as
+        // device memory; a device read has no effect on our memory.
+        unsafe {
+            match width {
+                Width::Byte => u64::from((p as *const u8).read_volatile()),
+                Width::Half => u64::from((p as *const u16).read_volatile()),
+                Width::Word => u64::from((p as *const u32).read_volatile()),
+                Width::Double => (p as *const u64).read_volatile(),
+            }
+        }
+    }
+
+    fn mmio_write(&mut self, pa: PhysAddr, width: Width, value: u64) {
+        let p = pa.get() as usize;
+        // SAFETY: as for `mmio_read`; the window holds no hypervisor memory.
+        unsafe {
+            match width {
+                Width::Byte => (p as *mut u8).write_volatile(value as u8),
+                Width::Half => (p as *mut u16).write_volatile(value as u16),
+                Width::Word => (p as *mut u32).write_volatile(value as u32),
+                Width::Double => (p as *mut u64).write_volatile(value),
+            }
+        }
+    }
+
+    fn el1_context(&self) -> El1Context {
+        El1Context { vbar: read_sysreg!("vbar_el1"), sctlr: read_sysreg!("sctlr_el1") }
+    }
+
+    fn set_el1_exception(&mut self, e: &El1Exception) {
+        // SAFETY: these registers only affect the guest's EL1 state; the
+        // core is making the guest take an exception.
+        unsafe {
+            write_sysreg!("esr_el1", e.esr);
+            write_sysreg!("far_el1", e.far);
+            write_sysreg!("elr_el1", e.elr);
+            write_sysreg!("spsr_el1", e.spsr);
+        }
+    }
+
+    fn console(&mut self) -> &mut dyn Write {
+        &mut self.console
+    }
+}

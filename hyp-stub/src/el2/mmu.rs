@@ -1,0 +1,137 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+//! The hypervisor's own address space (EL2 stage 1: an identity map of the
+//! first 2 GiB with 1 GiB blocks: devices, then RAM) and the memory and
+//! TLB maintenance behind the guest's stage-2 tables.
+
+use core::ptr::addr_of_mut;
+
+use hyp_stub::addr::{Ipa, PhysAddr};
+use hyp_stub::stage2::{TableMemory, Tlb, ENTRIES, PAGE_SIZE};
+
+use super::sysreg::{isb, read_sysreg, write_sysreg};
+
+#[repr(C, align(4096))]
+struct Table([u64; ENTRIES]);
+
+static mut EL2_ROOT: Table = Table([0; ENTRIES]);
+
+const BLOCK: u64 = 0b01;
+const AF: u64 = 1 << 10;
+const SH_INNER: u64 = 3 << 8;
+const XN: u64 = 1 << 54;
+const ATTR_DEVICE: u64 = 0 << 2;
+const ATTR_NORMAL: u64 = 1 << 2;
+const MAIR: u64 = 0x04 | (0xff << 8); // Device-nGnRE, Normal WB RA WA
+const SCTLR_EL2_RES1: u64 = 0x30c5_0830;
+const SCTLR_M: u64 = 1 << 0;
+const SCTLR_C: u64 = 1 << 2;
+const SCTLR_SA: u64 = 1 << 3;
+const SCTLR_I: u64 = 1 << 12;
+
+/// Builds the identity map and turns on the MMU and caches at EL2.
+///
+/// # Safety
+/// Must run once, at boot, with the MMU off, before anything relies on
+/// cacheability or alignment behaviour.
+pub unsafe fn enable_el2_mmu() {
+    // SAFETY: boot is single-threaded and nothing else refers to EL2_ROOT.
+    let root = unsafe { &mut *addr_of_mut!(EL2_ROOT) };
+    root.0[0] = BLOCK | AF | ATTR_DEVICE | XN;
+    root.0[1] = 0x4000_0000 | BLOCK | AF | SH_INNER | ATTR_NORMAL;
+    let pa_range = read_sysreg!("id_aa64mmfr0_el1") & 0xf;
+    let t0sz = 32; // 4 GiB of VA: walks start at level 1
+    let tcr = (1 << 31) | (1 << 23) | (pa_range.min(2) << 16) | (3 << 12) | (1 << 10) | (1 << 8) | t0sz;
+    // SAFETY: the tables map the hypervisor's own code, data and stack at
+    // their physical addresses, so enabling translation does not move
+    // anything under our feet.
+    unsafe {
+        write_sysreg!("mair_el2", MAIR);
+        write_sysreg!("tcr_el2", tcr);
+        write_sysreg!("ttbr0_el2", root.0.as_ptr() as u64);
+        isb();
+        core::arch::asm!("tlbi alle2", "dsb ish", options(nostack));
+        isb();
+        write_sysreg!("sctlr_el2", SCTLR_EL2_RES1 | SCTLR_M | SCTLR_C | SCTLR_SA | SCTLR_I);
+    }
+    isb();
+}
+
+/// Tables for the guest's stage 2.
+const POOL_TABLES: usize = 64;
+static mut POOL: [Table; POOL_TABLES] = [const { Table([0; ENTRIES]) }; POOL_TABLES];
+
+/// Hands out tables from a fixed pool in the hypervisor's memory.
+pub struct PoolTables {
+    next: usize,
+}
+
+impl PoolTables {
+    /// The pool; only one may exist.
+    ///
+    /// # Safety
+    /// Call at most once.
+    pub unsafe fn take() -> Self {
+        Self { next: 0 }
+    }
+
+    fn base() -> u64 {
+        addr_of_mut!(POOL) as u64
+    }
+}
+
+impl TableMemory for PoolTables {
+    fn alloc(&mut self) -> Option<PhysAddr> {
+        if self.next >= POOL_TABLES {
+            return None;
+        }
+        let pa = Self::base() + self.next as u64 * PAGE_SIZE;
+        self.next += 1;
+        Some(PhysAddr(pa))
+    }
+
+    fn table(&mut self, table: PhysAddr) -> &mut [u64; ENTRIES] {
+        let index = (table.get().wrapping_sub(Self::base()) / PAGE_SIZE) as usize;
+        // Stage2 only passes addresses `alloc` returned, which lie in the
+        // pool; anything else is a bug, and the last table is used rather
+        // than touching memory outside the pool.
+        let index = index.min(self.next.saturating_sub(1));
+        // SAFETY: `self` is the only owner of the pool (see `take`) and the
+        // index is in bounds, so this is the only live reference.
+        unsafe { &mut (*addr_of_mut!(POOL))[index].0 }
+    }
+}
+
+/// TLB maintenance for the guest (VMID in VTTBR_EL2).
+pub struct GuestTlb;
+
+impl Tlb for GuestTlb {
+    fn invalidate_ipa(&mut self, ipa: Ipa) {
+        // SAFETY: TLB invalidation only drops cached translations.
+        unsafe {
+            core::arch::asm!(
+                "dsb ishst",
+                "tlbi ipas2e1is, {0}",
+                "dsb ish",
+                "tlbi vmalle1is",
+                "dsb ish",
+                "isb",
+                in(reg) ipa.get() >> 12,
+                options(nostack)
+            );
+        }
+    }
+}
+
+/// Cleans `[start, start + len)` from the data cache to the point of
+/// coherency, so the guest (MMU off at entry) sees what we wrote.
+pub fn clean_dcache(start: u64, len: u64) {
+    let line = 4u64 << ((read_sysreg!("ctr_el0") >> 16) & 0xf);
+    let mut addr = start & !(line - 1);
+    while addr < start + len {
+        // SAFETY: cache maintenance by VA of mapped memory has no effect
+        // on the memory's contents.
+        unsafe { core::arch::asm!("dc cvac, {0}", in(reg) addr, options(nostack)) };
+        addr += line;
+    }
+    super::sysreg::dsb_sy();
+}

@@ -1,0 +1,273 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+//! The bare-metal hypervisor: boot at EL2, prepare the guest (device tree,
+//! stage 2, EL2 controls), enter it, and route its traps to the core.
+
+mod board;
+pub mod console;
+mod entry;
+mod mmu;
+mod sysreg;
+
+use core::panic::PanicInfo;
+use core::ptr::addr_of_mut;
+
+use hyp_stub::addr::{Ipa, IpaRange, PhysAddr};
+use hyp_stub::boot::{self, KernelImage, Manifest};
+use hyp_stub::esr::Esr;
+use hyp_stub::fdt::{self, Edits, Fdt};
+use hyp_stub::hyp::{Hyp, Layout, Platform};
+use hyp_stub::service::Registry;
+use hyp_stub::smccc::psci;
+use hyp_stub::stage2::{Attrs, MemType, Perms, Stage2};
+use hyp_stub::vcpu::{GuestRegs, Vcpu};
+use spin::Mutex;
+
+use board::Board;
+use console::println;
+use mmu::{GuestTlb, PoolTables};
+use sysreg::{isb, read_sysreg, write_sysreg};
+
+static HYP: Mutex<Option<Hyp<'static>>> = Mutex::new(None);
+static STAGE2: Mutex<Option<Stage2<PoolTables>>> = Mutex::new(None);
+
+/// Scratch space for the guest's device tree while it is rewritten.
+const DTB_BUF_SIZE: usize = 0x10000;
+static mut DTB_BUF: [u8; DTB_BUF_SIZE] = [0; DTB_BUF_SIZE];
+
+/// Stops the machine after a boot failure, saying why.
+fn refuse_to_boot(why: core::fmt::Arguments<'_>) -> ! {
+    println!("refusing to start the guest: {}", why);
+    Board::new().firmware_call(psci::SYSTEM_OFF, [0; 3]);
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+#[no_mangle]
+extern "C" fn hyp_main() -> ! {
+    println!("pvguard hyp-stub at EL{}", (read_sysreg!("currentel") >> 2) & 3);
+    // SAFETY: first thing at boot, MMU off, single CPU.
+    unsafe { mmu::enable_el2_mmu() };
+
+    // The device tree QEMU generated describes the whole machine.
+    // SAFETY: RAM_BASE is the start of RAM, mapped normal at EL2; QEMU put
+    // its device tree there and nothing else writes it during this read.
+    let qemu_dtb = unsafe { core::slice::from_raw_parts(boot::RAM_BASE as *const u8, boot::GUEST_DTB_MAX) };
+    let fdt = Fdt::new(qemu_dtb).unwrap_or_else(|e| refuse_to_boot(format_args!("no device tree from QEMU ({e:?})")));
+    let (ram_base, ram_size) = fdt.memory().unwrap_or_else(|e| refuse_to_boot(format_args!("no memory node ({e:?})")));
+    if ram_base != boot::RAM_BASE || ram_base.saturating_add(ram_size) < boot::HYP_END {
+        refuse_to_boot(format_args!("need RAM at {:#x}..{:#x} (use -m 1G or more)", boot::RAM_BASE, boot::HYP_END));
+    }
+    let guest_ram = IpaRange::new(Ipa(ram_base), boot::HYP_BASE - ram_base)
+        .unwrap_or_else(|| refuse_to_boot(format_args!("empty guest RAM")));
+
+    let mut manifest_bytes = [0u8; boot::MANIFEST_SIZE];
+    for (i, b) in manifest_bytes.iter_mut().enumerate() {
+        // SAFETY: MANIFEST_PA lies in the hypervisor's RAM, mapped at EL2.
+        *b = unsafe { ((boot::MANIFEST_PA as usize + i) as *const u8).read_volatile() };
+    }
+    let dtb_end = boot::RAM_BASE + boot::GUEST_DTB_MAX as u64;
+    let manifest = Manifest::parse(&manifest_bytes, dtb_end, boot::HYP_BASE)
+        .unwrap_or_else(|e| refuse_to_boot(format_args!("bad boot manifest at {:#x}: {e:?}", boot::MANIFEST_PA)));
+    let mut header = [0u8; boot::IMAGE_HEADER_SIZE];
+    // SAFETY: the manifest placed the kernel inside guest RAM, mapped at EL2.
+    let kernel = unsafe { core::slice::from_raw_parts(manifest.kernel_ipa as *const u8, boot::IMAGE_HEADER_SIZE) };
+    header.copy_from_slice(kernel);
+    let image = KernelImage::parse(&header).unwrap_or_else(|_| refuse_to_boot(format_args!("no arm64 Image at {:#x}", manifest.kernel_ipa)));
+    let kernel_end = manifest.kernel_ipa.saturating_add(image.image_size);
+    if manifest.initrd_size != 0 && manifest.initrd_ipa < kernel_end && manifest.initrd_ipa >= manifest.kernel_ipa {
+        refuse_to_boot(format_args!("initramfs overlaps the kernel's BSS"));
+    }
+    if kernel_end > boot::HYP_BASE {
+        refuse_to_boot(format_args!("kernel does not fit in guest RAM"));
+    }
+
+    // The guest's device tree: only guest memory, plus the initramfs.
+    let initrd_start = manifest.initrd_ipa.to_be_bytes();
+    let initrd_end = (manifest.initrd_ipa + manifest.initrd_size).to_be_bytes();
+    let initrd_props: [(&str, &[u8]); 2] = [("linux,initrd-start", &initrd_start), ("linux,initrd-end", &initrd_end)];
+    let edits = Edits {
+        memory: (guest_ram.start().get(), guest_ram.size()),
+        chosen: if manifest.initrd_size != 0 { &initrd_props } else { &[] },
+    };
+    // SAFETY: boot is single-threaded; DTB_BUF is used only here.
+    let buf = unsafe { &mut *addr_of_mut!(DTB_BUF) };
+    let len = fdt::rewrite(&fdt, &edits, buf).unwrap_or_else(|e| refuse_to_boot(format_args!("cannot rewrite the device tree ({e:?})")));
+    // SAFETY: the guest's device tree slot is guest RAM mapped at EL2, and
+    // `qemu_dtb` (which aliases it) is not used after this point.
+    unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), boot::GUEST_DTB_IPA as *mut u8, len) };
+    mmu::clean_dcache(boot::GUEST_DTB_IPA, len as u64);
+
+    // Stage 2: guest RAM only. Devices are left unmapped so every access
+    // traps and is checked; the hypervisor's memory is never mapped.
+    // SAFETY: the only call.
+    let mut s2 = Stage2::new(unsafe { PoolTables::take() })
+        .unwrap_or_else(|e| refuse_to_boot(format_args!("stage 2: {e:?}")));
+    let ram = Attrs { mem: MemType::Normal, perms: Perms::RWX };
+    if let Err(e) = s2.map(guest_ram, PhysAddr(guest_ram.start().get()), ram, &mut GuestTlb) {
+        refuse_to_boot(format_args!("stage 2: cannot map guest RAM: {e:?}"));
+    }
+    let vttbr = s2.root().get() | (1 << 48);
+    let vtcr = Stage2::<PoolTables>::vtcr(read_sysreg!("id_aa64mmfr0_el1") & 0xf);
+    *STAGE2.lock() = Some(s2);
+
+    let layout = Layout {
+        guest_ram,
+        hyp_memory: (PhysAddr(boot::HYP_BASE), PhysAddr(boot::HYP_END)),
+        mmio_window: IpaRange::new(Ipa(0), boot::RAM_BASE).unwrap_or_else(|| refuse_to_boot(format_args!("no device window"))),
+    };
+    let mut hyp = Hyp::new(layout, Registry::new());
+    if let Err((name, e)) = hyp.start_services() {
+        refuse_to_boot(format_args!("service {name} failed to start: {e}"));
+    }
+    *HYP.lock() = Some(hyp);
+
+    println!(
+        "guest RAM {:#x}..{:#x}, kernel at {:#x}, initramfs {:#x}+{:#x}, dtb at {:#x}",
+        guest_ram.start().get(),
+        guest_ram.end().get(),
+        manifest.kernel_ipa,
+        manifest.initrd_ipa,
+        manifest.initrd_size,
+        boot::GUEST_DTB_IPA
+    );
+    // SAFETY: the stage-2 tables are complete and the guest's memory,
+    // device tree and entry point are in place.
+    unsafe {
+        configure_el2(vtcr, vttbr);
+        entry::enter_guest(manifest.kernel_ipa, boot::GUEST_DTB_IPA)
+    }
+}
+
+const HCR_VM: u64 = 1 << 0;
+const HCR_SWIO: u64 = 1 << 1;
+const HCR_FB: u64 = 1 << 9;
+const HCR_BSU_IS: u64 = 1 << 10;
+const HCR_TSC: u64 = 1 << 19;
+const HCR_RW: u64 = 1 << 31;
+const HCR_APK: u64 = 1 << 40;
+const HCR_API: u64 = 1 << 41;
+const HCR_ENSCXT: u64 = 1 << 53;
+const CPTR_NVHE_RES1: u64 = (1 << 13) | (1 << 9) | 0xff;
+const SCTLR_EL1_RES1_MMU_OFF: u64 = 0x30d0_0800;
+
+fn field(reg: u64, shift: u32) -> u64 {
+    (reg >> shift) & 0xf
+}
+
+/// Leaves EL2 the way Linux expects when entered at EL1 (the controls the
+/// kernel's own `init_el2_state` sets before leaving EL2), with stage 2
+/// on and SMC trapped.
+///
+/// # Safety
+/// `vttbr` must point at complete stage-2 tables.
+unsafe fn configure_el2(vtcr: u64, vttbr: u64) {
+    let pfr0 = read_sysreg!("id_aa64pfr0_el1");
+    let pfr1 = read_sysreg!("id_aa64pfr1_el1");
+    let mmfr0 = read_sysreg!("id_aa64mmfr0_el1");
+    let mmfr1 = read_sysreg!("id_aa64mmfr1_el1");
+    let dfr0 = read_sysreg!("id_aa64dfr0_el1");
+    let mut hcr = HCR_VM | HCR_SWIO | HCR_FB | HCR_BSU_IS | HCR_TSC | HCR_RW | HCR_APK | HCR_API;
+    if field(pfr0, 56) >= 2 {
+        hcr |= HCR_ENSCXT;
+    }
+    // SAFETY: each write configures how the (not yet running) guest is
+    // treated; none affects the hypervisor's own memory.
+    unsafe {
+        // No FP/SIMD, SVE or SME traps; EL1 gets the largest vector lengths.
+        write_sysreg!("cptr_el2", CPTR_NVHE_RES1);
+        isb();
+        if field(pfr0, 32) != 0 {
+            write_sysreg!("s3_4_c1_c2_0", 0x1ffu64); // ZCR_EL2
+        }
+        if field(pfr1, 24) != 0 {
+            write_sysreg!("s3_4_c1_c2_6", (1u64 << 31) | (1 << 30) | 0x1ff); // SMCR_EL2
+        }
+        // EL1 owns the physical timer and counter.
+        write_sysreg!("cnthctl_el2", 3u64);
+        write_sysreg!("cntvoff_el2", 0u64);
+        // EL1 uses the GICv3 CPU interface through system registers; no
+        // virtual interface.
+        if field(pfr0, 24) != 0 {
+            let sre = read_sysreg!("s3_4_c12_c9_5"); // ICC_SRE_EL2
+            write_sysreg!("s3_4_c12_c9_5", sre | 0b1001);
+            isb();
+            write_sysreg!("s3_4_c12_c11_0", 0u64); // ICH_HCR_EL2
+        }
+        // All PMU counters to EL1.
+        let pmu = field(dfr0, 8);
+        let hpmn = if pmu != 0 && pmu != 0xf { (read_sysreg!("pmcr_el0") >> 11) & 0x1f } else { 0 };
+        write_sysreg!("mdcr_el2", hpmn);
+        write_sysreg!("hstr_el2", 0u64);
+        write_sysreg!("vpidr_el2", read_sysreg!("midr_el1"));
+        write_sysreg!("vmpidr_el2", read_sysreg!("mpidr_el1"));
+        if field(mmfr1, 40) != 0 {
+            // HCRX_EL2: MOPS and TCR2_EL1 usable at EL1.
+            write_sysreg!("s3_4_c1_c2_2", (1u64 << 11) | (1 << 14));
+        }
+        if field(mmfr0, 56) != 0 {
+            // Fine-grained traps off; the "n" bits (nPIR_EL1, nPOR_EL1,
+            // nTPIDR2_EL0, ...) trap when clear, so set them.
+            let n_bits = (0xfffu64 << 52) | (1 << 50);
+            write_sysreg!("s3_4_c1_c1_4", n_bits); // HFGRTR_EL2
+            write_sysreg!("s3_4_c1_c1_5", n_bits); // HFGWTR_EL2
+            write_sysreg!("s3_4_c1_c1_6", 0u64); // HFGITR_EL2
+            write_sysreg!("s3_4_c3_c1_4", 0u64); // HDFGRTR_EL2
+            write_sysreg!("s3_4_c3_c1_5", 0u64); // HDFGWTR_EL2
+        }
+        write_sysreg!("sctlr_el1", SCTLR_EL1_RES1_MMU_OFF);
+        write_sysreg!("vtcr_el2", vtcr);
+        write_sysreg!("vttbr_el2", vttbr);
+        isb();
+        write_sysreg!("hcr_el2", hcr);
+        isb();
+        core::arch::asm!("tlbi vmalls12e1", "dsb sy", "ic iallu", "dsb sy", "isb", options(nostack));
+    }
+}
+
+/// A synchronous exception from the guest. `regs` is the frame the vector
+/// saved; changes to it are what the guest sees on return.
+#[no_mangle]
+extern "C" fn handle_lower_sync(regs: &mut GuestRegs) {
+    let esr = Esr(read_sysreg!("esr_el2"));
+    let far = read_sysreg!("far_el2");
+    let hpfar = read_sysreg!("hpfar_el2");
+    let mut vcpu = Vcpu { regs: regs.clone(), pc: read_sysreg!("elr_el2"), pstate: read_sysreg!("spsr_el2") };
+    if let Some(hyp) = HYP.lock().as_mut() {
+        hyp.handle_sync(esr, far, hpfar, &mut vcpu, &mut Board::new());
+    }
+    *regs = vcpu.regs;
+    // SAFETY: the core computed where the guest resumes; ELR/SPSR only
+    // affect the guest's state after ERET.
+    unsafe {
+        write_sysreg!("elr_el2", vcpu.pc);
+        write_sysreg!("spsr_el2", vcpu.pstate);
+    }
+}
+
+/// An IRQ, FIQ or SError taken to EL2 while the guest ran.
+#[no_mangle]
+extern "C" fn handle_lower_async() {
+    if let Some(hyp) = HYP.lock().as_mut() {
+        hyp.handle_async();
+    }
+}
+
+/// An exception taken by the hypervisor itself: a hypervisor bug.
+#[no_mangle]
+extern "C" fn handle_hyp_fault() {
+    println!(
+        "fatal: exception at EL2: esr={:#x} elr={:#x} far={:#x}",
+        read_sysreg!("esr_el2"),
+        read_sysreg!("elr_el2"),
+        read_sysreg!("far_el2")
+    );
+}
+
+#[panic_handler]
+fn panic(info: &PanicInfo) -> ! {
+    println!("fatal: {}", info);
+    loop {
+        core::hint::spin_loop();
+    }
+}

@@ -1,0 +1,505 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+//! Reading and rewriting the flattened device tree QEMU generates, so the
+//! guest is told only about guest memory and finds its initramfs.
+//!
+//! The rewrite is a single pass over the structure block that copies every
+//! token, replaces the memory node's `reg` and sets properties of
+//! `/chosen` (adding them when absent). The input is never modified.
+
+/// Why a device tree could not be read or rewritten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FdtError {
+    /// Not a flattened device tree (bad magic or version).
+    BadHeader,
+    /// A block or token runs past the end of the blob.
+    Truncated,
+    /// A structure token is not one of the defined ones.
+    BadToken,
+    /// The output buffer is too small.
+    NoSpace,
+    /// No memory node, or one that cannot be parsed.
+    NoMemory,
+}
+
+const MAGIC: u32 = 0xd00d_feed;
+const BEGIN_NODE: u32 = 1;
+const END_NODE: u32 = 2;
+const PROP: u32 = 3;
+const NOP: u32 = 4;
+const END: u32 = 9;
+const HEADER_SIZE: usize = 40;
+
+fn be32(b: &[u8], off: usize) -> Result<u32, FdtError> {
+    let s = b.get(off..off + 4).ok_or(FdtError::Truncated)?;
+    Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+const fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// One structure token, borrowed from the blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Token<'a> {
+    Begin(&'a [u8]),
+    End,
+    Prop { name: &'a [u8], value: &'a [u8] },
+    Nop,
+    Finish,
+}
+
+/// A validated device tree blob.
+#[derive(Clone, Copy)]
+pub struct Fdt<'a> {
+    blob: &'a [u8],
+    structs: &'a [u8],
+    strings: &'a [u8],
+    rsvmap: &'a [u8],
+}
+
+impl<'a> Fdt<'a> {
+    /// Validates the header of `blob`, which may be longer than the tree.
+    ///
+    /// # Errors
+    /// [`FdtError::BadHeader`] or [`FdtError::Truncated`].
+    pub fn new(blob: &'a [u8]) -> Result<Self, FdtError> {
+        if be32(blob, 0)? != MAGIC || be32(blob, 24)? < 16 {
+            return Err(FdtError::BadHeader);
+        }
+        let total = be32(blob, 4)? as usize;
+        let blob = blob.get(..total).ok_or(FdtError::Truncated)?;
+        let field = |off| be32(blob, off).map(|v| v as usize);
+        let (off_struct, off_strings, off_rsv) = (field(8)?, field(12)?, field(16)?);
+        let (size_strings, size_struct) = (field(32)?, field(36)?);
+        let structs = blob
+            .get(off_struct..off_struct.checked_add(size_struct).ok_or(FdtError::Truncated)?)
+            .ok_or(FdtError::Truncated)?;
+        let strings = blob
+            .get(off_strings..off_strings.checked_add(size_strings).ok_or(FdtError::Truncated)?)
+            .ok_or(FdtError::Truncated)?;
+        // The reservation map ends with an all-zero entry.
+        let mut end = off_rsv;
+        loop {
+            let entry = blob.get(end..end + 16).ok_or(FdtError::Truncated)?;
+            end += 16;
+            if entry.iter().all(|&b| b == 0) {
+                break;
+            }
+        }
+        Ok(Self { blob, structs, strings, rsvmap: &blob[off_rsv..end] })
+    }
+
+    /// Size of the blob as its header states.
+    pub fn total_size(&self) -> usize {
+        self.blob.len()
+    }
+
+    fn string(&self, off: usize) -> Result<&'a [u8], FdtError> {
+        let s = self.strings.get(off..).ok_or(FdtError::Truncated)?;
+        let len = s.iter().position(|&b| b == 0).ok_or(FdtError::Truncated)?;
+        Ok(&s[..len])
+    }
+
+    fn token(&self, off: usize) -> Result<(Token<'a>, usize), FdtError> {
+        let s = self.structs;
+        match be32(s, off)? {
+            BEGIN_NODE => {
+                let rest = s.get(off + 4..).ok_or(FdtError::Truncated)?;
+                let len = rest.iter().position(|&b| b == 0).ok_or(FdtError::Truncated)?;
+                Ok((Token::Begin(&rest[..len]), off + 4 + align4(len + 1)))
+            }
+            END_NODE => Ok((Token::End, off + 4)),
+            PROP => {
+                let len = be32(s, off + 4)? as usize;
+                let name = self.string(be32(s, off + 8)? as usize)?;
+                let value = s.get(off + 12..off + 12 + len).ok_or(FdtError::Truncated)?;
+                Ok((Token::Prop { name, value }, off + 12 + align4(len)))
+            }
+            NOP => Ok((Token::Nop, off + 4)),
+            END => Ok((Token::Finish, off + 4)),
+            _ => Err(FdtError::BadToken),
+        }
+    }
+
+    /// Calls `f(depth, node_name, prop_name, value)` for every property.
+    fn for_each_prop(&self, mut f: impl FnMut(usize, &[u8], &[u8], &[u8])) -> Result<(), FdtError> {
+        let mut off = 0;
+        let mut depth = 0usize;
+        let mut names: [&[u8]; 16] = [b""; 16];
+        loop {
+            let (tok, next) = self.token(off)?;
+            off = next;
+            match tok {
+                Token::Begin(name) => {
+                    if let Some(slot) = names.get_mut(depth) {
+                        *slot = name;
+                    }
+                    depth += 1;
+                }
+                Token::End => depth = depth.checked_sub(1).ok_or(FdtError::BadToken)?,
+                Token::Prop { name, value } => {
+                    let node = names.get(depth.wrapping_sub(1)).copied().unwrap_or(b"");
+                    f(depth, node, name, value);
+                }
+                Token::Nop => {}
+                Token::Finish => return Ok(()),
+            }
+        }
+    }
+
+    fn cells(&self) -> Result<(usize, usize), FdtError> {
+        let (mut addr, mut size) = (2, 1);
+        self.for_each_prop(|depth, _, name, value| {
+            if depth == 1 && value.len() == 4 {
+                let v = u32::from_be_bytes([value[0], value[1], value[2], value[3]]) as usize;
+                match name {
+                    b"#address-cells" => addr = v,
+                    b"#size-cells" => size = v,
+                    _ => {}
+                }
+            }
+        })?;
+        if !(1..=2).contains(&addr) || !(1..=2).contains(&size) {
+            return Err(FdtError::NoMemory);
+        }
+        Ok((addr, size))
+    }
+
+    /// The first range of the memory node: `(base, size)`.
+    ///
+    /// # Errors
+    /// [`FdtError::NoMemory`] if there is none, or a parse error.
+    pub fn memory(&self) -> Result<(u64, u64), FdtError> {
+        let (ac, sc) = self.cells()?;
+        let mut found = None;
+        self.for_each_prop(|depth, node, name, value| {
+            if found.is_none() && depth == 2 && is_memory_node(node) && name == b"reg" && value.len() >= (ac + sc) * 4 {
+                let read = |cells: &[u8]| cells.chunks(4).fold(0u64, |acc, c| (acc << 32) | u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]])));
+                found = Some((read(&value[..ac * 4]), read(&value[ac * 4..(ac + sc) * 4])));
+            }
+        })?;
+        found.ok_or(FdtError::NoMemory)
+    }
+
+    /// The value of `/chosen/<prop>`, if present.
+    ///
+    /// # Errors
+    /// A parse error.
+    pub fn chosen(&self, prop: &str) -> Result<Option<&'a [u8]>, FdtError> {
+        let mut found = None;
+        let fdt = *self;
+        let mut off = 0;
+        let mut depth = 0usize;
+        let mut in_chosen = false;
+        loop {
+            let (tok, next) = fdt.token(off)?;
+            off = next;
+            match tok {
+                Token::Begin(name) => {
+                    depth += 1;
+                    in_chosen = depth == 2 && name == b"chosen";
+                }
+                Token::End => {
+                    depth = depth.checked_sub(1).ok_or(FdtError::BadToken)?;
+                    in_chosen = false;
+                }
+                Token::Prop { name, value } if in_chosen && depth == 2 && name == prop.as_bytes() => {
+                    found = Some(value);
+                }
+                Token::Finish => return Ok(found),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn is_memory_node(name: &[u8]) -> bool {
+    name == b"memory" || name.starts_with(b"memory@")
+}
+
+/// What to change in the guest's copy of the tree.
+pub struct Edits<'e> {
+    /// New `(base, size)` of the (first) memory node.
+    pub memory: (u64, u64),
+    /// Properties of `/chosen` to set: `(name, value)`.
+    pub chosen: &'e [(&'e str, &'e [u8])],
+}
+
+struct Writer<'o> {
+    out: &'o mut [u8],
+    len: usize,
+}
+
+impl Writer<'_> {
+    fn bytes(&mut self, b: &[u8]) -> Result<(), FdtError> {
+        let end = self.len.checked_add(b.len()).ok_or(FdtError::NoSpace)?;
+        self.out.get_mut(self.len..end).ok_or(FdtError::NoSpace)?.copy_from_slice(b);
+        self.len = end;
+        Ok(())
+    }
+    fn u32(&mut self, v: u32) -> Result<(), FdtError> {
+        self.bytes(&v.to_be_bytes())
+    }
+    fn pad(&mut self) -> Result<(), FdtError> {
+        while self.len % 4 != 0 {
+            self.bytes(&[0])?;
+        }
+        Ok(())
+    }
+    fn set_u32(&mut self, at: usize, v: u32) {
+        self.out[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// Writes the rewritten tree into `out`, returning its size.
+///
+/// # Errors
+/// A parse error of the input, [`FdtError::NoMemory`] if the input has no
+/// memory node, [`FdtError::NoSpace`] if `out` is too small.
+pub fn rewrite(fdt: &Fdt<'_>, edits: &Edits<'_>, out: &mut [u8]) -> Result<usize, FdtError> {
+    let (ac, sc) = fdt.cells()?;
+    let mut w = Writer { out, len: 0 };
+    w.bytes(&[0; HEADER_SIZE])?;
+    let off_rsv = w.len;
+    w.bytes(fdt.rsvmap)?;
+    let off_struct = w.len;
+
+    // New property names are appended to a copy of the strings block.
+    let new_name_off = |name: &str| -> Option<usize> {
+        let mut extra = fdt.strings.len();
+        for (n, _) in edits.chosen {
+            if *n == name {
+                return Some(extra);
+            }
+            extra += n.len() + 1;
+        }
+        None
+    };
+    let find_string = |name: &[u8]| -> Option<usize> {
+        let mut off = 0;
+        for s in fdt.strings.split(|&b| b == 0) {
+            if s == name {
+                return Some(off);
+            }
+            off += s.len() + 1;
+        }
+        None
+    };
+
+    let mut mem_reg = [0u8; 16];
+    let mut put = |cells: usize, v: u64, at: usize| {
+        for i in 0..cells {
+            let shift = 32 * (cells - 1 - i);
+            mem_reg[at + i * 4..at + i * 4 + 4].copy_from_slice(&((v >> shift) as u32).to_be_bytes());
+        }
+    };
+    put(ac, edits.memory.0, 0);
+    put(sc, edits.memory.1, ac * 4);
+    let mem_reg = &mem_reg[..(ac + sc) * 4];
+
+    let mut off = 0;
+    let mut depth = 0usize;
+    let mut node_kind = [0u8; 16]; // 1 = chosen, 2 = memory, per depth
+    let mut chosen_done = [false; 8];
+    let mut memory_done = false;
+    loop {
+        let (tok, next) = fdt.token(off)?;
+        let raw = &fdt.structs[off..next];
+        off = next;
+        match tok {
+            Token::Begin(name) => {
+                depth += 1;
+                let kind = match (depth, name) {
+                    (2, b"chosen") => 1,
+                    (2, n) if is_memory_node(n) && !memory_done => 2,
+                    _ => 0,
+                };
+                if let Some(k) = node_kind.get_mut(depth) {
+                    *k = kind;
+                }
+                w.bytes(raw)?;
+            }
+            Token::Prop { name, value } => {
+                let kind = node_kind.get(depth).copied().unwrap_or(0);
+                let nameoff = be32(raw, 8)?;
+                let replacement = match kind {
+                    1 => edits.chosen.iter().position(|(n, _)| n.as_bytes() == name).map(|i| {
+                        chosen_done[i] = true;
+                        edits.chosen[i].1
+                    }),
+                    2 if name == b"reg" => {
+                        memory_done = true;
+                        Some(mem_reg)
+                    }
+                    _ => None,
+                };
+                match replacement {
+                    Some(v) => {
+                        w.u32(PROP)?;
+                        w.u32(v.len() as u32)?;
+                        w.u32(nameoff)?;
+                        w.bytes(v)?;
+                        w.pad()?;
+                    }
+                    None => {
+                        let _ = value;
+                        w.bytes(raw)?;
+                    }
+                }
+            }
+            Token::End => {
+                if node_kind.get(depth).copied() == Some(1) {
+                    for (i, (name, value)) in edits.chosen.iter().enumerate() {
+                        if chosen_done.get(i).copied().unwrap_or(true) {
+                            continue;
+                        }
+                        let nameoff = find_string(name.as_bytes()).or_else(|| new_name_off(name)).ok_or(FdtError::NoSpace)?;
+                        w.u32(PROP)?;
+                        w.u32(value.len() as u32)?;
+                        w.u32(nameoff as u32)?;
+                        w.bytes(value)?;
+                        w.pad()?;
+                        chosen_done[i] = true;
+                    }
+                }
+                depth = depth.checked_sub(1).ok_or(FdtError::BadToken)?;
+                w.bytes(raw)?;
+            }
+            Token::Nop => {}
+            Token::Finish => {
+                w.bytes(raw)?;
+                break;
+            }
+        }
+    }
+    if !memory_done {
+        return Err(FdtError::NoMemory);
+    }
+    let size_struct = w.len - off_struct;
+    let off_strings = w.len;
+    w.bytes(fdt.strings)?;
+    for (name, _) in edits.chosen {
+        if find_string(name.as_bytes()).is_none() {
+            w.bytes(name.as_bytes())?;
+            w.bytes(&[0])?;
+        }
+    }
+    let size_strings = w.len - off_strings;
+    w.pad()?;
+    let total = w.len;
+    let header = [
+        MAGIC,
+        total as u32,
+        off_struct as u32,
+        off_strings as u32,
+        off_rsv as u32,
+        17,
+        16,
+        be32(fdt.blob, 28)?,
+        size_strings as u32,
+        size_struct as u32,
+    ];
+    for (i, v) in header.into_iter().enumerate() {
+        w.set_u32(i * 4, v);
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    /// Builds a small tree shaped like QEMU's: root cells, a memory node,
+    /// and a /chosen with bootargs.
+    fn sample() -> Vec<u8> {
+        let strings = b"#address-cells\0#size-cells\0reg\0device_type\0bootargs\0";
+        let mut s = Vec::new();
+        let tok = |s: &mut Vec<u8>, v: u32| s.extend_from_slice(&v.to_be_bytes());
+        let node = |s: &mut Vec<u8>, name: &[u8]| {
+            tok(s, BEGIN_NODE);
+            s.extend_from_slice(name);
+            s.push(0);
+            while s.len() % 4 != 0 {
+                s.push(0);
+            }
+        };
+        let prop = |s: &mut Vec<u8>, off: u32, v: &[u8]| {
+            tok(s, PROP);
+            tok(s, v.len() as u32);
+            tok(s, off);
+            s.extend_from_slice(v);
+            while s.len() % 4 != 0 {
+                s.push(0);
+            }
+        };
+        node(&mut s, b"");
+        prop(&mut s, 0, &2u32.to_be_bytes());
+        prop(&mut s, 15, &2u32.to_be_bytes());
+        node(&mut s, b"memory@40000000");
+        prop(&mut s, 31, b"memory\0");
+        prop(&mut s, 27, &[0, 0, 0, 0, 0x40, 0, 0, 0, 0, 0, 0, 0, 0x40, 0, 0, 0]);
+        tok(&mut s, END_NODE);
+        node(&mut s, b"chosen");
+        prop(&mut s, 43, b"console=ttyAMA0\0");
+        tok(&mut s, END_NODE);
+        tok(&mut s, END_NODE);
+        tok(&mut s, END);
+        let off_rsv = HEADER_SIZE;
+        let off_struct = off_rsv + 16;
+        let off_strings = off_struct + s.len();
+        let total = off_strings + strings.len();
+        let mut blob = Vec::new();
+        for v in [MAGIC, total as u32, off_struct as u32, off_strings as u32, off_rsv as u32, 17, 16, 0, strings.len() as u32, s.len() as u32] {
+            blob.extend_from_slice(&v.to_be_bytes());
+        }
+        blob.extend_from_slice(&[0; 16]);
+        blob.extend_from_slice(&s);
+        blob.extend_from_slice(strings);
+        blob
+    }
+
+    #[test]
+    fn reads_memory_and_chosen() {
+        let blob = sample();
+        let fdt = Fdt::new(&blob).unwrap();
+        assert_eq!(fdt.memory(), Ok((0x4000_0000, 0x4000_0000)));
+        assert_eq!(fdt.chosen("bootargs"), Ok(Some(&b"console=ttyAMA0\0"[..])));
+        assert_eq!(fdt.chosen("linux,initrd-start"), Ok(None));
+    }
+
+    #[test]
+    fn rewrites_memory_and_adds_chosen_props() {
+        let blob = sample();
+        let fdt = Fdt::new(&blob).unwrap();
+        let start = 0x4800_0000u64.to_be_bytes();
+        let end = 0x4810_0000u64.to_be_bytes();
+        let edits = Edits {
+            memory: (0x4000_0000, 0x3e00_0000),
+            chosen: &[("linux,initrd-start", &start), ("linux,initrd-end", &end), ("bootargs", b"x\0")],
+        };
+        let mut out = [0u8; 1024];
+        let n = rewrite(&fdt, &edits, &mut out).unwrap();
+        let new = Fdt::new(&out[..n]).unwrap();
+        assert_eq!(new.memory(), Ok((0x4000_0000, 0x3e00_0000)));
+        assert_eq!(new.chosen("linux,initrd-start"), Ok(Some(&start[..])));
+        assert_eq!(new.chosen("linux,initrd-end"), Ok(Some(&end[..])));
+        assert_eq!(new.chosen("bootargs"), Ok(Some(&b"x\0"[..])));
+        // Rewriting the result again is stable (names are not re-added).
+        let mut again = [0u8; 1024];
+        let m = rewrite(&new, &edits, &mut again).unwrap();
+        assert_eq!(&again[..m], &out[..n]);
+    }
+
+    #[test]
+    fn rejects_garbage_and_small_buffers() {
+        assert_eq!(Fdt::new(&[0; 64]).err(), Some(FdtError::BadHeader));
+        let mut blob = sample();
+        blob.truncate(60);
+        assert!(Fdt::new(&blob).is_err());
+        let blob = sample();
+        let fdt = Fdt::new(&blob).unwrap();
+        let edits = Edits { memory: (0, 1), chosen: &[] };
+        assert_eq!(rewrite(&fdt, &edits, &mut [0u8; 64]), Err(FdtError::NoSpace));
+    }
+}

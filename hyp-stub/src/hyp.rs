@@ -1,0 +1,263 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+//! The core: what happens on each exit from the guest. Hypercalls are
+//! routed to the discovery answers, PSCI forwarding or a service; stage-2
+//! data aborts outside RAM are emulated MMIO (forwarded to the real
+//! device) when the syndrome allows; everything else becomes an exception
+//! injected into the guest. Every path returns to the guest; nothing a
+//! guest does can stop the hypervisor.
+
+use core::fmt::Write;
+
+use crate::addr::{Ipa, IpaRange, PhysAddr};
+use crate::esr::{Esr, ExceptionClass, Width};
+use crate::service::{Call, HypOps, MmioVerdict, Registry, ServiceError};
+use crate::smccc::{self, psci};
+use crate::stats::{ExitKind, Stats};
+use crate::vcpu::{El1Context, El1Exception, Injection, Vcpu};
+
+/// What the core needs from the machine. Implemented on real hardware by
+/// the binary and by fakes in the tests.
+pub trait Platform {
+    /// Issues an SMC to the platform firmware (PSCI).
+    fn firmware_call(&mut self, fid: u32, args: [u64; 3]) -> [u64; 4];
+    /// Reads device memory at `pa` (MMIO emulation).
+    fn mmio_read(&mut self, pa: PhysAddr, width: Width) -> u64;
+    /// Writes device memory at `pa` (MMIO emulation).
+    fn mmio_write(&mut self, pa: PhysAddr, width: Width, value: u64);
+    /// The guest's EL1 registers an injection needs.
+    fn el1_context(&self) -> El1Context;
+    /// Sets the guest's EL1 exception registers.
+    fn set_el1_exception(&mut self, e: &El1Exception);
+    /// The hypervisor's console.
+    fn console(&mut self) -> &mut dyn Write;
+}
+
+/// The machine as the hypervisor carved it up.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    /// Guest RAM (mapped at stage 2, IPA == PA).
+    pub guest_ram: IpaRange,
+    /// The hypervisor's own memory.
+    pub hyp_memory: (PhysAddr, PhysAddr),
+    /// Where MMIO is trapped and may be forwarded (IPA == PA).
+    pub mmio_window: IpaRange,
+}
+
+impl HypOps for Layout {
+    fn guest_ram(&self) -> IpaRange {
+        self.guest_ram
+    }
+    fn hyp_memory(&self) -> (PhysAddr, PhysAddr) {
+        self.hyp_memory
+    }
+    fn mmio_window(&self) -> IpaRange {
+        self.mmio_window
+    }
+}
+
+/// The hypervisor core.
+pub struct Hyp<'s> {
+    layout: Layout,
+    services: Registry<'s>,
+    /// Counters, printed at power-off.
+    pub stats: Stats,
+}
+
+impl<'s> Hyp<'s> {
+    /// Creates the core with its services (not yet started).
+    pub fn new(layout: Layout, services: Registry<'s>) -> Self {
+        Self { layout, services, stats: Stats::default() }
+    }
+
+    /// Starts every service. The guest must not run if this fails.
+    ///
+    /// # Errors
+    /// The failing service's name and reason.
+    pub fn start_services(&mut self) -> Result<(), (&'static str, ServiceError)> {
+        let mut layout = self.layout;
+        self.services.init_all(&mut layout)
+    }
+
+    /// Handles a synchronous exception from the guest.
+    pub fn handle_sync(&mut self, esr: Esr, far: u64, hpfar: u64, vcpu: &mut Vcpu, plat: &mut dyn Platform) {
+        match esr.class() {
+            ExceptionClass::Hvc64 => {
+                self.stats.exit(ExitKind::Hvc);
+                // ELR already points past the HVC.
+                self.hypercall(esr.imm16(), vcpu, plat);
+            }
+            ExceptionClass::Smc64 => {
+                self.stats.exit(ExitKind::Smc);
+                // A trapped SMC leaves ELR at the SMC itself.
+                vcpu.pc = vcpu.pc.wrapping_add(4);
+                self.hypercall(esr.imm16(), vcpu, plat);
+            }
+            ExceptionClass::DataAbortLower => {
+                self.stats.exit(ExitKind::DataAbort);
+                self.data_abort(esr, far, hpfar, vcpu, plat);
+            }
+            ExceptionClass::InstrAbortLower => {
+                self.stats.exit(ExitKind::InstrAbort);
+                self.inject(vcpu, plat, Injection::InstrAbort { far });
+            }
+            ExceptionClass::SysReg => {
+                self.stats.exit(ExitKind::SysReg);
+                self.inject(vcpu, plat, Injection::Undefined);
+            }
+            _ => {
+                self.stats.exit(ExitKind::Other);
+                self.inject(vcpu, plat, Injection::Undefined);
+            }
+        }
+    }
+
+    /// Counts an asynchronous exit (IRQ, FIQ or SError taken at EL2).
+    pub fn handle_async(&mut self) {
+        self.stats.exit(ExitKind::Other);
+    }
+
+    fn inject(&mut self, vcpu: &mut Vcpu, plat: &mut dyn Platform, what: Injection) {
+        match what {
+            Injection::Undefined => self.stats.undefs_injected += 1,
+            _ => self.stats.aborts_injected += 1,
+        }
+        let e = vcpu.inject(what, plat.el1_context());
+        plat.set_el1_exception(&e);
+    }
+
+    fn hypercall(&mut self, imm: u16, vcpu: &mut Vcpu, plat: &mut dyn Platform) {
+        let x = &vcpu.regs.x;
+        let call = Call { fid: x[0] as u32, args: [x[1], x[2], x[3], x[4], x[5], x[6]] };
+        let result = if imm != 0 {
+            // Not an SMCCC call. Function IDs in the guest's x0 do not
+            // apply; the immediate names the call.
+            self.stats.call(u32::from(imm));
+            self.stats.calls_unsupported += 1;
+            [smccc::NOT_SUPPORTED, 0, 0, 0]
+        } else {
+            self.stats.call(call.fid);
+            self.smccc_call(&call, plat)
+        };
+        vcpu.regs.x[..4].copy_from_slice(&result);
+    }
+
+    fn smccc_call(&mut self, call: &Call, plat: &mut dyn Platform) -> [u64; 4] {
+        let fid = call.fid;
+        match fid {
+            smccc::SMCCC_VERSION => [smccc::VERSION_1_1, 0, 0, 0],
+            smccc::SMCCC_ARCH_FEATURES => {
+                let queried = call.args[0] as u32;
+                let known = matches!(queried, smccc::SMCCC_VERSION | smccc::SMCCC_ARCH_FEATURES)
+                    || self.services.handles(queried);
+                [if known { 0 } else { smccc::NOT_SUPPORTED }, 0, 0, 0]
+            }
+            smccc::VENDOR_HYP_UID => smccc::KVM_UID,
+            smccc::VENDOR_HYP_KVM_FEATURES => self.features(),
+            f if psci::is_psci(f) => self.psci(call, plat),
+            f => match self.services.find(f) {
+                Some(service) => {
+                    let mut layout = self.layout;
+                    service.call(call, &mut layout)
+                }
+                None => {
+                    self.stats.calls_unsupported += 1;
+                    [smccc::NOT_SUPPORTED, 0, 0, 0]
+                }
+            },
+        }
+    }
+
+    /// The KVM vendor-hyp features bitmap: bit N of the 128 bits in
+    /// x0..x3 says vendor-hyp function N is implemented.
+    fn features(&self) -> [u64; 4] {
+        let mut bits = [1u64 << smccc::KVM_FUNC_FEATURES, 0, 0, 0];
+        for s in self.services.iter() {
+            for &fid in s.function_ids() {
+                if let Some(n) = smccc::vendor_hyp_function(fid) {
+                    if let Some(word) = bits.get_mut(usize::from(n / 32)) {
+                        *word |= 1 << (n % 32);
+                    }
+                }
+            }
+        }
+        bits
+    }
+
+    fn psci(&mut self, call: &Call, plat: &mut dyn Platform) -> [u64; 4] {
+        let [a0, a1, a2, ..] = call.args;
+        match call.fid {
+            psci::SYSTEM_OFF | psci::SYSTEM_RESET | psci::SYSTEM_RESET2_32 | psci::SYSTEM_RESET2_64 => {
+                let _ = self.write_stats(plat.console());
+                plat.firmware_call(call.fid, [a0, a1, a2])
+            }
+            // Secondary vCPUs are not supported: forwarding CPU_ON would
+            // start a CPU at EL2 at a guest-chosen address.
+            psci::CPU_ON_32 | psci::CPU_ON_64 => [psci::DENIED, 0, 0, 0],
+            psci::FEATURES => match a0 as u32 {
+                smccc::SMCCC_VERSION => [0, 0, 0, 0],
+                psci::CPU_ON_32 | psci::CPU_ON_64 => [smccc::NOT_SUPPORTED, 0, 0, 0],
+                _ => plat.firmware_call(call.fid, [a0, a1, a2]),
+            },
+            fid => plat.firmware_call(fid, [a0, a1, a2]),
+        }
+    }
+
+    fn data_abort(&mut self, esr: Esr, far: u64, hpfar: u64, vcpu: &mut Vcpu, plat: &mut dyn Platform) {
+        let abort = esr.abort();
+        // HPFAR_EL2.FIPA holds IPA[51:12] in bits [43:4].
+        let ipa = Ipa(((hpfar & 0x0000_0fff_ffff_fff0) << 8) | (far & 0xfff));
+        let refuse = |hyp: &mut Self, vcpu: &mut Vcpu, plat: &mut dyn Platform| {
+            hyp.stats.mmio_refused += 1;
+            hyp.inject(vcpu, plat, Injection::DataAbort { far, write: abort.write() });
+        };
+        // Faults on the guest's own page-table walks, on RAM (nothing is
+        // protected yet) or outside the device window are not MMIO.
+        if abort.stage1_walk() || !self.layout.mmio_window.contains(ipa) {
+            return refuse(self, vcpu, plat);
+        }
+        // Without a valid syndrome the access cannot be emulated.
+        if !abort.valid() {
+            return refuse(self, vcpu, plat);
+        }
+        let width = abort.width();
+        if !ipa.is_aligned(width.bytes()) {
+            return refuse(self, vcpu, plat);
+        }
+        if self.services.mmio_access(ipa, abort.write()) == MmioVerdict::Deny {
+            return refuse(self, vcpu, plat);
+        }
+        let pa = PhysAddr(ipa.get());
+        let reg = abort.register();
+        if abort.write() {
+            plat.mmio_write(pa, width, vcpu.regs.get(reg) & width.mask());
+        } else {
+            let mut value = plat.mmio_read(pa, width) & width.mask();
+            if abort.sign_extend() && width != Width::Double {
+                let shift = 64 - 8 * width.bytes();
+                value = (((value << shift) as i64) >> shift) as u64;
+            }
+            if !abort.sixty_four() {
+                value &= 0xffff_ffff;
+            }
+            vcpu.regs.set(reg, value);
+        }
+        self.stats.mmio_emulated += 1;
+        vcpu.pc = vcpu.pc.wrapping_add(4);
+    }
+
+    /// Writes the stats block, services' counters included.
+    ///
+    /// # Errors
+    /// Whatever `out` returns.
+    pub fn write_stats(&self, out: &mut dyn Write) -> core::fmt::Result {
+        writeln!(out, "hyp-stub stats:")?;
+        self.stats.write_lines(out)?;
+        for s in self.services.iter() {
+            s.write_stats(out)?;
+        }
+        writeln!(out, "hyp-stub stats end")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,251 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+//! Host tests of the core against a fake platform and fake services.
+
+use std::string::String;
+use std::vec::Vec;
+
+use super::*;
+use crate::service::{CallResult, Service};
+
+#[derive(Default)]
+struct FakePlatform {
+    firmware: Vec<(u32, [u64; 3])>,
+    reads: Vec<(PhysAddr, Width)>,
+    writes: Vec<(PhysAddr, Width, u64)>,
+    read_value: u64,
+    injected: Option<El1Exception>,
+    console: String,
+}
+
+impl Platform for FakePlatform {
+    fn firmware_call(&mut self, fid: u32, args: [u64; 3]) -> [u64; 4] {
+        self.firmware.push((fid, args));
+        [0x1_0001, 0, 0, 0]
+    }
+    fn mmio_read(&mut self, pa: PhysAddr, width: Width) -> u64 {
+        self.reads.push((pa, width));
+        self.read_value
+    }
+    fn mmio_write(&mut self, pa: PhysAddr, width: Width, value: u64) {
+        self.writes.push((pa, width, value));
+    }
+    fn el1_context(&self) -> El1Context {
+        El1Context { vbar: 0xffff_0000_0000_0000, sctlr: 1 << 23 }
+    }
+    fn set_el1_exception(&mut self, e: &El1Exception) {
+        self.injected = Some(*e);
+    }
+    fn console(&mut self) -> &mut dyn Write {
+        &mut self.console
+    }
+}
+
+fn layout() -> Layout {
+    Layout {
+        guest_ram: IpaRange::new(Ipa(0x4000_0000), 0x3e00_0000).unwrap(),
+        hyp_memory: (PhysAddr(0x7e00_0000), PhysAddr(0x8000_0000)),
+        mmio_window: IpaRange::new(Ipa(0), 0x4000_0000).unwrap(),
+    }
+}
+
+const HVC: u64 = 0x16 << 26 | 1 << 25;
+const SMC: u64 = 0x17 << 26 | 1 << 25;
+const EL1H: u64 = 0b0101;
+
+fn vcpu_with(x: &[u64]) -> Vcpu {
+    let mut v = Vcpu { pc: 0x1000, pstate: EL1H, ..Default::default() };
+    v.regs.x[..x.len()].copy_from_slice(x);
+    v
+}
+
+struct Fake {
+    fail: bool,
+    deny_at: Option<Ipa>,
+    calls: u64,
+}
+
+impl Service for Fake {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    fn function_ids(&self) -> &'static [u32] {
+        &[0xc600_0005, 0xc600_0006]
+    }
+    fn init(&mut self, _: &mut dyn HypOps) -> Result<(), ServiceError> {
+        if self.fail {
+            Err(ServiceError::Unsupported("test"))
+        } else {
+            Ok(())
+        }
+    }
+    fn call(&mut self, call: &Call, _: &mut dyn HypOps) -> CallResult {
+        self.calls += 1;
+        [0, call.args[0] + 1, 0, 0]
+    }
+    fn mmio_access(&mut self, ipa: Ipa, _: bool) -> MmioVerdict {
+        if Some(ipa) == self.deny_at {
+            MmioVerdict::Deny
+        } else {
+            MmioVerdict::Allow
+        }
+    }
+    fn write_stats(&self, out: &mut dyn Write) -> core::fmt::Result {
+        writeln!(out, "fake_calls={}", self.calls)
+    }
+}
+
+#[test]
+fn discovery_answers_like_kvm() {
+    let mut hyp = Hyp::new(layout(), Registry::new());
+    let mut plat = FakePlatform::default();
+    let mut v = vcpu_with(&[0x8000_0000]);
+    hyp.handle_sync(Esr(SMC), 0, 0, &mut v, &mut plat);
+    assert_eq!(v.regs.x[0], 0x1_0001);
+    assert_eq!(v.pc, 0x1004, "SMC is skipped");
+    let mut v = vcpu_with(&[0x8600_ff01]);
+    hyp.handle_sync(Esr(HVC), 0, 0, &mut v, &mut plat);
+    assert_eq!(v.regs.x[..4], smccc::KVM_UID);
+    assert_eq!(v.pc, 0x1000, "HVC's ELR is already past the instruction");
+    assert_eq!(hyp.stats.calls_of(0x8000_0000), 1);
+    assert_eq!(hyp.stats.calls_of(0x8600_ff01), 1);
+}
+
+#[test]
+fn services_are_dispatched_and_advertised() {
+    let mut fake = Fake { fail: false, deny_at: None, calls: 0 };
+    let mut reg = Registry::new();
+    reg.register(&mut fake).unwrap();
+    let mut hyp = Hyp::new(layout(), reg);
+    hyp.start_services().unwrap();
+    let mut plat = FakePlatform::default();
+    let mut v = vcpu_with(&[0xc600_0006, 41]);
+    hyp.handle_sync(Esr(HVC), 0, 0, &mut v, &mut plat);
+    assert_eq!(v.regs.x[..2], [0, 42]);
+    let mut v = vcpu_with(&[0x8600_0000]);
+    hyp.handle_sync(Esr(HVC), 0, 0, &mut v, &mut plat);
+    assert_eq!(v.regs.x[0], 1 | 1 << 5 | 1 << 6);
+    let mut v = vcpu_with(&[0x8000_0001, 0xc600_0005]);
+    hyp.handle_sync(Esr(HVC), 0, 0, &mut v, &mut plat);
+    assert_eq!(v.regs.x[0], 0);
+    let mut out = String::new();
+    hyp.write_stats(&mut out).unwrap();
+    assert!(out.starts_with("hyp-stub stats:\n") && out.ends_with("fake_calls=1\nhyp-stub stats end\n"));
+}
+
+#[test]
+fn failing_service_is_fail_closed_and_duplicates_refused() {
+    let mut bad = Fake { fail: true, deny_at: None, calls: 0 };
+    let mut twin = Fake { fail: false, deny_at: None, calls: 0 };
+    let mut reg = Registry::new();
+    reg.register(&mut bad).unwrap();
+    assert_eq!(reg.register(&mut twin).err(), Some(crate::service::RegisterError::DuplicateId(0xc600_0005)));
+    let mut hyp = Hyp::new(layout(), reg);
+    assert_eq!(hyp.start_services(), Err(("fake", ServiceError::Unsupported("test"))));
+}
+
+#[test]
+fn unknown_calls_and_immediates_are_not_supported() {
+    let mut hyp = Hyp::new(layout(), Registry::new());
+    let mut plat = FakePlatform::default();
+    for (esr, fid) in [(HVC, 0xc600_1234u64), (HVC | 0x6094, 0), (SMC | 1, 0x8000_0000), (HVC, u64::MAX)] {
+        let mut v = vcpu_with(&[fid]);
+        hyp.handle_sync(Esr(esr), 0, 0, &mut v, &mut plat);
+        assert_eq!(v.regs.x[0], smccc::NOT_SUPPORTED, "esr {esr:#x} fid {fid:#x}");
+    }
+    assert_eq!(hyp.stats.calls_unsupported, 4);
+    assert!(plat.firmware.is_empty());
+}
+
+#[test]
+fn psci_is_forwarded_and_power_off_prints_stats() {
+    let mut hyp = Hyp::new(layout(), Registry::new());
+    let mut plat = FakePlatform::default();
+    let mut v = vcpu_with(&[u64::from(psci::VERSION)]);
+    hyp.handle_sync(Esr(SMC), 0, 0, &mut v, &mut plat);
+    assert_eq!(v.regs.x[0], 0x1_0001);
+    let mut v = vcpu_with(&[u64::from(psci::FEATURES), 0x8000_0000]);
+    hyp.handle_sync(Esr(SMC), 0, 0, &mut v, &mut plat);
+    assert_eq!(v.regs.x[0], 0, "SMCCC_VERSION is advertised");
+    let mut v = vcpu_with(&[u64::from(psci::CPU_ON_64), 1, 0x4000_0000, 0]);
+    hyp.handle_sync(Esr(SMC), 0, 0, &mut v, &mut plat);
+    assert_eq!(v.regs.x[0], psci::DENIED);
+    let mut v = vcpu_with(&[u64::from(psci::SYSTEM_OFF)]);
+    hyp.handle_sync(Esr(SMC), 0, 0, &mut v, &mut plat);
+    assert_eq!(plat.firmware.iter().map(|f| f.0).collect::<Vec<_>>(), [psci::VERSION, psci::SYSTEM_OFF]);
+    assert!(plat.console.contains("hyp-stub stats:\nexits_total=4\n"));
+    assert!(plat.console.contains("call_0x84000008=1\n"));
+}
+
+/// ESR of a data abort from EL1 with a valid syndrome.
+fn dabt(width: u64, reg: u64, write: bool, sign: bool, sf: bool) -> Esr {
+    Esr(0x24 << 26 | 1 << 25 | 1 << 24 | width << 22 | u64::from(sign) << 21 | reg << 16 | u64::from(sf) << 15 | u64::from(write) << 6 | 0x07)
+}
+
+fn hpfar(ipa: u64) -> u64 {
+    (ipa >> 12) << 4
+}
+
+#[test]
+fn mmio_is_emulated_on_the_device() {
+    let mut hyp = Hyp::new(layout(), Registry::new());
+    let mut plat = FakePlatform { read_value: 0x80, ..Default::default() };
+    // ldrsb w3, [uart+0x18]
+    let mut v = vcpu_with(&[0, 0, 0, 0xdead]);
+    hyp.handle_sync(dabt(0, 3, false, true, false), 0xffff_0018, hpfar(0x0900_0018), &mut v, &mut plat);
+    assert_eq!(plat.reads, [(PhysAddr(0x0900_0018), Width::Byte)]);
+    assert_eq!(v.regs.x[3], 0xffff_ff80, "sign-extended into a W register");
+    assert_eq!(v.pc, 0x1004);
+    // str x5, [gicd]
+    let mut v = vcpu_with(&[0, 0, 0, 0, 0, 0x1234_5678_9abc_def0]);
+    hyp.handle_sync(dabt(3, 5, true, false, true), 0, hpfar(0x0800_0000), &mut v, &mut plat);
+    assert_eq!(plat.writes, [(PhysAddr(0x0800_0000), Width::Double, 0x1234_5678_9abc_def0)]);
+    // strh wzr
+    hyp.handle_sync(dabt(1, 31, true, false, false), 0x2, hpfar(0x0800_0000), &mut v, &mut plat);
+    assert_eq!(plat.writes[1], (PhysAddr(0x0800_0002), Width::Half, 0));
+    assert_eq!(hyp.stats.mmio_emulated, 3);
+    assert!(plat.injected.is_none());
+}
+
+#[test]
+fn mmio_that_cannot_be_emulated_aborts_the_guest() {
+    let mut deny = Fake { fail: false, deny_at: Some(Ipa(0x0a00_0000)), calls: 0 };
+    let mut reg = Registry::new();
+    reg.register(&mut deny).unwrap();
+    let mut hyp = Hyp::new(layout(), reg);
+    let cases = [
+        (Esr(0x24 << 26 | 1 << 25 | 1 << 6 | 0x07), 0x0900_0000, "no valid syndrome"),
+        (dabt(2, 0, true, false, false), 0x0900_0002, "misaligned"),
+        (dabt(2, 0, false, false, false), 0x7e00_0000, "hypervisor memory"),
+        (dabt(2, 0, false, false, false), 0x1_0000_0000, "outside the device window"),
+        (dabt(2, 0, false, false, false), 0x0a00_0000, "refused by a service"),
+    ];
+    for (i, (esr, ipa, why)) in cases.into_iter().enumerate() {
+        let mut plat = FakePlatform::default();
+        let mut v = vcpu_with(&[]);
+        hyp.handle_sync(esr, 0xffff_8000_0000_0000 | (ipa & 0xfff), hpfar(ipa), &mut v, &mut plat);
+        let e = plat.injected.unwrap_or_else(|| panic!("{why}: no abort"));
+        assert_eq!(e.esr >> 26, 0x25, "{why}");
+        assert_eq!(e.esr & 0x3f, 0x10, "{why}");
+        assert_eq!(e.elr, 0x1000, "{why}");
+        assert_eq!(v.pc, 0xffff_0000_0000_0200, "{why}");
+        assert!(plat.reads.is_empty() && plat.writes.is_empty(), "{why}");
+        assert_eq!(hyp.stats.aborts_injected, i as u64 + 1);
+    }
+    assert_eq!(hyp.stats.mmio_refused, 5);
+}
+
+#[test]
+fn other_traps_inject_exceptions() {
+    let mut hyp = Hyp::new(layout(), Registry::new());
+    let mut plat = FakePlatform::default();
+    let mut v = vcpu_with(&[]);
+    hyp.handle_sync(Esr(0x18 << 26 | 1 << 25), 0, 0, &mut v, &mut plat);
+    assert_eq!(plat.injected.unwrap().esr >> 26, 0);
+    let mut v = vcpu_with(&[]);
+    hyp.handle_sync(Esr(0x20 << 26 | 1 << 25 | 0x07), 0x5000, 0, &mut v, &mut plat);
+    assert_eq!(plat.injected.unwrap().esr >> 26, 0x21);
+    let mut v = vcpu_with(&[]);
+    hyp.handle_sync(Esr(0x3f << 26), 0, 0, &mut v, &mut plat);
+    assert_eq!(hyp.stats.undefs_injected, 2);
+    assert_eq!(hyp.stats.exits_total(), 3);
+}

@@ -1,0 +1,65 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+//! SMCCC function IDs and return values the core answers itself: the
+//! architecture calls and the vendor-hyp discovery calls, answered as KVM
+//! answers them so that stock Linux discovers the hypervisor.
+
+pub use smccc::arch::{SMCCC_ARCH_FEATURES, SMCCC_VERSION};
+
+/// SMCCC v1.1, as returned by SMCCC_VERSION.
+pub const VERSION_1_1: u64 = 0x1_0001;
+/// SMCCC NOT_SUPPORTED (-1).
+pub const NOT_SUPPORTED: u64 = -1i64 as u64;
+/// SMCCC INVALID_PARAMETER (-3).
+pub const INVALID_PARAMETER: u64 = -3i64 as u64;
+
+/// Vendor-specific hypervisor service call UID query.
+pub const VENDOR_HYP_UID: u32 = 0x8600_ff01;
+/// KVM's vendor-hyp features bitmap query (function 0).
+pub const VENDOR_HYP_KVM_FEATURES: u32 = 0x8600_0000;
+/// Bit of the features bitmap for the features call itself.
+pub const KVM_FUNC_FEATURES: u32 = 0;
+
+/// KVM's UID 28b46fb6-2ec5-11e9-a9ca-4b564d003a74, as r0..r3.
+pub const KVM_UID: [u64; 4] = [0xb66f_b428, 0xe911_c52e, 0x564b_caa9, 0x743a_004d];
+
+/// The vendor-hyp function number of `fid` (the bit it occupies in the
+/// features bitmap), if `fid` is a fast vendor-hyp call below 128.
+pub fn vendor_hyp_function(fid: u32) -> Option<u8> {
+    let fast = fid & (1 << 31) != 0;
+    let owner = (fid >> 24) & 0x3f;
+    let number = fid & 0xffff;
+    (fast && owner == 6 && number < 128).then_some(number as u8)
+}
+
+/// PSCI function IDs and results.
+pub mod psci {
+    pub use smccc::psci::{
+        PSCI_CPU_ON_32 as CPU_ON_32, PSCI_CPU_ON_64 as CPU_ON_64, PSCI_FEATURES as FEATURES,
+        PSCI_SYSTEM_OFF as SYSTEM_OFF, PSCI_SYSTEM_RESET as SYSTEM_RESET,
+        PSCI_SYSTEM_RESET2_32 as SYSTEM_RESET2_32, PSCI_SYSTEM_RESET2_64 as SYSTEM_RESET2_64,
+        PSCI_VERSION as VERSION,
+    };
+
+    /// PSCI DENIED (-3).
+    pub const DENIED: u64 = -3i64 as u64;
+
+    /// Whether `fid` is in the PSCI ranges (32- and 64-bit).
+    pub fn is_psci(fid: u32) -> bool {
+        matches!(fid, 0x8400_0000..=0x8400_001f | 0xc400_0000..=0xc400_001f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vendor_hyp_numbers() {
+        assert_eq!(vendor_hyp_function(0x8600_0000), Some(0));
+        assert_eq!(vendor_hyp_function(0xc600_0007), Some(7));
+        assert_eq!(vendor_hyp_function(0xc606_005f), Some(0x5f));
+        assert_eq!(vendor_hyp_function(0x8400_0000), None);
+        assert_eq!(vendor_hyp_function(0x0600_0001), None, "yielding calls are not fast calls");
+        assert!(psci::is_psci(psci::SYSTEM_OFF) && !psci::is_psci(0x8400_0050));
+    }
+}

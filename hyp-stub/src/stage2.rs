@@ -1,0 +1,489 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+//! Stage-2 translation tables for the guest: 4 KiB granule, 39-bit IPA
+//! space, walks starting at level 1. RAM is mapped with 2 MiB blocks;
+//! blocks are split into pages only where a range needs page-granular
+//! permissions (kernel protect). Table memory and TLB maintenance are
+//! supplied by the caller through [`TableMemory`] and [`Tlb`], so the
+//! same code runs on the host under `cargo test`.
+
+use crate::addr::{Ipa, IpaRange, PhysAddr};
+
+/// Translation granule.
+pub const PAGE_SIZE: u64 = 4096;
+/// Size mapped by one level-2 block.
+pub const BLOCK_SIZE: u64 = 2 << 20;
+/// Number of IPA bits (VTCR_EL2.T0SZ = 64 - 39).
+pub const IPA_BITS: u32 = 39;
+/// Entries per table.
+pub const ENTRIES: usize = 512;
+
+const VALID: u64 = 1 << 0;
+const TABLE_OR_PAGE: u64 = 1 << 1;
+const ADDR_MASK: u64 = 0x0000_ffff_ffff_f000;
+const MEMATTR_NORMAL_WB: u64 = 0b1111 << 2;
+const MEMATTR_DEVICE_NGNRE: u64 = 0b0001 << 2;
+const S2AP_READ: u64 = 1 << 6;
+const S2AP_WRITE: u64 = 1 << 7;
+const SH_INNER: u64 = 0b11 << 8;
+const AF: u64 = 1 << 10;
+const XN_SHIFT: u32 = 53;
+const ATTR_MASK: u64 = !ADDR_MASK & !(VALID | TABLE_OR_PAGE);
+
+/// Memory type of a stage-2 mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemType {
+    /// Normal write-back cacheable memory (guest RAM).
+    Normal,
+    /// Device nGnRE memory (pass-through MMIO).
+    Device,
+}
+
+/// Access permissions of a stage-2 mapping. Execute permission is split
+/// by exception level (FEAT_XNX): the guest kernel (EL1) and guest user
+/// space (EL0) are allowed separately.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Perms {
+    /// Reads allowed.
+    pub read: bool,
+    /// Writes allowed.
+    pub write: bool,
+    /// Instruction fetches at EL1 allowed.
+    pub exec_el1: bool,
+    /// Instruction fetches at EL0 allowed.
+    pub exec_el0: bool,
+}
+
+impl Perms {
+    /// Read, write and execute at both levels.
+    pub const RWX: Self = Self { read: true, write: true, exec_el1: true, exec_el0: true };
+    /// Read and execute at both levels.
+    pub const RX: Self = Self { read: true, write: false, exec_el1: true, exec_el0: true };
+    /// Read-only, execute at EL0 only (rodata that holds the vDSO).
+    pub const R_EL0X: Self = Self { read: true, write: false, exec_el1: false, exec_el0: true };
+    /// Read and write, never execute.
+    pub const RW: Self = Self { read: true, write: true, exec_el1: false, exec_el0: false };
+
+    fn bits(self) -> u64 {
+        let mut bits = 0;
+        if self.read {
+            bits |= S2AP_READ;
+        }
+        if self.write {
+            bits |= S2AP_WRITE;
+        }
+        // XN[1:0]: 00 both, 01 EL0 only, 10 neither, 11 EL1 only.
+        let xn = match (self.exec_el1, self.exec_el0) {
+            (true, true) => 0b00,
+            (false, true) => 0b01,
+            (false, false) => 0b10,
+            (true, false) => 0b11,
+        };
+        bits | (xn << XN_SHIFT)
+    }
+
+    fn from_bits(bits: u64) -> Self {
+        let xn = (bits >> XN_SHIFT) & 3;
+        Self {
+            read: bits & S2AP_READ != 0,
+            write: bits & S2AP_WRITE != 0,
+            exec_el1: xn == 0b00 || xn == 0b11,
+            exec_el0: xn == 0b00 || xn == 0b01,
+        }
+    }
+}
+
+/// Attributes of one mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attrs {
+    /// Memory type.
+    pub mem: MemType,
+    /// Permissions.
+    pub perms: Perms,
+}
+
+impl Attrs {
+    fn bits(self) -> u64 {
+        let mem = match self.mem {
+            MemType::Normal => MEMATTR_NORMAL_WB | SH_INNER,
+            MemType::Device => MEMATTR_DEVICE_NGNRE,
+        };
+        mem | AF | self.perms.bits()
+    }
+
+    fn from_bits(bits: u64) -> Self {
+        let mem = if bits & (0b1111 << 2) == MEMATTR_NORMAL_WB {
+            MemType::Normal
+        } else {
+            MemType::Device
+        };
+        Self { mem, perms: Perms::from_bits(bits) }
+    }
+}
+
+/// Why a stage-2 operation failed. Tables are left consistent: a failed
+/// operation may have completed part of its range, never half an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage2Error {
+    /// Address or size not page aligned.
+    Misaligned,
+    /// The range lies beyond the IPA space.
+    OutOfRange,
+    /// No table memory left.
+    OutOfTables,
+    /// Part of the range is not mapped.
+    NotMapped,
+}
+
+/// Where tables live. Tables are addressed by host physical address; the
+/// hypervisor identity-maps its memory, the host tests use a fake.
+pub trait TableMemory {
+    /// Allocates a zeroed table, returning its physical address.
+    fn alloc(&mut self) -> Option<PhysAddr>;
+    /// The entries of the table at `table`, allocated by [`Self::alloc`].
+    fn table(&mut self, table: PhysAddr) -> &mut [u64; ENTRIES];
+}
+
+/// TLB maintenance for the guest's stage-2 translations.
+pub trait Tlb {
+    /// Invalidates cached translations of `ipa` (and the combined stage-1
+    /// entries that used it), waiting for completion.
+    fn invalidate_ipa(&mut self, ipa: Ipa);
+}
+
+/// The guest's stage-2 page tables.
+pub struct Stage2<M: TableMemory> {
+    mem: M,
+    root: PhysAddr,
+}
+
+const fn index(ipa: u64, level: u32) -> usize {
+    ((ipa >> (12 + 9 * (3 - level))) & 0x1ff) as usize
+}
+
+impl<M: TableMemory> Stage2<M> {
+    /// Creates empty tables.
+    ///
+    /// # Errors
+    /// [`Stage2Error::OutOfTables`] if no table memory is available.
+    pub fn new(mut mem: M) -> Result<Self, Stage2Error> {
+        let root = mem.alloc().ok_or(Stage2Error::OutOfTables)?;
+        Ok(Self { mem, root })
+    }
+
+    /// Physical address of the root (level 1) table, for `VTTBR_EL2`.
+    pub fn root(&self) -> PhysAddr {
+        self.root
+    }
+
+    /// The `VTCR_EL2` value for these tables, given the CPU's
+    /// `ID_AA64MMFR0_EL1.PARange` field.
+    pub fn vtcr(pa_range: u64) -> u64 {
+        let t0sz = 64 - u64::from(IPA_BITS);
+        let sl0 = 1; // start at level 1
+        let inner_wb = 1 << 8;
+        let outer_wb = 1 << 10;
+        let inner_shareable = 3 << 12;
+        let ps = pa_range.min(5) << 16;
+        (1 << 31) | ps | inner_shareable | outer_wb | inner_wb | (sl0 << 6) | t0sz
+    }
+
+    fn check(range: &IpaRange) -> Result<(), Stage2Error> {
+        if !range.start().is_aligned(PAGE_SIZE) || range.size() % PAGE_SIZE != 0 {
+            return Err(Stage2Error::Misaligned);
+        }
+        if range.end().get() > 1 << IPA_BITS {
+            return Err(Stage2Error::OutOfRange);
+        }
+        Ok(())
+    }
+
+    /// The level-2 table covering `ipa`, created if `create`.
+    fn level2(&mut self, ipa: u64, create: bool) -> Result<Option<PhysAddr>, Stage2Error> {
+        let root = self.root;
+        let entry = self.mem.table(root)[index(ipa, 1)];
+        if entry & VALID != 0 {
+            return Ok(Some(PhysAddr(entry & ADDR_MASK)));
+        }
+        if !create {
+            return Ok(None);
+        }
+        let table = self.mem.alloc().ok_or(Stage2Error::OutOfTables)?;
+        self.mem.table(root)[index(ipa, 1)] = table.get() | VALID | TABLE_OR_PAGE;
+        Ok(Some(table))
+    }
+
+    /// The level-3 table covering `ipa`, splitting a block or creating an
+    /// empty table as needed. `None` if unmapped and not `create`.
+    fn level3(
+        &mut self,
+        ipa: u64,
+        create: bool,
+        tlb: &mut dyn Tlb,
+    ) -> Result<Option<PhysAddr>, Stage2Error> {
+        let Some(l2) = self.level2(ipa, create)? else {
+            return Ok(None);
+        };
+        let entry = self.mem.table(l2)[index(ipa, 2)];
+        if entry & VALID != 0 && entry & TABLE_OR_PAGE != 0 {
+            return Ok(Some(PhysAddr(entry & ADDR_MASK)));
+        }
+        if entry & VALID == 0 && !create {
+            return Ok(None);
+        }
+        let l3 = self.mem.alloc().ok_or(Stage2Error::OutOfTables)?;
+        if entry & VALID != 0 {
+            // Split the block: same output and attributes, page by page.
+            let base = entry & ADDR_MASK;
+            let attrs = entry & ATTR_MASK;
+            for (i, e) in self.mem.table(l3).iter_mut().enumerate() {
+                *e = (base + i as u64 * PAGE_SIZE) | attrs | VALID | TABLE_OR_PAGE;
+            }
+            // Break before make: the block must be invalid and gone from
+            // the TLBs before the table replaces it.
+            self.mem.table(l2)[index(ipa, 2)] = 0;
+            tlb.invalidate_ipa(Ipa(ipa & !(BLOCK_SIZE - 1)));
+        }
+        self.mem.table(l2)[index(ipa, 2)] = l3.get() | VALID | TABLE_OR_PAGE;
+        Ok(Some(l3))
+    }
+
+    /// Maps `range` to host memory starting at `pa`. Existing mappings in
+    /// the range are replaced.
+    ///
+    /// # Errors
+    /// [`Stage2Error::Misaligned`], [`Stage2Error::OutOfRange`] or
+    /// [`Stage2Error::OutOfTables`].
+    pub fn map(
+        &mut self,
+        range: IpaRange,
+        pa: PhysAddr,
+        attrs: Attrs,
+        tlb: &mut dyn Tlb,
+    ) -> Result<(), Stage2Error> {
+        Self::check(&range)?;
+        if !pa.is_aligned(PAGE_SIZE) {
+            return Err(Stage2Error::Misaligned);
+        }
+        let bits = attrs.bits();
+        let mut ipa = range.start().get();
+        let end = range.end().get();
+        let offset = pa.get().wrapping_sub(ipa);
+        while ipa < end {
+            let out = ipa.wrapping_add(offset);
+            let block_fits = ipa % BLOCK_SIZE == 0 && out % BLOCK_SIZE == 0 && end - ipa >= BLOCK_SIZE;
+            if block_fits {
+                let l2 = self.level2(ipa, true)?.ok_or(Stage2Error::OutOfTables)?;
+                let old = self.mem.table(l2)[index(ipa, 2)];
+                self.mem.table(l2)[index(ipa, 2)] = 0;
+                if old & VALID != 0 {
+                    tlb.invalidate_ipa(Ipa(ipa));
+                }
+                self.mem.table(l2)[index(ipa, 2)] = out | bits | VALID;
+                ipa += BLOCK_SIZE;
+            } else {
+                let l3 = self.level3(ipa, true, tlb)?.ok_or(Stage2Error::OutOfTables)?;
+                let old = self.mem.table(l3)[index(ipa, 3)];
+                self.mem.table(l3)[index(ipa, 3)] = 0;
+                if old & VALID != 0 {
+                    tlb.invalidate_ipa(Ipa(ipa));
+                }
+                self.mem.table(l3)[index(ipa, 3)] = out | bits | VALID | TABLE_OR_PAGE;
+                ipa += PAGE_SIZE;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `f` to the leaf entry of every page in `range`, splitting
+    /// blocks that are only partly covered.
+    fn update(
+        &mut self,
+        range: IpaRange,
+        tlb: &mut dyn Tlb,
+        f: impl Fn(u64) -> u64,
+    ) -> Result<(), Stage2Error> {
+        Self::check(&range)?;
+        let mut ipa = range.start().get();
+        let end = range.end().get();
+        while ipa < end {
+            let l2 = self.level2(ipa, false)?.ok_or(Stage2Error::NotMapped)?;
+            let entry = self.mem.table(l2)[index(ipa, 2)];
+            if entry & VALID == 0 {
+                return Err(Stage2Error::NotMapped);
+            }
+            let whole_block = entry & TABLE_OR_PAGE == 0 && ipa % BLOCK_SIZE == 0 && end - ipa >= BLOCK_SIZE;
+            if whole_block {
+                self.mem.table(l2)[index(ipa, 2)] = 0;
+                tlb.invalidate_ipa(Ipa(ipa));
+                self.mem.table(l2)[index(ipa, 2)] = f(entry);
+                ipa += BLOCK_SIZE;
+                continue;
+            }
+            let l3 = self.level3(ipa, false, tlb)?.ok_or(Stage2Error::NotMapped)?;
+            let page = self.mem.table(l3)[index(ipa, 3)];
+            if page & VALID == 0 {
+                return Err(Stage2Error::NotMapped);
+            }
+            self.mem.table(l3)[index(ipa, 3)] = 0;
+            tlb.invalidate_ipa(Ipa(ipa));
+            self.mem.table(l3)[index(ipa, 3)] = f(page);
+            ipa += PAGE_SIZE;
+        }
+        Ok(())
+    }
+
+    /// Changes the permissions of the mapped pages in `range`.
+    ///
+    /// # Errors
+    /// [`Stage2Error::NotMapped`] if part of the range is unmapped, or the
+    /// errors of [`Self::map`].
+    pub fn set_perms(&mut self, range: IpaRange, perms: Perms, tlb: &mut dyn Tlb) -> Result<(), Stage2Error> {
+        let clear = S2AP_READ | S2AP_WRITE | (3 << XN_SHIFT);
+        let set = perms.bits();
+        self.update(range, tlb, |e| (e & !clear) | set)
+    }
+
+    /// Removes the mappings in `range`.
+    ///
+    /// # Errors
+    /// [`Stage2Error::NotMapped`] if part of the range is unmapped, or the
+    /// errors of [`Self::map`].
+    pub fn unmap(&mut self, range: IpaRange, tlb: &mut dyn Tlb) -> Result<(), Stage2Error> {
+        self.update(range, tlb, |_| 0)
+    }
+
+    /// Looks up the translation of `ipa`.
+    pub fn translate(&mut self, ipa: Ipa) -> Option<(PhysAddr, Attrs)> {
+        let ipa = ipa.get();
+        if ipa >= 1 << IPA_BITS {
+            return None;
+        }
+        let l1 = self.mem.table(self.root)[index(ipa, 1)];
+        if l1 & VALID == 0 {
+            return None;
+        }
+        let l2 = self.mem.table(PhysAddr(l1 & ADDR_MASK))[index(ipa, 2)];
+        if l2 & VALID == 0 {
+            return None;
+        }
+        if l2 & TABLE_OR_PAGE == 0 {
+            let pa = (l2 & ADDR_MASK & !(BLOCK_SIZE - 1)) | (ipa & (BLOCK_SIZE - 1));
+            return Some((PhysAddr(pa), Attrs::from_bits(l2)));
+        }
+        let l3 = self.mem.table(PhysAddr(l2 & ADDR_MASK))[index(ipa, 3)];
+        if l3 & VALID == 0 {
+            return None;
+        }
+        Some((PhysAddr((l3 & ADDR_MASK) | (ipa & (PAGE_SIZE - 1))), Attrs::from_bits(l3)))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    /// Table memory backed by the host heap, at made-up physical addresses.
+    pub struct FakeTables {
+        pub tables: Vec<Box<[u64; ENTRIES]>>,
+        pub limit: usize,
+    }
+
+    const FAKE_BASE: u64 = 0x10_0000_0000;
+
+    impl TableMemory for FakeTables {
+        fn alloc(&mut self) -> Option<PhysAddr> {
+            if self.tables.len() >= self.limit {
+                return None;
+            }
+            self.tables.push(Box::new([0; ENTRIES]));
+            Some(PhysAddr(FAKE_BASE + (self.tables.len() as u64 - 1) * PAGE_SIZE))
+        }
+        fn table(&mut self, table: PhysAddr) -> &mut [u64; ENTRIES] {
+            &mut self.tables[((table.get() - FAKE_BASE) / PAGE_SIZE) as usize]
+        }
+    }
+
+    #[derive(Default)]
+    pub struct CountingTlb(pub usize);
+    impl Tlb for CountingTlb {
+        fn invalidate_ipa(&mut self, _: Ipa) {
+            self.0 += 1;
+        }
+    }
+
+    fn s2(limit: usize) -> Stage2<FakeTables> {
+        Stage2::new(FakeTables { tables: Vec::new(), limit }).unwrap()
+    }
+
+    const RAM: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RWX };
+
+    #[test]
+    fn maps_ram_with_blocks_and_translates() {
+        let mut s = s2(8);
+        let mut tlb = CountingTlb::default();
+        let r = IpaRange::new(Ipa(0x4000_0000), 0x3e00_0000).unwrap();
+        s.map(r, PhysAddr(0x4000_0000), RAM, &mut tlb).unwrap();
+        assert_eq!(s.mem.tables.len(), 2, "root + one level-2 table");
+        assert_eq!(s.translate(Ipa(0x4123_4567)), Some((PhysAddr(0x4123_4567), RAM)));
+        assert_eq!(s.translate(Ipa(0x7e00_0000)), None);
+        assert_eq!(s.translate(Ipa(0x3fff_ffff)), None);
+    }
+
+    #[test]
+    fn splits_blocks_for_page_permissions() {
+        let mut s = s2(8);
+        let mut tlb = CountingTlb::default();
+        let r = IpaRange::new(Ipa(0x4000_0000), 0x40_0000).unwrap();
+        s.map(r, PhysAddr(0x4000_0000), RAM, &mut tlb).unwrap();
+        let text = IpaRange::new(Ipa(0x4020_1000), 0x3000).unwrap();
+        s.set_perms(text, Perms::RX, &mut tlb).unwrap();
+        let (pa, a) = s.translate(Ipa(0x4020_2abc)).unwrap();
+        assert_eq!(pa, PhysAddr(0x4020_2abc));
+        assert_eq!(a.perms, Perms::RX);
+        assert_eq!(s.translate(Ipa(0x4020_0000)).unwrap().1.perms, Perms::RWX);
+        assert_eq!(s.translate(Ipa(0x4020_4000)).unwrap().1.perms, Perms::RWX);
+        assert_eq!(s.translate(Ipa(0x4000_0000)).unwrap().1.perms, Perms::RWX, "other block untouched");
+        assert!(tlb.0 >= 4, "block split and each page change invalidated");
+        for p in [Perms::R_EL0X, Perms::RW, Perms::RWX] {
+            s.set_perms(text, p, &mut tlb).unwrap();
+            assert_eq!(s.translate(Ipa(0x4020_1000)).unwrap().1.perms, p);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_ranges_and_reports_exhaustion() {
+        let mut s = s2(2);
+        let mut tlb = CountingTlb::default();
+        let r = IpaRange::new(Ipa(0x4000_0800), 0x1000).unwrap();
+        assert_eq!(s.map(r, PhysAddr(0x4000_0000), RAM, &mut tlb), Err(Stage2Error::Misaligned));
+        let r = IpaRange::new(Ipa(1 << 39), 0x1000).unwrap();
+        assert_eq!(s.map(r, PhysAddr(0), RAM, &mut tlb), Err(Stage2Error::OutOfRange));
+        let r = IpaRange::new(Ipa(0x4000_0000), 0x1000).unwrap();
+        assert_eq!(s.set_perms(r, Perms::RX, &mut tlb), Err(Stage2Error::NotMapped));
+        // root + level 2 fit, the level-3 table does not.
+        assert_eq!(s.map(r, PhysAddr(0x4000_0000), RAM, &mut tlb), Err(Stage2Error::OutOfTables));
+    }
+
+    #[test]
+    fn unmap_removes_pages() {
+        let mut s = s2(8);
+        let mut tlb = CountingTlb::default();
+        let r = IpaRange::new(Ipa(0x4000_0000), BLOCK_SIZE).unwrap();
+        s.map(r, PhysAddr(0x4000_0000), RAM, &mut tlb).unwrap();
+        let page = IpaRange::new(Ipa(0x4000_1000), PAGE_SIZE).unwrap();
+        s.unmap(page, &mut tlb).unwrap();
+        assert_eq!(s.translate(Ipa(0x4000_1000)), None);
+        assert!(s.translate(Ipa(0x4000_2000)).is_some());
+        assert_eq!(s.unmap(page, &mut tlb), Err(Stage2Error::NotMapped));
+    }
+
+    #[test]
+    fn vtcr_encodes_39_bit_ipa_from_level_1() {
+        let v = Stage2::<FakeTables>::vtcr(5);
+        assert_eq!(v & 0x3f, 25);
+        assert_eq!((v >> 6) & 3, 1);
+        assert_eq!((v >> 16) & 7, 5);
+        assert_eq!(v >> 31, 1);
+    }
+}
