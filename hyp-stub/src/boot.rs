@@ -30,6 +30,16 @@ pub const GUEST_DTB_IPA: u64 = RAM_BASE;
 /// limit).
 pub const GUEST_DTB_MAX: usize = 2 << 20;
 
+/// `Manifest::services` bit: start the MMIO guard service.
+pub const SERVICE_MMIO_GUARD: u64 = 1 << 0;
+/// `Manifest::services` bit: start the kernel-protect service.
+pub const SERVICE_KERNEL_PROTECT: u64 = 1 << 1;
+/// `Manifest::services` bit: the guest is a protected VM whose MMIO guard
+/// is enforced from boot (pKVM's policy), not only after ENROLL.
+pub const MMIO_GUARD_FROM_BOOT: u64 = 1 << 8;
+/// What `services == 0` means.
+pub const DEFAULT_SERVICES: u64 = SERVICE_MMIO_GUARD | SERVICE_KERNEL_PROTECT;
+
 /// `"PVGBOOT1"` little-endian.
 pub const MANIFEST_MAGIC: u64 = u64::from_le_bytes(*b"PVGBOOT1");
 /// Size of the manifest in bytes.
@@ -46,8 +56,8 @@ pub struct Manifest {
     pub initrd_ipa: u64,
     /// Size of the initramfs in bytes (0: none).
     pub initrd_size: u64,
-    /// Bitmask of hypervisor services to start (see `services`); 0 means
-    /// the built-in default set.
+    /// Bitmask of hypervisor services to start (`SERVICE_*`,
+    /// `MMIO_GUARD_FROM_BOOT`); 0 means [`DEFAULT_SERVICES`].
     pub services: u64,
 }
 
@@ -63,6 +73,15 @@ pub enum ManifestError {
 }
 
 impl Manifest {
+    /// The services to start, with the default applied.
+    pub fn services(&self) -> u64 {
+        if self.services == 0 {
+            DEFAULT_SERVICES
+        } else {
+            self.services
+        }
+    }
+
     /// Serialises the manifest as the host writes it.
     pub fn to_bytes(&self) -> [u8; MANIFEST_SIZE] {
         let mut out = [0u8; MANIFEST_SIZE];

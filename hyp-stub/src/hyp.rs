@@ -15,6 +15,9 @@ use crate::smccc::{self, psci};
 use crate::stats::{ExitKind, Stats};
 use crate::vcpu::{El1Context, El1Exception, Injection, Vcpu};
 
+/// How many refused accesses are reported on the console (all are counted).
+pub const REPORTED_REFUSALS: u64 = 32;
+
 /// What the core needs from the machine. Implemented on real hardware by
 /// the binary and by fakes in the tests.
 pub trait Platform {
@@ -206,25 +209,37 @@ impl<'s> Hyp<'s> {
         let abort = esr.abort();
         // HPFAR_EL2.FIPA holds IPA[51:12] in bits [43:4].
         let ipa = Ipa(((hpfar & 0x0000_0fff_ffff_fff0) << 8) | (far & 0xfff));
-        let refuse = |hyp: &mut Self, vcpu: &mut Vcpu, plat: &mut dyn Platform| {
+        let refuse = |hyp: &mut Self, vcpu: &mut Vcpu, plat: &mut dyn Platform, why: &str| {
             hyp.stats.mmio_refused += 1;
+            if hyp.stats.mmio_refused <= REPORTED_REFUSALS {
+                let kind = if abort.write() { "write" } else { "read" };
+                let _ = writeln!(
+                    plat.console(),
+                    "hyp-stub: refused {kind} at IPA {:#x} (guest pc {:#x}): {why}; injecting external abort",
+                    ipa.get(),
+                    vcpu.pc
+                );
+            }
             hyp.inject(vcpu, plat, Injection::DataAbort { far, write: abort.write() });
         };
         // Faults on the guest's own page-table walks, on RAM (nothing is
         // protected yet) or outside the device window are not MMIO.
-        if abort.stage1_walk() || !self.layout.mmio_window.contains(ipa) {
-            return refuse(self, vcpu, plat);
+        if abort.stage1_walk() {
+            return refuse(self, vcpu, plat, "stage-1 table walk outside RAM");
+        }
+        if !self.layout.mmio_window.contains(ipa) {
+            return refuse(self, vcpu, plat, "outside guest RAM and the device window");
         }
         // Without a valid syndrome the access cannot be emulated.
         if !abort.valid() {
-            return refuse(self, vcpu, plat);
+            return refuse(self, vcpu, plat, "no valid syndrome (ISV=0)");
         }
         let width = abort.width();
         if !ipa.is_aligned(width.bytes()) {
-            return refuse(self, vcpu, plat);
+            return refuse(self, vcpu, plat, "misaligned");
         }
         if self.services.mmio_access(ipa, abort.write()) == MmioVerdict::Deny {
-            return refuse(self, vcpu, plat);
+            return refuse(self, vcpu, plat, "not guarded (MMIO guard)");
         }
         let pa = PhysAddr(ipa.get());
         let reg = abort.register();

@@ -20,4 +20,5 @@ pub mod hyp;
 pub mod service;
 pub mod smccc;
 pub mod stats;
+pub mod services;
 pub mod vcpu;

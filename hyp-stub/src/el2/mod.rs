@@ -17,6 +17,8 @@ use hyp_stub::esr::Esr;
 use hyp_stub::fdt::{self, Edits, Fdt};
 use hyp_stub::hyp::{Hyp, Layout, Platform};
 use hyp_stub::service::Registry;
+use hyp_stub::services::mmio_guard::{self, MmioGuard};
+use static_cell::StaticCell;
 use hyp_stub::smccc::psci;
 use hyp_stub::stage2::{Attrs, MemType, Perms, Stage2};
 use hyp_stub::vcpu::{GuestRegs, Vcpu};
@@ -116,12 +118,26 @@ extern "C" fn hyp_main() -> ! {
         hyp_memory: (PhysAddr(boot::HYP_BASE), PhysAddr(boot::HYP_END)),
         mmio_window: IpaRange::new(Ipa(0), boot::RAM_BASE).unwrap_or_else(|| refuse_to_boot(format_args!("no device window"))),
     };
-    let mut hyp = Hyp::new(layout, Registry::new());
+    let services = manifest.services();
+    let mut registry = Registry::new();
+    if services & boot::SERVICE_MMIO_GUARD != 0 {
+        static GUARD: StaticCell<MmioGuard> = StaticCell::new();
+        let policy = if services & boot::MMIO_GUARD_FROM_BOOT != 0 {
+            mmio_guard::Policy::FromBoot
+        } else {
+            mmio_guard::Policy::AfterEnroll
+        };
+        if let Err(e) = registry.register(GUARD.init(MmioGuard::new(policy))) {
+            refuse_to_boot(format_args!("cannot register the MMIO guard: {e:?}"));
+        }
+    }
+    let mut hyp = Hyp::new(layout, registry);
     if let Err((name, e)) = hyp.start_services() {
         refuse_to_boot(format_args!("service {name} failed to start: {e}"));
     }
     *HYP.lock() = Some(hyp);
 
+    println!("services {:#x}", services);
     println!(
         "guest RAM {:#x}..{:#x}, kernel at {:#x}, initramfs {:#x}+{:#x}, dtb at {:#x}",
         guest_ram.start().get(),

@@ -1,0 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+//! The services the hypervisor offers, each behind [`crate::service::Service`].
+
+pub mod mmio_guard;
