@@ -25,8 +25,13 @@ pub const MAP_RANGE: u32 = 0xc600_000a;
 /// UNMAP_RANGE: x1 = IPA, x2 = size (granule multiple).
 pub const UNMAP_RANGE: u32 = 0xc600_000b;
 
-/// Every function ID of the service.
-pub const ALL: [u32; 9] = [
+/// The function IDs of a guard enforced after ENROLL.
+pub const ENROLLED_GUEST: [u32; 7] = [HYP_MEMINFO, INFO, ENROLL, MAP, UNMAP, MAP_RANGE, UNMAP_RANGE];
+
+/// The function IDs offered to a protected VM: also MEM_SHARE and
+/// MEM_UNSHARE, which upstream's pKVM guest driver requires before it
+/// registers its `ioremap` hook.
+pub const PROTECTED_VM: [u32; 9] = [
     HYP_MEMINFO,
     MEM_SHARE,
     MEM_UNSHARE,

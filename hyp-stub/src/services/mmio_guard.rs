@@ -188,7 +188,13 @@ impl Service for MmioGuard {
     }
 
     fn function_ids(&self) -> &'static [u32] {
-        &abi::ALL
+        // Memory sharing only means something to a protected VM; offering
+        // it elsewhere would make upstream's pKVM driver claim the
+        // kernel's single ioremap hook.
+        match self.policy {
+            Policy::AfterEnroll => &abi::ENROLLED_GUEST,
+            Policy::FromBoot => &abi::PROTECTED_VM,
+        }
     }
 
     fn init(&mut self, ops: &mut dyn HypOps) -> Result<(), ServiceError> {
@@ -213,7 +219,7 @@ impl Service for MmioGuard {
             abi::MAP_RANGE => self.map(a1, a2, a3),
             abi::UNMAP => self.unmap(a1, abi::GRANULE),
             abi::UNMAP_RANGE => self.unmap(a1, a2),
-            abi::MEM_SHARE | abi::MEM_UNSHARE => self.share(a1),
+            abi::MEM_SHARE | abi::MEM_UNSHARE if self.policy == Policy::FromBoot => self.share(a1),
             _ => [abi::RET_NOT_SUPPORTED, 0, 0, 0],
         }
     }

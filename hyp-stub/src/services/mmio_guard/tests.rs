@@ -46,6 +46,10 @@ fn discovery_calls_answer_the_granule() {
     let mut g = guard(Policy::AfterEnroll);
     assert_eq!(call(&mut g, abi::HYP_MEMINFO, [0; 3]), 4096);
     assert_eq!(call(&mut g, abi::INFO, [0; 3]), 4096);
+    assert!(!g.function_ids().contains(&abi::MEM_SHARE));
+    assert_eq!(call(&mut g, abi::MEM_SHARE, [0x4100_0000, 0, 0]), abi::RET_NOT_SUPPORTED);
+    let mut g = guard(Policy::FromBoot);
+    assert!(g.function_ids().contains(&abi::MEM_SHARE));
     assert_eq!(call(&mut g, abi::MEM_SHARE, [0x4100_0000, 0, 0]), 0);
     assert_eq!(call(&mut g, abi::MEM_UNSHARE, [0x0900_0000, 0, 0]), abi::RET_INVALID_PARAMETER);
 }
