@@ -186,6 +186,14 @@ impl<'a> Fdt<'a> {
     /// # Errors
     /// A parse error.
     pub fn chosen(&self, prop: &str) -> Result<Option<&'a [u8]>, FdtError> {
+        self.node_prop("chosen", prop)
+    }
+
+    /// The value of `/<node>/<prop>` for a top-level node, if present.
+    ///
+    /// # Errors
+    /// A parse error.
+    pub fn node_prop(&self, node: &str, prop: &str) -> Result<Option<&'a [u8]>, FdtError> {
         let mut found = None;
         let fdt = *self;
         let mut off = 0;
@@ -197,7 +205,7 @@ impl<'a> Fdt<'a> {
             match tok {
                 Token::Begin(name) => {
                     depth += 1;
-                    in_chosen = depth == 2 && name == b"chosen";
+                    in_chosen = depth == 2 && name == node.as_bytes();
                 }
                 Token::End => {
                     depth = depth.checked_sub(1).ok_or(FdtError::BadToken)?;
@@ -213,17 +221,42 @@ impl<'a> Fdt<'a> {
     }
 }
 
+fn find_string_in(strings: &[u8], name: &[u8]) -> Option<usize> {
+    let mut off = 0;
+    for s in strings.split(|&b| b == 0) {
+        if s == name {
+            return Some(off);
+        }
+        off += s.len() + 1;
+    }
+    None
+}
+
 fn is_memory_node(name: &[u8]) -> bool {
     name == b"memory" || name.starts_with(b"memory@")
+}
+
+/// One property to set on a top-level node (added if absent).
+#[derive(Clone, Copy, Debug)]
+pub struct NodeProp<'e> {
+    /// Name of the node under `/`, e.g. `chosen` or `psci`.
+    pub node: &'e str,
+    /// Property name.
+    pub name: &'e str,
+    /// Property value.
+    pub value: &'e [u8],
 }
 
 /// What to change in the guest's copy of the tree.
 pub struct Edits<'e> {
     /// New `(base, size)` of the (first) memory node.
     pub memory: (u64, u64),
-    /// Properties of `/chosen` to set: `(name, value)`.
-    pub chosen: &'e [(&'e str, &'e [u8])],
+    /// Properties to set on top-level nodes (at most [`MAX_PROPS`]).
+    pub props: &'e [NodeProp<'e>],
 }
+
+/// Most properties one rewrite sets.
+pub const MAX_PROPS: usize = 8;
 
 struct Writer<'o> {
     out: &'o mut [u8],
@@ -264,27 +297,26 @@ pub fn rewrite(fdt: &Fdt<'_>, edits: &Edits<'_>, out: &mut [u8]) -> Result<usize
     w.bytes(fdt.rsvmap)?;
     let off_struct = w.len;
 
-    // New property names are appended to a copy of the strings block.
+    if edits.props.len() > MAX_PROPS {
+        return Err(FdtError::NoSpace);
+    }
+    // New property names are appended to a copy of the strings block,
+    // each once, in the order of first use.
+    let is_first = |i: usize| edits.props[..i].iter().all(|p| p.name != edits.props[i].name);
     let new_name_off = |name: &str| -> Option<usize> {
         let mut extra = fdt.strings.len();
-        for (n, _) in edits.chosen {
-            if *n == name {
+        for (i, p) in edits.props.iter().enumerate() {
+            if !is_first(i) || find_string_in(fdt.strings, p.name.as_bytes()).is_some() {
+                continue;
+            }
+            if p.name == name {
                 return Some(extra);
             }
-            extra += n.len() + 1;
+            extra += p.name.len() + 1;
         }
         None
     };
-    let find_string = |name: &[u8]| -> Option<usize> {
-        let mut off = 0;
-        for s in fdt.strings.split(|&b| b == 0) {
-            if s == name {
-                return Some(off);
-            }
-            off += s.len() + 1;
-        }
-        None
-    };
+    let find_string = |name: &[u8]| find_string_in(fdt.strings, name);
 
     let mut mem_reg = [0u8; 16];
     let mut put = |cells: usize, v: u64, at: usize| {
@@ -299,8 +331,10 @@ pub fn rewrite(fdt: &Fdt<'_>, edits: &Edits<'_>, out: &mut [u8]) -> Result<usize
 
     let mut off = 0;
     let mut depth = 0usize;
-    let mut node_kind = [0u8; 16]; // 1 = chosen, 2 = memory, per depth
-    let mut chosen_done = [false; 8];
+    // Per depth: 0 = untouched, 1 = has props to set, 2 = memory.
+    let mut node_kind = [0u8; 16];
+    let mut node_name: &[u8] = b"";
+    let mut done = [false; MAX_PROPS];
     let mut memory_done = false;
     loop {
         let (tok, next) = fdt.token(off)?;
@@ -310,8 +344,11 @@ pub fn rewrite(fdt: &Fdt<'_>, edits: &Edits<'_>, out: &mut [u8]) -> Result<usize
             Token::Begin(name) => {
                 depth += 1;
                 let kind = match (depth, name) {
-                    (2, b"chosen") => 1,
                     (2, n) if is_memory_node(n) && !memory_done => 2,
+                    (2, n) if edits.props.iter().any(|p| p.node.as_bytes() == n) => {
+                        node_name = n;
+                        1
+                    }
                     _ => 0,
                 };
                 if let Some(k) = node_kind.get_mut(depth) {
@@ -323,10 +360,14 @@ pub fn rewrite(fdt: &Fdt<'_>, edits: &Edits<'_>, out: &mut [u8]) -> Result<usize
                 let kind = node_kind.get(depth).copied().unwrap_or(0);
                 let nameoff = be32(raw, 8)?;
                 let replacement = match kind {
-                    1 => edits.chosen.iter().position(|(n, _)| n.as_bytes() == name).map(|i| {
-                        chosen_done[i] = true;
-                        edits.chosen[i].1
-                    }),
+                    1 => edits
+                        .props
+                        .iter()
+                        .position(|p| p.node.as_bytes() == node_name && p.name.as_bytes() == name)
+                        .map(|i| {
+                            done[i] = true;
+                            edits.props[i].value
+                        }),
                     2 if name == b"reg" => {
                         memory_done = true;
                         Some(mem_reg)
@@ -349,17 +390,19 @@ pub fn rewrite(fdt: &Fdt<'_>, edits: &Edits<'_>, out: &mut [u8]) -> Result<usize
             }
             Token::End => {
                 if node_kind.get(depth).copied() == Some(1) {
-                    for (i, (name, value)) in edits.chosen.iter().enumerate() {
-                        if chosen_done.get(i).copied().unwrap_or(true) {
+                    for (i, p) in edits.props.iter().enumerate() {
+                        if p.node.as_bytes() != node_name || done.get(i).copied().unwrap_or(true) {
                             continue;
                         }
-                        let nameoff = find_string(name.as_bytes()).or_else(|| new_name_off(name)).ok_or(FdtError::NoSpace)?;
+                        let nameoff = find_string(p.name.as_bytes())
+                            .or_else(|| new_name_off(p.name))
+                            .ok_or(FdtError::NoSpace)?;
                         w.u32(PROP)?;
-                        w.u32(value.len() as u32)?;
+                        w.u32(p.value.len() as u32)?;
                         w.u32(nameoff as u32)?;
-                        w.bytes(value)?;
+                        w.bytes(p.value)?;
                         w.pad()?;
-                        chosen_done[i] = true;
+                        done[i] = true;
                     }
                 }
                 depth = depth.checked_sub(1).ok_or(FdtError::BadToken)?;
@@ -378,9 +421,9 @@ pub fn rewrite(fdt: &Fdt<'_>, edits: &Edits<'_>, out: &mut [u8]) -> Result<usize
     let size_struct = w.len - off_struct;
     let off_strings = w.len;
     w.bytes(fdt.strings)?;
-    for (name, _) in edits.chosen {
-        if find_string(name.as_bytes()).is_none() {
-            w.bytes(name.as_bytes())?;
+    for (i, p) in edits.props.iter().enumerate() {
+        if is_first(i) && find_string(p.name.as_bytes()).is_none() {
+            w.bytes(p.name.as_bytes())?;
             w.bytes(&[0])?;
         }
     }
@@ -413,7 +456,7 @@ mod tests {
     /// Builds a small tree shaped like QEMU's: root cells, a memory node,
     /// and a /chosen with bootargs.
     fn sample() -> Vec<u8> {
-        let strings = b"#address-cells\0#size-cells\0reg\0device_type\0bootargs\0";
+        let strings = b"#address-cells\0#size-cells\0reg\0device_type\0bootargs\0method\0";
         let mut s = Vec::new();
         let tok = |s: &mut Vec<u8>, v: u32| s.extend_from_slice(&v.to_be_bytes());
         let node = |s: &mut Vec<u8>, name: &[u8]| {
@@ -442,6 +485,9 @@ mod tests {
         tok(&mut s, END_NODE);
         node(&mut s, b"chosen");
         prop(&mut s, 43, b"console=ttyAMA0\0");
+        tok(&mut s, END_NODE);
+        node(&mut s, b"psci");
+        prop(&mut s, 52, b"smc\0");
         tok(&mut s, END_NODE);
         tok(&mut s, END_NODE);
         tok(&mut s, END);
@@ -474,9 +520,16 @@ mod tests {
         let fdt = Fdt::new(&blob).unwrap();
         let start = 0x4800_0000u64.to_be_bytes();
         let end = 0x4810_0000u64.to_be_bytes();
+        let p = |node, name, value| NodeProp { node, name, value };
         let edits = Edits {
             memory: (0x4000_0000, 0x3e00_0000),
-            chosen: &[("linux,initrd-start", &start), ("linux,initrd-end", &end), ("bootargs", b"x\0")],
+            props: &[
+                p("chosen", "linux,initrd-start", &start),
+                p("chosen", "linux,initrd-end", &end),
+                p("chosen", "bootargs", b"x\0"),
+                p("psci", "method", b"hvc\0"),
+                p("psci", "linux,initrd-end", b"odd place, shared name\0"),
+            ],
         };
         let mut out = [0u8; 1024];
         let n = rewrite(&fdt, &edits, &mut out).unwrap();
@@ -485,6 +538,8 @@ mod tests {
         assert_eq!(new.chosen("linux,initrd-start"), Ok(Some(&start[..])));
         assert_eq!(new.chosen("linux,initrd-end"), Ok(Some(&end[..])));
         assert_eq!(new.chosen("bootargs"), Ok(Some(&b"x\0"[..])));
+        assert_eq!(new.node_prop("psci", "method"), Ok(Some(&b"hvc\0"[..])));
+        assert_eq!(new.node_prop("psci", "linux,initrd-end"), Ok(Some(&b"odd place, shared name\0"[..])));
         // Rewriting the result again is stable (names are not re-added).
         let mut again = [0u8; 1024];
         let m = rewrite(&new, &edits, &mut again).unwrap();
@@ -499,7 +554,7 @@ mod tests {
         assert!(Fdt::new(&blob).is_err());
         let blob = sample();
         let fdt = Fdt::new(&blob).unwrap();
-        let edits = Edits { memory: (0, 1), chosen: &[] };
+        let edits = Edits { memory: (0, 1), props: &[] };
         assert_eq!(rewrite(&fdt, &edits, &mut [0u8; 64]), Err(FdtError::NoSpace));
     }
 }

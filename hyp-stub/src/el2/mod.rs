@@ -14,7 +14,7 @@ use core::ptr::addr_of_mut;
 use hyp_stub::addr::{Ipa, IpaRange, PhysAddr};
 use hyp_stub::boot::{self, KernelImage, Manifest};
 use hyp_stub::esr::Esr;
-use hyp_stub::fdt::{self, Edits, Fdt};
+use hyp_stub::fdt::{self, Edits, Fdt, NodeProp};
 use hyp_stub::hyp::{Hyp, Layout, Platform};
 use hyp_stub::service::Registry;
 use hyp_stub::services::mmio_guard::{self, MmioGuard};
@@ -87,10 +87,16 @@ extern "C" fn hyp_main() -> ! {
     // The guest's device tree: only guest memory, plus the initramfs.
     let initrd_start = manifest.initrd_ipa.to_be_bytes();
     let initrd_end = (manifest.initrd_ipa + manifest.initrd_size).to_be_bytes();
-    let initrd_props: [(&str, &[u8]); 2] = [("linux,initrd-start", &initrd_start), ("linux,initrd-end", &initrd_end)];
+    // PSCI (and every other SMCCC call) reaches us by HVC, as in a KVM
+    // guest: stock Linux only looks for KVM's services over HVC.
+    let props = [
+        NodeProp { node: "psci", name: "method", value: b"hvc\0" },
+        NodeProp { node: "chosen", name: "linux,initrd-start", value: &initrd_start },
+        NodeProp { node: "chosen", name: "linux,initrd-end", value: &initrd_end },
+    ];
     let edits = Edits {
         memory: (guest_ram.start().get(), guest_ram.size()),
-        chosen: if manifest.initrd_size != 0 { &initrd_props } else { &[] },
+        props: if manifest.initrd_size != 0 { &props } else { &props[..1] },
     };
     // SAFETY: boot is single-threaded; DTB_BUF is used only here.
     let buf = unsafe { &mut *addr_of_mut!(DTB_BUF) };
