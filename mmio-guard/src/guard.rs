@@ -141,6 +141,43 @@ impl<const N: usize> Guard<N> {
         self.ranged
     }
 
+    /// Chooses ranged or per-granule calls (after discovery).
+    pub fn set_ranged(&mut self, ranged: bool) {
+        self.ranged = ranged;
+    }
+
+    /// Records a mapping made before the hypervisor could be asked (the
+    /// earlycon fixmap, set up while the command line is parsed), without
+    /// a hypercall; [`Self::sync`] tells the hypervisor later.
+    ///
+    /// # Errors
+    /// [`GuardError::Track`] if the range is bad or there is no room.
+    pub fn note(&mut self, phys: u64, size: u64) -> Result<(), GuardError> {
+        let (start, end) = granule_range(phys, size)?;
+        self.tracker.map(start, end, |_, _, _| Ok::<(), GuardError>(()))
+    }
+
+    /// Guards every tracked range at the hypervisor: called once after
+    /// discovery, before enrolling, so that early mappings keep working.
+    ///
+    /// # Errors
+    /// The first refusal; ranges guarded before it stay guarded.
+    pub fn sync(&mut self, hv: &mut dyn Hypervisor) -> Result<(), GuardError> {
+        let mut calls = 0u64;
+        let mut result = Ok(());
+        for seg in self.tracker.segments() {
+            result = guard(&mut *hv, self.ranged, seg.start, seg.end, &mut calls);
+            if result.is_err() {
+                break;
+            }
+        }
+        self.stats.hypercalls += calls;
+        if result.is_err() {
+            self.stats.failures += 1;
+        }
+        result
+    }
+
     /// Enrolls: from now on the hypervisor aborts unguarded MMIO.
     ///
     /// # Errors

@@ -129,3 +129,19 @@ fn ranged_needs_at_least_4x_fewer_calls_for_a_typical_boot() {
     assert_eq!(count(true), 4);
     assert_eq!(count(false), 16 + 32 + 1 + 1);
 }
+
+#[test]
+fn early_mappings_are_replayed_before_enrolling() {
+    let mut hv = FakeHyp::default();
+    let mut g = Guard::<16>::new(false);
+    g.note(0x0900_0000, 64).unwrap();
+    assert!(hv.log.is_empty(), "no hypercall before discovery");
+    g.set_ranged(discover(&mut hv).unwrap().ranged);
+    g.sync(&mut hv).unwrap();
+    g.enroll(&mut hv).unwrap();
+    assert!(hv.guarded.contains(&0x0900_0000) && hv.enrolled);
+    // A later ioremap of the same UART shares the early granule.
+    g.map(&mut hv, 0x0900_0000, 0x1000).unwrap();
+    g.unmap(&mut hv, 0x0900_0000, 0x1000).unwrap();
+    assert!(hv.guarded.contains(&0x0900_0000));
+}
