@@ -20,6 +20,10 @@ pub enum Status {
     NotRequested,
     /// Requested, but the hypervisor does not offer the guard.
     Unavailable(Unavailable),
+    /// Requested, but no KVM-compatible hypervisor answered at all.
+    NoHypervisor,
+    /// Requested, but another driver holds the kernel's ioremap hook.
+    HookBusy,
     /// The hypervisor refused to guard the early mappings or to enroll.
     Refused(GuardError),
     /// Enrolled: unguarded MMIO now aborts.
@@ -84,6 +88,24 @@ impl MmioState {
     /// [`GuardError::Track`] if there is no room: the caller reports it.
     pub fn note_early(&mut self, phys: u64, size: u64) -> Result<(), GuardError> {
         self.guard.note(phys, size)
+    }
+
+    /// Whether the command line asked for the guard.
+    pub fn wanted(&self) -> bool {
+        self.mode != Mode::Off
+    }
+
+    /// Ends the attempt because a prerequisite is missing (no hypervisor
+    /// answered, or the ioremap hook is taken).
+    pub fn give_up(&mut self, status: Status) -> InitOutcome {
+        if self.mode == Mode::Off {
+            return InitOutcome::Unguarded;
+        }
+        self.status = status;
+        match self.mode {
+            Mode::Strict => InitOutcome::RefuseToBoot,
+            _ => InitOutcome::Unguarded,
+        }
     }
 
     /// Discovers the hypervisor's guard and enrolls, as the command line
@@ -158,6 +180,10 @@ impl MmioState {
                 };
                 writeln!(w, "unavailable: {why}")
             }
+            Status::NoHypervisor => {
+                writeln!(w, "unavailable: no KVM-compatible hypervisor answered over HVC")
+            }
+            Status::HookBusy => writeln!(w, "unavailable: another driver holds the ioremap hook"),
             Status::Refused(e) => writeln!(w, "refused: {}", Reason(e)),
         }
     }

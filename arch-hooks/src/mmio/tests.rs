@@ -111,3 +111,16 @@ fn full_tracker_fails_the_ioremap_with_a_reason() {
     assert_eq!(why, "no room to track another MMIO range (capacity 64)");
     assert!(text(|s, w| s.write_stats(w), &s).contains("refused_ioremaps=1\n"));
 }
+
+#[test]
+fn no_hypervisor_is_reported_and_strict_refuses() {
+    let mut s = MmioState::new();
+    assert_eq!(s.give_up(Status::NoHypervisor), InitOutcome::Unguarded);
+    assert_eq!(s.status(), Status::NotRequested, "off: nothing to report");
+    s.set_mode(Mode::Strict);
+    assert_eq!(s.give_up(Status::NoHypervisor), InitOutcome::RefuseToBoot);
+    assert_eq!(
+        text(|s, w| s.write_status(w), &s),
+        "unavailable: no KVM-compatible hypervisor answered over HVC\n"
+    );
+}
