@@ -8,10 +8,13 @@
 
 use core::fmt::Write;
 
-use crate::addr::{Ipa, IpaRange, PhysAddr};
-use crate::esr::{Esr, ExceptionClass, Width};
-use crate::service::{Call, HypOps, MmioVerdict, Registry, ServiceError};
+use crate::addr::{GuestVa, Ipa, IpaRange, PhysAddr};
+use crate::esr::{AbortSyndrome, Esr, ExceptionClass, Width};
+use crate::service::{
+    Call, FaultAction, GuestFault, HypOps, MmioVerdict, OpsError, Registry, ServiceError,
+};
 use crate::smccc::{self, psci};
+use crate::stage2::{Perms, Stage2, Stage2Error, TableMemory, Tlb, PAGE_SIZE};
 use crate::stats::{ExitKind, Stats};
 use crate::vcpu::{El1Context, El1Exception, Injection, Vcpu};
 
@@ -19,8 +22,13 @@ use crate::vcpu::{El1Context, El1Exception, Injection, Vcpu};
 pub const REPORTED_REFUSALS: u64 = 32;
 
 /// What the core needs from the machine. Implemented on real hardware by
-/// the binary and by fakes in the tests.
-pub trait Platform {
+/// the binary and by fakes in the tests. TLB maintenance is part of it.
+pub trait Platform: Tlb {
+    /// Reads RAM at `pa` (already checked to be guest RAM).
+    fn read_ram(&mut self, pa: PhysAddr, buf: &mut [u8]);
+    /// Writes one instruction to RAM at `pa` (checked, 4-byte aligned)
+    /// and makes it visible to instruction fetch.
+    fn write_insn(&mut self, pa: PhysAddr, insn: u32);
     /// Issues an SMC to the platform firmware (PSCI).
     fn firmware_call(&mut self, fid: u32, args: [u64; 3]) -> [u64; 4];
     /// Reads device memory at `pa` (MMIO emulation).
@@ -46,39 +54,87 @@ pub struct Layout {
     pub mmio_window: IpaRange,
 }
 
-impl HypOps for Layout {
+/// The ops table handed to services: the layout, the guest's stage-2
+/// tables and the machine.
+struct Ops<'a, M: TableMemory> {
+    layout: Layout,
+    stage2: &'a mut Stage2<M>,
+    plat: &'a mut dyn Platform,
+}
+
+impl<M: TableMemory> Ops<'_, M> {
+    fn ram_range(&self, ipa: Ipa, len: u64) -> Result<IpaRange, OpsError> {
+        IpaRange::new(ipa, len)
+            .filter(|r| self.layout.guest_ram.covers(r))
+            .ok_or(OpsError::NotGuestRam)
+    }
+}
+
+impl<M: TableMemory> HypOps for Ops<'_, M> {
     fn guest_ram(&self) -> IpaRange {
-        self.guest_ram
+        self.layout.guest_ram
     }
     fn hyp_memory(&self) -> (PhysAddr, PhysAddr) {
-        self.hyp_memory
+        self.layout.hyp_memory
     }
     fn mmio_window(&self) -> IpaRange {
-        self.mmio_window
+        self.layout.mmio_window
+    }
+    fn read_guest(&mut self, ipa: Ipa, buf: &mut [u8]) -> Result<(), OpsError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.ram_range(ipa, buf.len() as u64)?;
+        self.plat.read_ram(PhysAddr(ipa.get()), buf);
+        Ok(())
+    }
+    fn write_guest_insn(&mut self, ipa: Ipa, insn: u32) -> Result<(), OpsError> {
+        if !ipa.is_aligned(4) {
+            return Err(OpsError::Misaligned);
+        }
+        self.ram_range(ipa, 4)?;
+        self.plat.write_insn(PhysAddr(ipa.get()), insn);
+        Ok(())
+    }
+    fn set_perms(&mut self, range: IpaRange, perms: Perms) -> Result<(), OpsError> {
+        self.ram_range(range.start(), range.size())?;
+        let tlb: &mut dyn Tlb = self.plat;
+        self.stage2.set_perms(range, perms, tlb).map_err(|e| match e {
+            Stage2Error::OutOfTables => OpsError::OutOfTables,
+            Stage2Error::NotMapped | Stage2Error::OutOfRange => OpsError::NotGuestRam,
+            Stage2Error::Misaligned => OpsError::Misaligned,
+        })
     }
 }
 
 /// The hypervisor core.
-pub struct Hyp<'s> {
+pub struct Hyp<'s, M: TableMemory> {
     layout: Layout,
     services: Registry<'s>,
+    stage2: Stage2<M>,
     /// Counters, printed at power-off.
     pub stats: Stats,
 }
 
-impl<'s> Hyp<'s> {
-    /// Creates the core with its services (not yet started).
-    pub fn new(layout: Layout, services: Registry<'s>) -> Self {
-        Self { layout, services, stats: Stats::default() }
+impl<'s, M: TableMemory> Hyp<'s, M> {
+    /// Creates the core with the guest's stage-2 tables (guest RAM already
+    /// mapped) and its services (not yet started).
+    pub fn new(layout: Layout, services: Registry<'s>, stage2: Stage2<M>) -> Self {
+        Self { layout, services, stage2, stats: Stats::default() }
     }
 
     /// Starts every service. The guest must not run if this fails.
     ///
     /// # Errors
     /// The failing service's name and reason.
-    pub fn start_services(&mut self) -> Result<(), (&'static str, ServiceError)> {
-        let mut layout = self.layout;
-        self.services.init_all(&mut layout)
+    pub fn start_services(&mut self, plat: &mut dyn Platform) -> Result<(), (&'static str, ServiceError)> {
+        let Self { layout, services, stage2, .. } = self;
+        services.init_all(&mut Ops { layout: *layout, stage2, plat })
+    }
+
+    /// The guest's stage-2 tables.
+    pub fn stage2(&self) -> &Stage2<M> {
+        &self.stage2
     }
 
     /// Handles a synchronous exception from the guest.
@@ -101,6 +157,22 @@ impl<'s> Hyp<'s> {
             }
             ExceptionClass::InstrAbortLower => {
                 self.stats.exit(ExitKind::InstrAbort);
+                let ipa = fault_ipa(hpfar, far);
+                if self.layout.guest_ram.contains(ipa) {
+                    // Execution of guest RAM that stage 2 forbids: services
+                    // may count it; it is never emulated.
+                    let fault = GuestFault {
+                        ipa,
+                        va: GuestVa(far),
+                        exec: true,
+                        syndrome: esr.abort(),
+                        regs: &vcpu.regs,
+                        pc: vcpu.pc,
+                    };
+                    let Self { layout, services, stage2, .. } = self;
+                    let _ = services.guest_fault(&fault, &mut Ops { layout: *layout, stage2, plat });
+                    self.report_ram_fault(plat, "execute", ipa, far, vcpu.pc);
+                }
                 self.inject(vcpu, plat, Injection::InstrAbort { far });
             }
             ExceptionClass::SysReg => {
@@ -132,11 +204,14 @@ impl<'s> Hyp<'s> {
         let x = &vcpu.regs.x;
         let call = Call { fid: x[0] as u32, args: [x[1], x[2], x[3], x[4], x[5], x[6]] };
         let result = if imm != 0 {
-            // Not an SMCCC call. Function IDs in the guest's x0 do not
-            // apply; the immediate names the call.
+            // Not an SMCCC call: the immediate names the call.
             self.stats.call(u32::from(imm));
-            self.stats.calls_unsupported += 1;
-            [smccc::NOT_SUPPORTED, 0, 0, 0]
+            let Self { layout, services, stage2, .. } = self;
+            let answer = services.immediate_call(imm, &call, &mut Ops { layout: *layout, stage2, plat });
+            answer.unwrap_or_else(|| {
+                self.stats.calls_unsupported += 1;
+                [smccc::NOT_SUPPORTED, 0, 0, 0]
+            })
         } else {
             self.stats.call(call.fid);
             self.smccc_call(&call, plat)
@@ -159,8 +234,7 @@ impl<'s> Hyp<'s> {
             f if psci::is_psci(f) => self.psci(call, plat),
             f => match self.services.find(f) {
                 Some(service) => {
-                    let mut layout = self.layout;
-                    service.call(call, &mut layout)
+                    service.call(call, &mut Ops { layout: self.layout, stage2: &mut self.stage2, plat })
                 }
                 None => {
                     self.stats.calls_unsupported += 1;
@@ -205,10 +279,39 @@ impl<'s> Hyp<'s> {
         }
     }
 
+    fn report_ram_fault(&mut self, plat: &mut dyn Platform, what: &str, ipa: Ipa, far: u64, pc: u64) {
+        self.stats.ram_faults_refused += 1;
+        if self.stats.ram_faults_refused <= REPORTED_REFUSALS {
+            let _ = writeln!(
+                plat.console(),
+                "hyp-stub: blocked {what} of guest RAM at IPA {:#x} (VA {far:#x}, guest pc {pc:#x}); injecting abort",
+                ipa.get()
+            );
+        }
+    }
+
+    /// A stage-2 data abort on guest RAM: only services that protect
+    /// memory cause these; they emulate the access or it is refused.
+    fn ram_fault(&mut self, abort: AbortSyndrome, ipa: Ipa, far: u64, vcpu: &mut Vcpu, plat: &mut dyn Platform) {
+        let fault = GuestFault { ipa, va: GuestVa(far), exec: false, syndrome: abort, regs: &vcpu.regs, pc: vcpu.pc };
+        let Self { layout, services, stage2, .. } = self;
+        let action = services.guest_fault(&fault, &mut Ops { layout: *layout, stage2, plat });
+        if action == FaultAction::Emulated {
+            self.stats.ram_faults_emulated += 1;
+            vcpu.pc = vcpu.pc.wrapping_add(4);
+            return;
+        }
+        let what = if abort.write() { "write" } else { "read" };
+        self.report_ram_fault(plat, what, ipa, far, vcpu.pc);
+        self.inject(vcpu, plat, Injection::DataAbort { far, write: abort.write() });
+    }
+
     fn data_abort(&mut self, esr: Esr, far: u64, hpfar: u64, vcpu: &mut Vcpu, plat: &mut dyn Platform) {
         let abort = esr.abort();
-        // HPFAR_EL2.FIPA holds IPA[51:12] in bits [43:4].
-        let ipa = Ipa(((hpfar & 0x0000_0fff_ffff_fff0) << 8) | (far & 0xfff));
+        let ipa = fault_ipa(hpfar, far);
+        if self.layout.guest_ram.contains(ipa) && !abort.stage1_walk() {
+            return self.ram_fault(abort, ipa, far, vcpu, plat);
+        }
         let refuse = |hyp: &mut Self, vcpu: &mut Vcpu, plat: &mut dyn Platform, why: &str| {
             hyp.stats.mmio_refused += 1;
             if hyp.stats.mmio_refused <= REPORTED_REFUSALS {
@@ -272,6 +375,12 @@ impl<'s> Hyp<'s> {
         }
         writeln!(out, "hyp-stub stats end")
     }
+}
+
+/// The faulting IPA: HPFAR_EL2.FIPA holds IPA[51:12] in bits [43:4], the
+/// page offset comes from FAR_EL2.
+fn fault_ipa(hpfar: u64, far: u64) -> Ipa {
+    Ipa(((hpfar & 0x0000_0fff_ffff_fff0) << 8) | (far & (PAGE_SIZE - 1)))
 }
 
 #[cfg(test)]

@@ -7,7 +7,10 @@
 
 use core::fmt::{self, Write};
 
-use crate::addr::{Ipa, IpaRange, PhysAddr};
+use crate::addr::{GuestVa, Ipa, IpaRange, PhysAddr};
+use crate::esr::AbortSyndrome;
+use crate::stage2::Perms;
+use crate::vcpu::GuestRegs;
 
 /// An SMCCC call as a service sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,8 +24,20 @@ pub struct Call {
 /// Result registers x0..x3.
 pub type CallResult = [u64; 4];
 
-/// What the core offers services: facts about the machine and, later,
-/// stage-2 and guest-memory operations.
+/// Why an operation on guest memory was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpsError {
+    /// The range is not entirely inside guest RAM.
+    NotGuestRam,
+    /// Not page aligned (stage-2 changes) or not 4-byte aligned
+    /// (instruction writes).
+    Misaligned,
+    /// Stage-2 table memory ran out.
+    OutOfTables,
+}
+
+/// What the core offers services (the ops table handed over at init and
+/// on every call).
 pub trait HypOps {
     /// Guest RAM, as the guest's device tree describes it.
     fn guest_ram(&self) -> IpaRange;
@@ -30,6 +45,51 @@ pub trait HypOps {
     fn hyp_memory(&self) -> (PhysAddr, PhysAddr);
     /// The IPA window in which MMIO is trapped and forwarded.
     fn mmio_window(&self) -> IpaRange;
+    /// Copies guest RAM at `ipa` into `buf`.
+    ///
+    /// # Errors
+    /// [`OpsError::NotGuestRam`] if the range is not inside guest RAM.
+    fn read_guest(&mut self, ipa: Ipa, buf: &mut [u8]) -> Result<(), OpsError>;
+    /// Writes one instruction into guest RAM at `ipa` on the guest's
+    /// behalf, and makes it visible to instruction fetch.
+    ///
+    /// # Errors
+    /// [`OpsError`] if `ipa` is not a 4-byte aligned guest RAM address.
+    fn write_guest_insn(&mut self, ipa: Ipa, insn: u32) -> Result<(), OpsError>;
+    /// Sets the stage-2 permissions of page-aligned guest RAM.
+    ///
+    /// # Errors
+    /// [`OpsError`] if the range is not page-aligned guest RAM, or tables
+    /// ran out.
+    fn set_perms(&mut self, range: IpaRange, perms: Perms) -> Result<(), OpsError>;
+}
+
+/// A stage-2 fault on guest RAM, as services see it.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestFault<'a> {
+    /// Faulting IPA.
+    pub ipa: Ipa,
+    /// Faulting guest virtual address (FAR_EL2).
+    pub va: GuestVa,
+    /// Instruction fetch (else data access).
+    pub exec: bool,
+    /// The data-abort syndrome (write, width, register...).
+    pub syndrome: AbortSyndrome,
+    /// The guest's registers at the fault.
+    pub regs: &'a GuestRegs,
+    /// The guest's PC at the fault.
+    pub pc: u64,
+}
+
+/// What a service did about a [`GuestFault`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultAction {
+    /// Not this service's fault.
+    NotMine,
+    /// Handled on the guest's behalf: skip the instruction.
+    Emulated,
+    /// Refused: the guest gets an abort.
+    Refused,
 }
 
 /// A service's answer about one trapped MMIO access.
@@ -72,6 +132,15 @@ pub trait Service: Send {
     fn init(&mut self, ops: &mut dyn HypOps) -> Result<(), ServiceError>;
     /// Handles one of [`Self::function_ids`]. Must return for any input.
     fn call(&mut self, call: &Call, ops: &mut dyn HypOps) -> CallResult;
+    /// Handles an HVC with a non-zero immediate (a non-SMCCC call such as
+    /// `hvc #0x6094`); `None` if not this service's.
+    fn immediate_call(&mut self, _imm: u16, _call: &Call, _ops: &mut dyn HypOps) -> Option<CallResult> {
+        None
+    }
+    /// Handles a stage-2 fault on guest RAM.
+    fn guest_fault(&mut self, _fault: &GuestFault<'_>, _ops: &mut dyn HypOps) -> FaultAction {
+        FaultAction::NotMine
+    }
     /// Rules on an MMIO access the guest made at `ipa`.
     fn mmio_access(&mut self, _ipa: Ipa, _write: bool) -> MmioVerdict {
         MmioVerdict::Allow
@@ -142,6 +211,22 @@ impl<'s> Registry<'s> {
     /// Whether some service answers `fid`.
     pub fn handles(&self, fid: u32) -> bool {
         self.services.iter().any(|s| s.function_ids().contains(&fid))
+    }
+
+    /// Offers an immediate HVC to each service until one takes it.
+    pub fn immediate_call(&mut self, imm: u16, call: &Call, ops: &mut dyn HypOps) -> Option<CallResult> {
+        self.services.iter_mut().find_map(|s| s.immediate_call(imm, call, ops))
+    }
+
+    /// Offers a guest fault to each service until one handles it.
+    pub fn guest_fault(&mut self, fault: &GuestFault<'_>, ops: &mut dyn HypOps) -> FaultAction {
+        for s in self.services.iter_mut() {
+            match s.guest_fault(fault, ops) {
+                FaultAction::NotMine => {}
+                action => return action,
+            }
+        }
+        FaultAction::NotMine
     }
 
     /// Asks every service about an MMIO access; any refusal wins.

@@ -60,6 +60,10 @@ pub struct Stats {
     pub undefs_injected: u64,
     /// Hypercalls answered with an error because nothing handles them.
     pub calls_unsupported: u64,
+    /// Stage-2 faults on guest RAM handled on the guest's behalf.
+    pub ram_faults_emulated: u64,
+    /// Stage-2 faults on guest RAM refused (abort injected).
+    pub ram_faults_refused: u64,
 }
 
 impl Stats {
@@ -104,6 +108,8 @@ impl Stats {
         writeln!(out, "undefs_injected={}", self.undefs_injected)?;
         writeln!(out, "calls_unsupported={}", self.calls_unsupported)?;
         writeln!(out, "calls_untracked={}", self.calls_untracked)?;
+        writeln!(out, "ram_faults_emulated={}", self.ram_faults_emulated)?;
+        writeln!(out, "ram_faults_refused={}", self.ram_faults_refused)?;
         let mut calls = self.calls.clone();
         calls.sort_unstable();
         for (fid, n) in calls {

@@ -4,7 +4,8 @@
 
 use core::fmt::Write;
 
-use hyp_stub::addr::PhysAddr;
+use hyp_stub::addr::{Ipa, PhysAddr};
+use hyp_stub::stage2::Tlb;
 use hyp_stub::esr::Width;
 use hyp_stub::hyp::Platform;
 use hyp_stub::vcpu::{El1Context, El1Exception};
@@ -24,7 +25,38 @@ impl Board {
     }
 }
 
+impl Tlb for Board {
+    fn invalidate_ipa(&mut self, ipa: Ipa) {
+        super::mmu::GuestTlb.invalidate_ipa(ipa);
+    }
+}
+
 impl Platform for Board {
+    fn read_ram(&mut self, pa: PhysAddr, buf: &mut [u8]) {
+        // SAFETY: the core checked that the range is guest RAM, which the
+        // hypervisor maps at EL2; the guest is stopped while we read.
+        unsafe { core::ptr::copy_nonoverlapping(pa.get() as *const u8, buf.as_mut_ptr(), buf.len()) };
+    }
+
+    fn write_insn(&mut self, pa: PhysAddr, insn: u32) {
+        let p = pa.get() as *mut u32;
+        // SAFETY: the core checked that `pa` is 4-byte aligned guest RAM,
+        // mapped at EL2. The write is made visible to instruction fetch:
+        // clean to the point of unification, invalidate the I-cache line.
+        unsafe {
+            p.write_volatile(insn);
+            core::arch::asm!(
+                "dc cvau, {0}",
+                "dsb ish",
+                "ic ivau, {0}",
+                "dsb ish",
+                "isb",
+                in(reg) p,
+                options(nostack)
+            );
+        }
+    }
+
     fn firmware_call(&mut self, fid: u32, args: [u64; 3]) -> [u64; 4] {
         let mut full = [0u64; 17];
         full[..3].copy_from_slice(&args);

@@ -29,8 +29,7 @@ use console::println;
 use mmu::{GuestTlb, PoolTables};
 use sysreg::{isb, read_sysreg, write_sysreg};
 
-static HYP: Mutex<Option<Hyp<'static>>> = Mutex::new(None);
-static STAGE2: Mutex<Option<Stage2<PoolTables>>> = Mutex::new(None);
+static HYP: Mutex<Option<Hyp<'static, PoolTables>>> = Mutex::new(None);
 
 /// Scratch space for the guest's device tree while it is rewritten.
 const DTB_BUF_SIZE: usize = 0x10000;
@@ -117,7 +116,6 @@ extern "C" fn hyp_main() -> ! {
     }
     let vttbr = s2.root().get() | (1 << 48);
     let vtcr = Stage2::<PoolTables>::vtcr(read_sysreg!("id_aa64mmfr0_el1") & 0xf);
-    *STAGE2.lock() = Some(s2);
 
     let layout = Layout {
         guest_ram,
@@ -137,8 +135,8 @@ extern "C" fn hyp_main() -> ! {
             refuse_to_boot(format_args!("cannot register the MMIO guard: {e:?}"));
         }
     }
-    let mut hyp = Hyp::new(layout, registry);
-    if let Err((name, e)) = hyp.start_services() {
+    let mut hyp = Hyp::new(layout, registry, s2);
+    if let Err((name, e)) = hyp.start_services(&mut Board::new()) {
         refuse_to_boot(format_args!("service {name} failed to start: {e}"));
     }
     *HYP.lock() = Some(hyp);

@@ -6,6 +6,8 @@ use std::vec::Vec;
 
 use super::*;
 use crate::service::{CallResult, Service};
+use crate::stage2::tests::FakeTables;
+use crate::stage2::{Attrs, MemType};
 
 #[derive(Default)]
 struct FakePlatform {
@@ -15,9 +17,23 @@ struct FakePlatform {
     read_value: u64,
     injected: Option<El1Exception>,
     console: String,
+    ram: std::collections::BTreeMap<u64, u8>,
+    insns: Vec<(PhysAddr, u32)>,
+}
+
+impl Tlb for FakePlatform {
+    fn invalidate_ipa(&mut self, _: Ipa) {}
 }
 
 impl Platform for FakePlatform {
+    fn read_ram(&mut self, pa: PhysAddr, buf: &mut [u8]) {
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = self.ram.get(&(pa.get() + i as u64)).copied().unwrap_or(0);
+        }
+    }
+    fn write_insn(&mut self, pa: PhysAddr, insn: u32) {
+        self.insns.push((pa, insn));
+    }
     fn firmware_call(&mut self, fid: u32, args: [u64; 3]) -> [u64; 4] {
         self.firmware.push((fid, args));
         [0x1_0001, 0, 0, 0]
@@ -38,6 +54,17 @@ impl Platform for FakePlatform {
     fn console(&mut self) -> &mut dyn Write {
         &mut self.console
     }
+}
+
+type TestHyp<'s> = Hyp<'s, FakeTables>;
+
+/// A core with guest RAM mapped at stage 2, as the boot path leaves it.
+fn hyp_with(reg: Registry<'_>) -> TestHyp<'_> {
+    let mut s2 = Stage2::new(FakeTables { tables: Vec::new(), limit: 16 }).unwrap();
+    let ram = layout().guest_ram;
+    s2.map(ram, PhysAddr(ram.start().get()), Attrs { mem: MemType::Normal, perms: Perms::RWX }, &mut FakePlatform::default())
+        .unwrap();
+    Hyp::new(layout(), reg, s2)
 }
 
 fn layout() -> Layout {
@@ -96,7 +123,7 @@ impl Service for Fake {
 
 #[test]
 fn discovery_answers_like_kvm() {
-    let mut hyp = Hyp::new(layout(), Registry::new());
+    let mut hyp = hyp_with(Registry::new());
     let mut plat = FakePlatform::default();
     let mut v = vcpu_with(&[0x8000_0000]);
     hyp.handle_sync(Esr(SMC), 0, 0, &mut v, &mut plat);
@@ -115,8 +142,8 @@ fn services_are_dispatched_and_advertised() {
     let mut fake = Fake { fail: false, deny_at: None, calls: 0 };
     let mut reg = Registry::new();
     reg.register(&mut fake).unwrap();
-    let mut hyp = Hyp::new(layout(), reg);
-    hyp.start_services().unwrap();
+    let mut hyp = hyp_with(reg);
+    hyp.start_services(&mut FakePlatform::default()).unwrap();
     let mut plat = FakePlatform::default();
     let mut v = vcpu_with(&[0xc600_0006, 41]);
     hyp.handle_sync(Esr(HVC), 0, 0, &mut v, &mut plat);
@@ -139,13 +166,13 @@ fn failing_service_is_fail_closed_and_duplicates_refused() {
     let mut reg = Registry::new();
     reg.register(&mut bad).unwrap();
     assert_eq!(reg.register(&mut twin).err(), Some(crate::service::RegisterError::DuplicateId(0xc600_0005)));
-    let mut hyp = Hyp::new(layout(), reg);
-    assert_eq!(hyp.start_services(), Err(("fake", ServiceError::Unsupported("test"))));
+    let mut hyp = hyp_with(reg);
+    assert_eq!(hyp.start_services(&mut FakePlatform::default()), Err(("fake", ServiceError::Unsupported("test"))));
 }
 
 #[test]
 fn unknown_calls_and_immediates_are_not_supported() {
-    let mut hyp = Hyp::new(layout(), Registry::new());
+    let mut hyp = hyp_with(Registry::new());
     let mut plat = FakePlatform::default();
     for (esr, fid) in [(HVC, 0xc600_1234u64), (HVC | 0x6094, 0), (SMC | 1, 0x8000_0000), (HVC, u64::MAX)] {
         let mut v = vcpu_with(&[fid]);
@@ -158,7 +185,7 @@ fn unknown_calls_and_immediates_are_not_supported() {
 
 #[test]
 fn psci_is_forwarded_and_power_off_prints_stats() {
-    let mut hyp = Hyp::new(layout(), Registry::new());
+    let mut hyp = hyp_with(Registry::new());
     let mut plat = FakePlatform::default();
     let mut v = vcpu_with(&[u64::from(psci::VERSION)]);
     hyp.handle_sync(Esr(SMC), 0, 0, &mut v, &mut plat);
@@ -187,7 +214,7 @@ fn hpfar(ipa: u64) -> u64 {
 
 #[test]
 fn mmio_is_emulated_on_the_device() {
-    let mut hyp = Hyp::new(layout(), Registry::new());
+    let mut hyp = hyp_with(Registry::new());
     let mut plat = FakePlatform { read_value: 0x80, ..Default::default() };
     // ldrsb w3, [uart+0x18]
     let mut v = vcpu_with(&[0, 0, 0, 0xdead]);
@@ -211,7 +238,7 @@ fn mmio_that_cannot_be_emulated_aborts_the_guest() {
     let mut deny = Fake { fail: false, deny_at: Some(Ipa(0x0a00_0000)), calls: 0 };
     let mut reg = Registry::new();
     reg.register(&mut deny).unwrap();
-    let mut hyp = Hyp::new(layout(), reg);
+    let mut hyp = hyp_with(reg);
     let cases = [
         (Esr(0x24 << 26 | 1 << 25 | 1 << 6 | 0x07), 0x0900_0000, "no valid syndrome"),
         (dabt(2, 0, true, false, false), 0x0900_0002, "misaligned"),
@@ -236,7 +263,7 @@ fn mmio_that_cannot_be_emulated_aborts_the_guest() {
 
 #[test]
 fn other_traps_inject_exceptions() {
-    let mut hyp = Hyp::new(layout(), Registry::new());
+    let mut hyp = hyp_with(Registry::new());
     let mut plat = FakePlatform::default();
     let mut v = vcpu_with(&[]);
     hyp.handle_sync(Esr(0x18 << 26 | 1 << 25), 0, 0, &mut v, &mut plat);

@@ -3,9 +3,20 @@
 
 use super::*;
 use crate::addr::PhysAddr;
+use crate::service::OpsError;
+use crate::stage2::Perms;
 
 struct Ops;
 impl HypOps for Ops {
+    fn read_guest(&mut self, _: Ipa, _: &mut [u8]) -> Result<(), OpsError> {
+        Err(OpsError::NotGuestRam)
+    }
+    fn write_guest_insn(&mut self, _: Ipa, _: u32) -> Result<(), OpsError> {
+        Err(OpsError::NotGuestRam)
+    }
+    fn set_perms(&mut self, _: IpaRange, _: Perms) -> Result<(), OpsError> {
+        Err(OpsError::NotGuestRam)
+    }
     fn guest_ram(&self) -> IpaRange {
         IpaRange::new(Ipa(0x4000_0000), 0x3e00_0000).unwrap()
     }
