@@ -21,3 +21,5 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod abi;
+pub mod builder;
+pub mod record;
