@@ -22,4 +22,5 @@
 
 pub mod abi;
 pub mod builder;
+pub mod guest;
 pub mod record;
