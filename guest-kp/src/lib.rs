@@ -23,4 +23,5 @@
 pub mod abi;
 pub mod builder;
 pub mod guest;
+pub mod patch;
 pub mod record;
