@@ -1,0 +1,343 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+//! Booting the pvguard guest in QEMU, under hyp-stub or on plain QEMU, and
+//! reading what it prints. This is the one place the QEMU command line is
+//! built: `cargo xtask run` and the system tests both use it.
+
+pub mod cpio;
+pub mod stats;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use std::{env, fs, thread};
+
+use hyp_stub::boot::{self, Manifest};
+
+/// Where the built pieces are.
+#[derive(Clone, Debug)]
+pub struct Artifacts {
+    /// The guest kernel `Image`.
+    pub kernel: PathBuf,
+    /// The hypervisor ELF.
+    pub hyp: PathBuf,
+    /// The base initramfs (busybox and `/init`).
+    pub initramfs: PathBuf,
+    /// The kernel build directory (for test modules).
+    pub kernel_build: PathBuf,
+    /// Scratch space for per-boot files.
+    pub scratch: PathBuf,
+}
+
+impl Artifacts {
+    /// Reads the artifact paths `cargo xtask test` exports.
+    ///
+    /// # Errors
+    /// A message naming the missing variable and how to get it set.
+    pub fn from_env() -> Result<Self, String> {
+        let var = |name: &str| {
+            env::var_os(name).map(PathBuf::from).ok_or_else(|| {
+                format!("{name} is not set: the system tests need the built guest; run them with `cargo xtask test`")
+            })
+        };
+        let a = Self {
+            kernel: var("PVGUARD_KERNEL")?,
+            hyp: var("PVGUARD_HYP")?,
+            initramfs: var("PVGUARD_INITRAMFS")?,
+            kernel_build: var("PVGUARD_KERNEL_BUILD")?,
+            scratch: var("PVGUARD_SCRATCH")?,
+        };
+        for p in [&a.kernel, &a.hyp, &a.initramfs] {
+            if !p.exists() {
+                return Err(format!(
+                    "{} does not exist: run `cargo xtask test`",
+                    p.display()
+                ));
+            }
+        }
+        Ok(a)
+    }
+}
+
+/// How to boot.
+#[derive(Clone, Debug)]
+pub struct Boot {
+    /// Under hyp-stub (else plain QEMU, the guest entered at EL1 too).
+    pub hyp: bool,
+    /// Extra kernel command-line arguments.
+    pub append: String,
+    /// Shell commands the guest's init runs (none: boot and power off).
+    pub exec: Option<String>,
+    /// Files to put into the guest's `/pvguard/`.
+    pub add: Vec<PathBuf>,
+    /// `Manifest::services` for hyp-stub (0: default).
+    pub services: u64,
+    /// Hard time limit.
+    pub timeout: Duration,
+    /// Interactive: console on the terminal (no capture, no timeout).
+    pub interactive: bool,
+}
+
+impl Default for Boot {
+    fn default() -> Self {
+        Self {
+            hyp: true,
+            append: String::new(),
+            exec: None,
+            add: Vec::new(),
+            services: 0,
+            timeout: Duration::from_secs(120),
+            interactive: false,
+        }
+    }
+}
+
+/// What a boot produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Everything on the serial console.
+    pub console: String,
+    /// QEMU's exit status (None: killed at the time limit).
+    pub status: Option<i32>,
+    /// Wall-clock time of the boot.
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// Whether QEMU exited by itself with status 0.
+    pub fn clean_exit(&self) -> bool {
+        self.status == Some(0)
+    }
+
+    /// The hypervisor's stats block, if printed.
+    pub fn stats(&self) -> Option<stats::Stats> {
+        stats::Stats::parse(&self.console)
+    }
+}
+
+/// The initramfs for one boot: the base archive plus a second archive
+/// with the commands to run and added files (Linux unpacks concatenated
+/// archives in order).
+fn initramfs_for(a: &Artifacts, b: &Boot, tag: &str) -> Result<PathBuf, String> {
+    let mut data = fs::read(&a.initramfs).map_err(|e| format!("{}: {e}", a.initramfs.display()))?;
+    let mut extra = cpio::Writer::new();
+    extra.dir("etc/pvguard");
+    extra.dir("pvguard");
+    if let Some(cmd) = &b.exec {
+        extra.file("etc/pvguard/exec.sh", 0o755, format!("{cmd}\n").as_bytes());
+    }
+    if b.interactive {
+        extra.file("etc/pvguard/shell", 0o644, b"");
+    }
+    for p in &b.add {
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| format!("bad file name {}", p.display()))?;
+        let content = fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        extra.file(&format!("pvguard/{name}"), 0o644, &content);
+    }
+    data.extend_from_slice(&extra.finish());
+    fs::create_dir_all(&a.scratch).map_err(|e| format!("{}: {e}", a.scratch.display()))?;
+    let path = a.scratch.join(format!("initramfs-{tag}.cpio"));
+    fs::write(&path, data).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// The QEMU command line for a boot.
+pub fn command(a: &Artifacts, b: &Boot, tag: &str) -> Result<Command, String> {
+    let initrd = initramfs_for(a, b, tag)?;
+    let mut cmd = Command::new("qemu-system-aarch64");
+    let append = format!("console=ttyAMA0 panic=-1 {}", b.append);
+    let machine = if b.hyp {
+        "virt,virtualization=on,gic-version=3"
+    } else {
+        "virt,gic-version=3"
+    };
+    cmd.args(["-machine", machine, "-cpu", "max", "-smp", "1", "-m", "1G"]);
+    cmd.args([
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-no-reboot",
+    ]);
+    if b.hyp {
+        let kernel_size = file_size(&a.kernel)?;
+        let initrd_size = file_size(&initrd)?;
+        let manifest = Manifest {
+            kernel_ipa: boot::KERNEL_LOAD_IPA,
+            kernel_size,
+            initrd_ipa: boot::INITRD_LOAD_IPA,
+            initrd_size,
+            services: b.services,
+        };
+        let mpath = a.scratch.join(format!("manifest-{tag}.bin"));
+        fs::write(&mpath, manifest.to_bytes()).map_err(|e| format!("{}: {e}", mpath.display()))?;
+        cmd.arg("-kernel").arg(&a.hyp);
+        let loader = |file: &Path, addr: u64| {
+            format!("loader,file={},addr={addr:#x},force-raw=on", file.display())
+        };
+        cmd.arg("-device")
+            .arg(loader(&a.kernel, boot::KERNEL_LOAD_IPA));
+        cmd.arg("-device")
+            .arg(loader(&initrd, boot::INITRD_LOAD_IPA));
+        cmd.arg("-device").arg(loader(&mpath, boot::MANIFEST_PA));
+    } else {
+        cmd.arg("-kernel")
+            .arg(&a.kernel)
+            .arg("-initrd")
+            .arg(&initrd);
+    }
+    cmd.arg("-append").arg(append);
+    Ok(cmd)
+}
+
+fn file_size(p: &Path) -> Result<u64, String> {
+    fs::metadata(p)
+        .map(|m| m.len())
+        .map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// Boots once and returns what the console showed. `tag` names the
+/// per-boot files (unique per concurrent boot).
+///
+/// # Errors
+/// QEMU could not be started.
+pub fn run(a: &Artifacts, b: &Boot, tag: &str) -> Result<Outcome, String> {
+    let mut cmd = command(a, b, tag)?;
+    let start = Instant::now();
+    if b.interactive {
+        let status = cmd
+            .status()
+            .map_err(|e| format!("qemu-system-aarch64: {e} (install qemu-system-arm)"))?;
+        return Ok(Outcome {
+            console: String::new(),
+            status: status.code(),
+            elapsed: start.elapsed(),
+        });
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("qemu-system-aarch64: {e} (install qemu-system-arm)"))?;
+    let (tx, rx) = mpsc::channel();
+    let mut out = child.stdout.take().ok_or("no stdout")?;
+    let mut err = child.stderr.take().ok_or("no stderr")?;
+    let tx2 = tx.clone();
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        let _ = tx2.send(s);
+    });
+    let mut console = Vec::new();
+    let deadline = start + b.timeout;
+    let status = loop {
+        while let Ok(chunk) = rx.try_recv() {
+            console.extend_from_slice(&chunk);
+        }
+        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+            break st.code();
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            console.extend_from_slice(
+                format!("\n[qemu-tests: killed after {:?}]\n", b.timeout).as_bytes(),
+            );
+            break None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = start.elapsed();
+    // Drain what the readers still hold.
+    let drain_until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < drain_until {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(chunk) => console.extend_from_slice(&chunk),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+    let console = String::from_utf8_lossy(&console).replace('\r', "");
+    Ok(Outcome {
+        console,
+        status,
+        elapsed,
+    })
+}
+
+/// Streams a boot's console to stdout (for `cargo xtask run`).
+///
+/// # Errors
+/// QEMU could not be started.
+pub fn run_visible(a: &Artifacts, b: &Boot, tag: &str) -> Result<Outcome, String> {
+    if b.interactive {
+        return run(a, b, tag);
+    }
+    let outcome = run(a, b, tag)?;
+    let mut stdout = std::io::stdout();
+    let _ = stdout.write_all(outcome.console.as_bytes());
+    let _ = stdout.flush();
+    Ok(outcome)
+}
+
+/// Lines that must never appear in a healthy boot.
+pub const FORBIDDEN: &[&str] = &[
+    "Kernel panic",
+    "Oops",
+    "Unable to handle",
+    "WARNING:",
+    "BUG:",
+    "FAIL: survived",
+    "Internal error",
+    "hyp-stub: fatal",
+    "refusing to start the guest",
+    "[qemu-tests: killed",
+];
+
+/// Checks a boot: every `expect` substring appears (in order), no
+/// forbidden line (other than `allowed` ones) does.
+///
+/// # Errors
+/// A report of what was wrong, with the console.
+pub fn check(o: &Outcome, expect: &[&str], allowed: &[&str]) -> Result<(), String> {
+    let mut problems = Vec::new();
+    let mut from = 0;
+    for e in expect {
+        match o.console[from..].find(e) {
+            Some(i) => from += i + e.len(),
+            None => problems.push(format!("expected (in order) but not seen: {e:?}")),
+        }
+    }
+    for f in FORBIDDEN {
+        if allowed.iter().any(|a| a == f) {
+            continue;
+        }
+        if let Some(line) = o.console.lines().find(|l| l.contains(f)) {
+            problems.push(format!("forbidden line: {line:?}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}\n--- console ---\n{}\n--- end ---",
+            problems.join("\n"),
+            o.console
+        ))
+    }
+}

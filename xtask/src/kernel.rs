@@ -1,0 +1,312 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+//! The guest kernel: Debian's linux-source-6.12 with `patches/` applied
+//! as an ordered series, pvguard's shared Rust sources copied in, the
+//! config fragment merged onto tinyconfig, built with `LLVM=1`.
+//!
+//! Everything is incremental: the source tree is untarred once, a changed
+//! series is swapped by reverse-applying the old one (so untouched files
+//! keep their timestamps), sources are copied only when they differ, and
+//! make does the rest. The build directory is stable
+//! (`~/.cache/pvguard/kernel-build`): build out-of-tree modules against
+//! it with `make -C ~/.cache/pvguard/kernel-build M=$PWD LLVM=1 ARCH=arm64`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{deps, paths, sh};
+
+/// What the kernel build produced.
+pub struct KernelBuild {
+    /// `arch/arm64/boot/Image`.
+    pub image: PathBuf,
+    /// The out-of-tree build directory.
+    pub build_dir: PathBuf,
+}
+
+/// The kernel source tree in the cache.
+pub fn src_dir() -> PathBuf {
+    paths::cache().join("linux-src")
+}
+
+/// The kernel build directory.
+pub fn build_dir() -> PathBuf {
+    paths::cache().join("kernel-build")
+}
+
+fn tarball() -> Result<PathBuf, String> {
+    let mut found: Vec<PathBuf> = fs::read_dir("/usr/src")
+        .map_err(|e| format!("/usr/src: {e}"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("linux-source-6.12") && n.ends_with(".tar.xz"))
+        })
+        .collect();
+    found.sort();
+    found.pop().ok_or_else(|| {
+        "no /usr/src/linux-source-6.12*.tar.xz: install it with `apt-get install linux-source-6.12` (cargo xtask deps)".into()
+    })
+}
+
+fn stamp(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_default()
+}
+
+fn unpack(tar: &Path) -> Result<(), String> {
+    let src = src_dir();
+    let tmp = paths::cache().join("linux-src.unpacking");
+    let _ = fs::remove_dir_all(&tmp);
+    let _ = fs::remove_dir_all(&src);
+    let _ = fs::remove_dir_all(build_dir());
+    fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    paths::step(&format!("unpacking {}", tar.display()));
+    sh::run(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(tar)
+            .arg("-C")
+            .arg(&tmp)
+            .arg("--strip-components=1"),
+        "tar",
+    )?;
+    fs::rename(&tmp, &src).map_err(|e| format!("{}: {e}", src.display()))
+}
+
+fn series() -> Result<Vec<(String, Vec<u8>)>, String> {
+    let dir = paths::repo().join("patches");
+    let mut names: Vec<String> = fs::read_dir(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".patch"))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            fs::read(dir.join(&n))
+                .map(|c| (n.clone(), c))
+                .map_err(|e| format!("{n}: {e}"))
+        })
+        .collect()
+}
+
+fn applied_dir() -> PathBuf {
+    src_dir().join(".pvguard-applied")
+}
+
+fn applied() -> Vec<(String, Vec<u8>)> {
+    let mut names: Vec<String> = fs::read_dir(applied_dir())
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+        .into_iter()
+        .filter_map(|n| fs::read(applied_dir().join(&n)).ok().map(|c| (n, c)))
+        .collect()
+}
+
+fn patch(file: &Path, reverse: bool) -> Result<(), String> {
+    let mut cmd = Command::new("patch");
+    cmd.args(["-p1", "-s", "--no-backup-if-mismatch", "-d"])
+        .arg(src_dir())
+        .arg("-i")
+        .arg(file);
+    cmd.arg(if reverse { "-R" } else { "--forward" });
+    sh::output(&mut cmd, &format!("patch {}", file.display())).map(drop)
+}
+
+/// Makes the source tree carry exactly the current series.
+fn apply_series(tar: &Path) -> Result<(), String> {
+    let tar_id = format!(
+        "{}:{}",
+        tar.display(),
+        fs::metadata(tar).map(|m| m.len()).unwrap_or(0)
+    );
+    let tar_stamp = paths::cache().join("linux-src.tarball");
+    if !src_dir().is_dir() || stamp(&tar_stamp) != tar_id {
+        unpack(tar)?;
+        fs::write(&tar_stamp, &tar_id).map_err(|e| e.to_string())?;
+    }
+    let want = series()?;
+    let have = applied();
+    if want == have {
+        return Ok(());
+    }
+    paths::step(&format!("applying {} patches", want.len()));
+    for (name, _) in have.iter().rev() {
+        if let Err(e) = patch(&applied_dir().join(name), true) {
+            // The tree is not what we think: start again from the tarball.
+            eprintln!("    cannot reverse {name} ({e}); unpacking afresh");
+            unpack(tar)?;
+            fs::write(&tar_stamp, &tar_id).map_err(|e| e.to_string())?;
+            break;
+        }
+        let _ = fs::remove_file(applied_dir().join(name));
+    }
+    let _ = fs::remove_dir_all(applied_dir());
+    fs::create_dir_all(applied_dir()).map_err(|e| e.to_string())?;
+    let dir = paths::repo().join("patches");
+    for (name, content) in &want {
+        patch(&dir.join(name), false).map_err(|e| {
+            format!(
+                "{e}\n(the series in patches/ does not apply to {})",
+                tar.display()
+            )
+        })?;
+        fs::write(applied_dir().join(name), content).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn copy_if_changed(from: &Path, to: &Path) -> Result<(), String> {
+    let new = fs::read(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    if fs::read(to).ok().as_deref() == Some(&new[..]) {
+        return Ok(());
+    }
+    if let Some(parent) = to.parent() {
+        fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    fs::write(to, new).map_err(|e| format!("{}: {e}", to.display()))
+}
+
+/// Copies the Rust sources the kernel compiles from the crates that
+/// host-test them: one source of truth, compiled in two places.
+fn sync_rust_sources() -> Result<(), String> {
+    let dest = src_dir().join("drivers/virt/pvguard");
+    if !dest.is_dir() {
+        return Ok(());
+    }
+    let repo = paths::repo();
+    copy_if_changed(
+        &repo.join("arch-hooks/kernel/pvguard.rs"),
+        &dest.join("pvguard.rs"),
+    )?;
+    for (crate_dir, name) in [
+        ("arch-hooks", "arch_hooks"),
+        ("mmio-guard", "mmio_guard"),
+        ("guest-kp", "guest_kp"),
+    ] {
+        let src = repo.join(crate_dir).join("src");
+        let Ok(entries) = fs::read_dir(&src) else {
+            continue;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let p = e.path();
+            let file = e.file_name();
+            if p.extension().is_some_and(|x| x == "rs") && file != "lib.rs" {
+                copy_if_changed(&p, &dest.join("rust").join(name).join(&file))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn make(build: &Path, args: &[&str], log: &str) -> Result<(), String> {
+    let toolchain = deps::toolchain()?;
+    let mut cmd = Command::new("make");
+    cmd.arg("-C")
+        .arg(src_dir())
+        .arg(format!("O={}", build.display()));
+    cmd.args(["ARCH=arm64", "LLVM=1"]).args(args);
+    cmd.env("RUSTUP_TOOLCHAIN", &toolchain);
+    if let Some(bindgen) = deps::which("bindgen") {
+        cmd.arg(format!("BINDGEN={}", bindgen.display()));
+    }
+    sh::run_logged(
+        &mut cmd,
+        &format!("make {}", args.join(" ")),
+        &paths::cache().join(log),
+    )
+}
+
+fn configure(build: &Path) -> Result<(), String> {
+    let fragment_path = paths::repo().join("patches/pvguard.config");
+    let fragment = fs::read_to_string(&fragment_path)
+        .map_err(|e| format!("{}: {e}", fragment_path.display()))?;
+    let mut id = fragment.clone();
+    for (name, content) in series()? {
+        id.push_str(&format!("\n{name}:{}", content.len()));
+        id.push_str(&String::from_utf8_lossy(&content));
+    }
+    let stamp_path = build.join(".pvguard-config");
+    if build.join(".config").is_file() && stamp(&stamp_path) == id {
+        return Ok(());
+    }
+    paths::step("configuring the kernel (tinyconfig + patches/pvguard.config)");
+    fs::create_dir_all(build).map_err(|e| e.to_string())?;
+    make(build, &["tinyconfig"], "kernel-config.log")?;
+    sh::run_logged(
+        Command::new(src_dir().join("scripts/kconfig/merge_config.sh"))
+            .arg("-m")
+            .arg("-O")
+            .arg(build)
+            .arg(build.join(".config"))
+            .arg(&fragment_path)
+            .current_dir(src_dir()),
+        "merge_config.sh",
+        &paths::cache().join("kernel-merge.log"),
+    )?;
+    make(build, &["olddefconfig"], "kernel-config.log")?;
+    let config = fs::read_to_string(build.join(".config")).map_err(|e| e.to_string())?;
+    let mut missing = Vec::new();
+    for line in fragment
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("CONFIG_"))
+    {
+        if !config.lines().any(|c| c == line) {
+            missing.push(line.to_string());
+        }
+    }
+    if !missing.is_empty() {
+        let mut why = format!("the kernel config lacks {}", missing.join(", "));
+        if missing.iter().any(|m| m.starts_with("CONFIG_RUST=")) {
+            let mut cmd = Command::new("make");
+            cmd.arg("-C")
+                .arg(src_dir())
+                .arg(format!("O={}", build.display()));
+            cmd.args(["ARCH=arm64", "LLVM=1", "rustavailable"])
+                .env("RUSTUP_TOOLCHAIN", deps::toolchain()?);
+            let out = cmd
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout).into_owned()
+                        + &String::from_utf8_lossy(&o.stderr)
+                })
+                .unwrap_or_default();
+            why.push_str(&format!("\n`make rustavailable` says:\n{out}"));
+        }
+        return Err(why);
+    }
+    fs::write(&stamp_path, id).map_err(|e| e.to_string())
+}
+
+/// Builds the kernel (incrementally).
+pub fn build() -> Result<KernelBuild, String> {
+    let tar = tarball()?;
+    apply_series(&tar)?;
+    sync_rust_sources()?;
+    let build = build_dir();
+    configure(&build)?;
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get() + 1)
+        .unwrap_or(3);
+    paths::step(&format!(
+        "building the kernel (make -j{jobs} Image modules; log in {}/kernel-build.log)",
+        paths::cache().display()
+    ));
+    make(
+        &build,
+        &[&format!("-j{jobs}"), "Image", "modules"],
+        "kernel-build.log",
+    )?;
+    Ok(KernelBuild {
+        image: build.join("arch/arm64/boot/Image"),
+        build_dir: build,
+    })
+}

@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+//! `cargo xtask test`: host unit tests, then the QEMU system tests against
+//! the built guest, then one summary line `N passed, M failed`.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use crate::{build_all, paths, sh};
+
+/// Totals of libtest's `test result:` lines.
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+impl Totals {
+    fn add_line(&mut self, line: &str) {
+        // "test result: ok. 12 passed; 0 failed; 0 ignored; ..."
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let words: Vec<&str> = part.split_whitespace().collect();
+            let n = words
+                .iter()
+                .rev()
+                .nth(1)
+                .and_then(|w| w.parse::<u64>().ok());
+            match (n, words.last()) {
+                (Some(n), Some(&"passed")) => self.passed += n,
+                (Some(n), Some(&"failed")) => self.failed += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs `cargo test ...`, echoing its output and adding up its results.
+fn cargo_test(args: &[&str], envs: &[(&str, String)], totals: &mut Totals) -> Result<bool, String> {
+    let mut cmd = sh::cargo();
+    cmd.arg("test")
+        .args(args)
+        .current_dir(paths::repo())
+        .stdout(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("cargo test: {e}"))?;
+    let out = child.stdout.take().ok_or("cargo test: no stdout")?;
+    for line in BufReader::new(out).lines().map_while(Result::ok) {
+        println!("{line}");
+        totals.add_line(&line);
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    Ok(status.success())
+}
+
+/// Builds everything and runs every test.
+pub fn run() -> Result<(), String> {
+    let mut totals = Totals::default();
+    let artifacts = build_all()?;
+    paths::step("host unit tests");
+    let host_ok = cargo_test(
+        &["--workspace", "--exclude", "qemu-tests"],
+        &[],
+        &mut totals,
+    )?;
+    paths::step("QEMU system tests (the guest under hyp-stub and on plain QEMU)");
+    let envs = [
+        ("PVGUARD_KERNEL", artifacts.kernel.display().to_string()),
+        ("PVGUARD_HYP", artifacts.hyp.display().to_string()),
+        (
+            "PVGUARD_INITRAMFS",
+            artifacts.initramfs.display().to_string(),
+        ),
+        (
+            "PVGUARD_KERNEL_BUILD",
+            artifacts.kernel_build.display().to_string(),
+        ),
+        ("PVGUARD_SCRATCH", artifacts.scratch.display().to_string()),
+    ];
+    let qemu_ok = cargo_test(
+        &["-p", "qemu-tests", "--", "--test-threads=2"],
+        &envs,
+        &mut totals,
+    )?;
+    println!("{} passed, {} failed", totals.passed, totals.failed);
+    if host_ok && qemu_ok && totals.failed == 0 {
+        Ok(())
+    } else {
+        Err("some tests failed".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adds_up_libtest_lines() {
+        let mut t = Totals::default();
+        t.add_line("test result: ok. 12 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s");
+        t.add_line(
+            "test result: FAILED. 3 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out",
+        );
+        t.add_line("running 5 tests");
+        assert_eq!((t.passed, t.failed), (15, 2));
+    }
+}
