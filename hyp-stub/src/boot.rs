@@ -174,7 +174,9 @@ impl KernelImage {
         if magic != IMAGE_MAGIC || word(16) == 0 {
             return Err(ManifestError::BadKernel);
         }
-        Ok(Self { image_size: word(16) })
+        Ok(Self {
+            image_size: word(16),
+        })
     }
 }
 
@@ -188,7 +190,12 @@ mod tests {
         h[16..24].copy_from_slice(&(24u64 << 20).to_le_bytes());
         assert_eq!(KernelImage::parse(&h), Err(ManifestError::BadKernel));
         h[56..60].copy_from_slice(b"ARM\x64");
-        assert_eq!(KernelImage::parse(&h), Ok(KernelImage { image_size: 24 << 20 }));
+        assert_eq!(
+            KernelImage::parse(&h),
+            Ok(KernelImage {
+                image_size: 24 << 20
+            })
+        );
     }
 
     fn sample() -> Manifest {

@@ -72,10 +72,20 @@ impl<'a> Fdt<'a> {
         let (off_struct, off_strings, off_rsv) = (field(8)?, field(12)?, field(16)?);
         let (size_strings, size_struct) = (field(32)?, field(36)?);
         let structs = blob
-            .get(off_struct..off_struct.checked_add(size_struct).ok_or(FdtError::Truncated)?)
+            .get(
+                off_struct
+                    ..off_struct
+                        .checked_add(size_struct)
+                        .ok_or(FdtError::Truncated)?,
+            )
             .ok_or(FdtError::Truncated)?;
         let strings = blob
-            .get(off_strings..off_strings.checked_add(size_strings).ok_or(FdtError::Truncated)?)
+            .get(
+                off_strings
+                    ..off_strings
+                        .checked_add(size_strings)
+                        .ok_or(FdtError::Truncated)?,
+            )
             .ok_or(FdtError::Truncated)?;
         // The reservation map ends with an all-zero entry.
         let mut end = off_rsv;
@@ -86,7 +96,12 @@ impl<'a> Fdt<'a> {
                 break;
             }
         }
-        Ok(Self { blob, structs, strings, rsvmap: &blob[off_rsv..end] })
+        Ok(Self {
+            blob,
+            structs,
+            strings,
+            rsvmap: &blob[off_rsv..end],
+        })
     }
 
     /// Size of the blob as its header states.
@@ -105,7 +120,10 @@ impl<'a> Fdt<'a> {
         match be32(s, off)? {
             BEGIN_NODE => {
                 let rest = s.get(off + 4..).ok_or(FdtError::Truncated)?;
-                let len = rest.iter().position(|&b| b == 0).ok_or(FdtError::Truncated)?;
+                let len = rest
+                    .iter()
+                    .position(|&b| b == 0)
+                    .ok_or(FdtError::Truncated)?;
                 Ok((Token::Begin(&rest[..len]), off + 4 + align4(len + 1)))
             }
             END_NODE => Ok((Token::End, off + 4)),
@@ -173,8 +191,17 @@ impl<'a> Fdt<'a> {
         let (ac, sc) = self.cells()?;
         let mut found = None;
         self.for_each_prop(|depth, node, name, value| {
-            if found.is_none() && depth == 2 && is_memory_node(node) && name == b"reg" && value.len() >= (ac + sc) * 4 {
-                let read = |cells: &[u8]| cells.chunks(4).fold(0u64, |acc, c| (acc << 32) | u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]])));
+            if found.is_none()
+                && depth == 2
+                && is_memory_node(node)
+                && name == b"reg"
+                && value.len() >= (ac + sc) * 4
+            {
+                let read = |cells: &[u8]| {
+                    cells.chunks(4).fold(0u64, |acc, c| {
+                        (acc << 32) | u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                    })
+                };
                 found = Some((read(&value[..ac * 4]), read(&value[ac * 4..(ac + sc) * 4])));
             }
         })?;
@@ -211,7 +238,9 @@ impl<'a> Fdt<'a> {
                     depth = depth.checked_sub(1).ok_or(FdtError::BadToken)?;
                     in_chosen = false;
                 }
-                Token::Prop { name, value } if in_chosen && depth == 2 && name == prop.as_bytes() => {
+                Token::Prop { name, value }
+                    if in_chosen && depth == 2 && name == prop.as_bytes() =>
+                {
                     found = Some(value);
                 }
                 Token::Finish => return Ok(found),
@@ -266,7 +295,10 @@ struct Writer<'o> {
 impl Writer<'_> {
     fn bytes(&mut self, b: &[u8]) -> Result<(), FdtError> {
         let end = self.len.checked_add(b.len()).ok_or(FdtError::NoSpace)?;
-        self.out.get_mut(self.len..end).ok_or(FdtError::NoSpace)?.copy_from_slice(b);
+        self.out
+            .get_mut(self.len..end)
+            .ok_or(FdtError::NoSpace)?
+            .copy_from_slice(b);
         self.len = end;
         Ok(())
     }
@@ -302,7 +334,11 @@ pub fn rewrite(fdt: &Fdt<'_>, edits: &Edits<'_>, out: &mut [u8]) -> Result<usize
     }
     // New property names are appended to a copy of the strings block,
     // each once, in the order of first use.
-    let is_first = |i: usize| edits.props[..i].iter().all(|p| p.name != edits.props[i].name);
+    let is_first = |i: usize| {
+        edits.props[..i]
+            .iter()
+            .all(|p| p.name != edits.props[i].name)
+    };
     let new_name_off = |name: &str| -> Option<usize> {
         let mut extra = fdt.strings.len();
         for (i, p) in edits.props.iter().enumerate() {
@@ -322,7 +358,8 @@ pub fn rewrite(fdt: &Fdt<'_>, edits: &Edits<'_>, out: &mut [u8]) -> Result<usize
     let mut put = |cells: usize, v: u64, at: usize| {
         for i in 0..cells {
             let shift = 32 * (cells - 1 - i);
-            mem_reg[at + i * 4..at + i * 4 + 4].copy_from_slice(&((v >> shift) as u32).to_be_bytes());
+            mem_reg[at + i * 4..at + i * 4 + 4]
+                .copy_from_slice(&((v >> shift) as u32).to_be_bytes());
         }
     };
     put(ac, edits.memory.0, 0);
@@ -481,7 +518,11 @@ mod tests {
         prop(&mut s, 15, &2u32.to_be_bytes());
         node(&mut s, b"memory@40000000");
         prop(&mut s, 31, b"memory\0");
-        prop(&mut s, 27, &[0, 0, 0, 0, 0x40, 0, 0, 0, 0, 0, 0, 0, 0x40, 0, 0, 0]);
+        prop(
+            &mut s,
+            27,
+            &[0, 0, 0, 0, 0x40, 0, 0, 0, 0, 0, 0, 0, 0x40, 0, 0, 0],
+        );
         tok(&mut s, END_NODE);
         node(&mut s, b"chosen");
         prop(&mut s, 43, b"console=ttyAMA0\0");
@@ -496,7 +537,18 @@ mod tests {
         let off_strings = off_struct + s.len();
         let total = off_strings + strings.len();
         let mut blob = Vec::new();
-        for v in [MAGIC, total as u32, off_struct as u32, off_strings as u32, off_rsv as u32, 17, 16, 0, strings.len() as u32, s.len() as u32] {
+        for v in [
+            MAGIC,
+            total as u32,
+            off_struct as u32,
+            off_strings as u32,
+            off_rsv as u32,
+            17,
+            16,
+            0,
+            strings.len() as u32,
+            s.len() as u32,
+        ] {
             blob.extend_from_slice(&v.to_be_bytes());
         }
         blob.extend_from_slice(&[0; 16]);
@@ -539,7 +591,10 @@ mod tests {
         assert_eq!(new.chosen("linux,initrd-end"), Ok(Some(&end[..])));
         assert_eq!(new.chosen("bootargs"), Ok(Some(&b"x\0"[..])));
         assert_eq!(new.node_prop("psci", "method"), Ok(Some(&b"hvc\0"[..])));
-        assert_eq!(new.node_prop("psci", "linux,initrd-end"), Ok(Some(&b"odd place, shared name\0"[..])));
+        assert_eq!(
+            new.node_prop("psci", "linux,initrd-end"),
+            Ok(Some(&b"odd place, shared name\0"[..]))
+        );
         // Rewriting the result again is stable (names are not re-added).
         let mut again = [0u8; 1024];
         let m = rewrite(&new, &edits, &mut again).unwrap();
@@ -554,7 +609,13 @@ mod tests {
         assert!(Fdt::new(&blob).is_err());
         let blob = sample();
         let fdt = Fdt::new(&blob).unwrap();
-        let edits = Edits { memory: (0, 1), props: &[] };
-        assert_eq!(rewrite(&fdt, &edits, &mut [0u8; 64]), Err(FdtError::NoSpace));
+        let edits = Edits {
+            memory: (0, 1),
+            props: &[],
+        };
+        assert_eq!(
+            rewrite(&fdt, &edits, &mut [0u8; 64]),
+            Err(FdtError::NoSpace)
+        );
     }
 }

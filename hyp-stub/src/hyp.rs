@@ -96,14 +96,22 @@ impl<M: TableMemory> HypOps for Ops<'_, M> {
         self.plat.write_insn(PhysAddr(ipa.get()), insn);
         Ok(())
     }
+    fn log(&mut self, args: core::fmt::Arguments<'_>) {
+        let out = self.plat.console();
+        let _ = out.write_str("hyp-stub: ");
+        let _ = out.write_fmt(args);
+        let _ = out.write_str("\n");
+    }
     fn set_perms(&mut self, range: IpaRange, perms: Perms) -> Result<(), OpsError> {
         self.ram_range(range.start(), range.size())?;
         let tlb: &mut dyn Tlb = self.plat;
-        self.stage2.set_perms(range, perms, tlb).map_err(|e| match e {
-            Stage2Error::OutOfTables => OpsError::OutOfTables,
-            Stage2Error::NotMapped | Stage2Error::OutOfRange => OpsError::NotGuestRam,
-            Stage2Error::Misaligned => OpsError::Misaligned,
-        })
+        self.stage2
+            .set_perms(range, perms, tlb)
+            .map_err(|e| match e {
+                Stage2Error::OutOfTables => OpsError::OutOfTables,
+                Stage2Error::NotMapped | Stage2Error::OutOfRange => OpsError::NotGuestRam,
+                Stage2Error::Misaligned => OpsError::Misaligned,
+            })
     }
 }
 
@@ -120,16 +128,33 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
     /// Creates the core with the guest's stage-2 tables (guest RAM already
     /// mapped) and its services (not yet started).
     pub fn new(layout: Layout, services: Registry<'s>, stage2: Stage2<M>) -> Self {
-        Self { layout, services, stage2, stats: Stats::default() }
+        Self {
+            layout,
+            services,
+            stage2,
+            stats: Stats::default(),
+        }
     }
 
     /// Starts every service. The guest must not run if this fails.
     ///
     /// # Errors
     /// The failing service's name and reason.
-    pub fn start_services(&mut self, plat: &mut dyn Platform) -> Result<(), (&'static str, ServiceError)> {
-        let Self { layout, services, stage2, .. } = self;
-        services.init_all(&mut Ops { layout: *layout, stage2, plat })
+    pub fn start_services(
+        &mut self,
+        plat: &mut dyn Platform,
+    ) -> Result<(), (&'static str, ServiceError)> {
+        let Self {
+            layout,
+            services,
+            stage2,
+            ..
+        } = self;
+        services.init_all(&mut Ops {
+            layout: *layout,
+            stage2,
+            plat,
+        })
     }
 
     /// The guest's stage-2 tables.
@@ -138,7 +163,14 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
     }
 
     /// Handles a synchronous exception from the guest.
-    pub fn handle_sync(&mut self, esr: Esr, far: u64, hpfar: u64, vcpu: &mut Vcpu, plat: &mut dyn Platform) {
+    pub fn handle_sync(
+        &mut self,
+        esr: Esr,
+        far: u64,
+        hpfar: u64,
+        vcpu: &mut Vcpu,
+        plat: &mut dyn Platform,
+    ) {
         match esr.class() {
             ExceptionClass::Hvc64 => {
                 self.stats.exit(ExitKind::Hvc);
@@ -169,8 +201,20 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
                         regs: &vcpu.regs,
                         pc: vcpu.pc,
                     };
-                    let Self { layout, services, stage2, .. } = self;
-                    let _ = services.guest_fault(&fault, &mut Ops { layout: *layout, stage2, plat });
+                    let Self {
+                        layout,
+                        services,
+                        stage2,
+                        ..
+                    } = self;
+                    let _ = services.guest_fault(
+                        &fault,
+                        &mut Ops {
+                            layout: *layout,
+                            stage2,
+                            plat,
+                        },
+                    );
                     self.report_ram_fault(plat, "execute", ipa, far, vcpu.pc);
                 }
                 self.inject(vcpu, plat, Injection::InstrAbort { far });
@@ -202,12 +246,28 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
 
     fn hypercall(&mut self, imm: u16, vcpu: &mut Vcpu, plat: &mut dyn Platform) {
         let x = &vcpu.regs.x;
-        let call = Call { fid: x[0] as u32, args: [x[1], x[2], x[3], x[4], x[5], x[6]] };
+        let call = Call {
+            fid: x[0] as u32,
+            args: [x[1], x[2], x[3], x[4], x[5], x[6]],
+        };
         let result = if imm != 0 {
             // Not an SMCCC call: the immediate names the call.
             self.stats.call(u32::from(imm));
-            let Self { layout, services, stage2, .. } = self;
-            let answer = services.immediate_call(imm, &call, &mut Ops { layout: *layout, stage2, plat });
+            let Self {
+                layout,
+                services,
+                stage2,
+                ..
+            } = self;
+            let answer = services.immediate_call(
+                imm,
+                &call,
+                &mut Ops {
+                    layout: *layout,
+                    stage2,
+                    plat,
+                },
+            );
             answer.unwrap_or_else(|| {
                 self.stats.calls_unsupported += 1;
                 [smccc::NOT_SUPPORTED, 0, 0, 0]
@@ -233,9 +293,14 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
             smccc::VENDOR_HYP_KVM_FEATURES => self.features(),
             f if psci::is_psci(f) => self.psci(call, plat),
             f => match self.services.find(f) {
-                Some(service) => {
-                    service.call(call, &mut Ops { layout: self.layout, stage2: &mut self.stage2, plat })
-                }
+                Some(service) => service.call(
+                    call,
+                    &mut Ops {
+                        layout: self.layout,
+                        stage2: &mut self.stage2,
+                        plat,
+                    },
+                ),
                 None => {
                     self.stats.calls_unsupported += 1;
                     [smccc::NOT_SUPPORTED, 0, 0, 0]
@@ -263,7 +328,10 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
     fn psci(&mut self, call: &Call, plat: &mut dyn Platform) -> [u64; 4] {
         let [a0, a1, a2, ..] = call.args;
         match call.fid {
-            psci::SYSTEM_OFF | psci::SYSTEM_RESET | psci::SYSTEM_RESET2_32 | psci::SYSTEM_RESET2_64 => {
+            psci::SYSTEM_OFF
+            | psci::SYSTEM_RESET
+            | psci::SYSTEM_RESET2_32
+            | psci::SYSTEM_RESET2_64 => {
                 let _ = self.write_stats(plat.console());
                 plat.firmware_call(call.fid, [a0, a1, a2])
             }
@@ -279,7 +347,14 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
         }
     }
 
-    fn report_ram_fault(&mut self, plat: &mut dyn Platform, what: &str, ipa: Ipa, far: u64, pc: u64) {
+    fn report_ram_fault(
+        &mut self,
+        plat: &mut dyn Platform,
+        what: &str,
+        ipa: Ipa,
+        far: u64,
+        pc: u64,
+    ) {
         self.stats.ram_faults_refused += 1;
         if self.stats.ram_faults_refused <= REPORTED_REFUSALS {
             let _ = writeln!(
@@ -292,10 +367,36 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
 
     /// A stage-2 data abort on guest RAM: only services that protect
     /// memory cause these; they emulate the access or it is refused.
-    fn ram_fault(&mut self, abort: AbortSyndrome, ipa: Ipa, far: u64, vcpu: &mut Vcpu, plat: &mut dyn Platform) {
-        let fault = GuestFault { ipa, va: GuestVa(far), exec: false, syndrome: abort, regs: &vcpu.regs, pc: vcpu.pc };
-        let Self { layout, services, stage2, .. } = self;
-        let action = services.guest_fault(&fault, &mut Ops { layout: *layout, stage2, plat });
+    fn ram_fault(
+        &mut self,
+        abort: AbortSyndrome,
+        ipa: Ipa,
+        far: u64,
+        vcpu: &mut Vcpu,
+        plat: &mut dyn Platform,
+    ) {
+        let fault = GuestFault {
+            ipa,
+            va: GuestVa(far),
+            exec: false,
+            syndrome: abort,
+            regs: &vcpu.regs,
+            pc: vcpu.pc,
+        };
+        let Self {
+            layout,
+            services,
+            stage2,
+            ..
+        } = self;
+        let action = services.guest_fault(
+            &fault,
+            &mut Ops {
+                layout: *layout,
+                stage2,
+                plat,
+            },
+        );
         if action == FaultAction::Emulated {
             self.stats.ram_faults_emulated += 1;
             vcpu.pc = vcpu.pc.wrapping_add(4);
@@ -303,10 +404,24 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
         }
         let what = if abort.write() { "write" } else { "read" };
         self.report_ram_fault(plat, what, ipa, far, vcpu.pc);
-        self.inject(vcpu, plat, Injection::DataAbort { far, write: abort.write() });
+        self.inject(
+            vcpu,
+            plat,
+            Injection::DataAbort {
+                far,
+                write: abort.write(),
+            },
+        );
     }
 
-    fn data_abort(&mut self, esr: Esr, far: u64, hpfar: u64, vcpu: &mut Vcpu, plat: &mut dyn Platform) {
+    fn data_abort(
+        &mut self,
+        esr: Esr,
+        far: u64,
+        hpfar: u64,
+        vcpu: &mut Vcpu,
+        plat: &mut dyn Platform,
+    ) {
         let abort = esr.abort();
         let ipa = fault_ipa(hpfar, far);
         if self.layout.guest_ram.contains(ipa) && !abort.stage1_walk() {
@@ -323,7 +438,14 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
                     vcpu.pc
                 );
             }
-            hyp.inject(vcpu, plat, Injection::DataAbort { far, write: abort.write() });
+            hyp.inject(
+                vcpu,
+                plat,
+                Injection::DataAbort {
+                    far,
+                    write: abort.write(),
+                },
+            );
         };
         // Faults on the guest's own page-table walks, on RAM (nothing is
         // protected yet) or outside the device window are not MMIO.

@@ -11,14 +11,14 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![forbid(unsafe_code)]
 
-pub mod boot;
 pub mod addr;
+pub mod boot;
 pub mod esr;
 pub mod fdt;
-pub mod stage2;
 pub mod hyp;
 pub mod service;
-pub mod smccc;
-pub mod stats;
 pub mod services;
+pub mod smccc;
+pub mod stage2;
+pub mod stats;
 pub mod vcpu;

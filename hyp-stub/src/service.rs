@@ -56,6 +56,8 @@ pub trait HypOps {
     /// # Errors
     /// [`OpsError`] if `ipa` is not a 4-byte aligned guest RAM address.
     fn write_guest_insn(&mut self, ipa: Ipa, insn: u32) -> Result<(), OpsError>;
+    /// Prints a line on the hypervisor's console (prefixed `hyp-stub: `).
+    fn log(&mut self, args: fmt::Arguments<'_>);
     /// Sets the stage-2 permissions of page-aligned guest RAM.
     ///
     /// # Errors
@@ -134,7 +136,12 @@ pub trait Service: Send {
     fn call(&mut self, call: &Call, ops: &mut dyn HypOps) -> CallResult;
     /// Handles an HVC with a non-zero immediate (a non-SMCCC call such as
     /// `hvc #0x6094`); `None` if not this service's.
-    fn immediate_call(&mut self, _imm: u16, _call: &Call, _ops: &mut dyn HypOps) -> Option<CallResult> {
+    fn immediate_call(
+        &mut self,
+        _imm: u16,
+        _call: &Call,
+        _ops: &mut dyn HypOps,
+    ) -> Option<CallResult> {
         None
     }
     /// Handles a stage-2 fault on guest RAM.
@@ -175,7 +182,9 @@ pub struct Registry<'s> {
 impl<'s> Registry<'s> {
     /// An empty registry.
     pub fn new() -> Self {
-        Self { services: heapless::Vec::new() }
+        Self {
+            services: heapless::Vec::new(),
+        }
     }
 
     /// Adds a service.
@@ -185,7 +194,11 @@ impl<'s> Registry<'s> {
     /// already taken.
     pub fn register(&mut self, service: &'s mut dyn Service) -> Result<(), RegisterError> {
         for &fid in service.function_ids() {
-            if self.services.iter().any(|s| s.function_ids().contains(&fid)) {
+            if self
+                .services
+                .iter()
+                .any(|s| s.function_ids().contains(&fid))
+            {
                 return Err(RegisterError::DuplicateId(fid));
             }
         }
@@ -205,17 +218,29 @@ impl<'s> Registry<'s> {
 
     /// The service answering `fid`.
     pub fn find(&mut self, fid: u32) -> Option<&mut (dyn Service + 's)> {
-        self.services.iter_mut().find(|s| s.function_ids().contains(&fid)).map(|s| &mut **s)
+        self.services
+            .iter_mut()
+            .find(|s| s.function_ids().contains(&fid))
+            .map(|s| &mut **s)
     }
 
     /// Whether some service answers `fid`.
     pub fn handles(&self, fid: u32) -> bool {
-        self.services.iter().any(|s| s.function_ids().contains(&fid))
+        self.services
+            .iter()
+            .any(|s| s.function_ids().contains(&fid))
     }
 
     /// Offers an immediate HVC to each service until one takes it.
-    pub fn immediate_call(&mut self, imm: u16, call: &Call, ops: &mut dyn HypOps) -> Option<CallResult> {
-        self.services.iter_mut().find_map(|s| s.immediate_call(imm, call, ops))
+    pub fn immediate_call(
+        &mut self,
+        imm: u16,
+        call: &Call,
+        ops: &mut dyn HypOps,
+    ) -> Option<CallResult> {
+        self.services
+            .iter_mut()
+            .find_map(|s| s.immediate_call(imm, call, ops))
     }
 
     /// Offers a guest fault to each service until one handles it.

@@ -27,8 +27,11 @@ pub const KVM_UID: [u64; 4] = [0xb66f_b428, 0xe911_c52e, 0x564b_caa9, 0x743a_004
 pub fn vendor_hyp_function(fid: u32) -> Option<u8> {
     let fast = fid & (1 << 31) != 0;
     let owner = (fid >> 24) & 0x3f;
+    // Bits 23:16 are zero in KVM's functions (kernel protect's IDs set
+    // them, so they are not KVM functions and are not advertised here).
+    let reserved = (fid >> 16) & 0xff;
     let number = fid & 0xffff;
-    (fast && owner == 6 && number < 128).then_some(number as u8)
+    (fast && owner == 6 && reserved == 0 && number < 128).then_some(number as u8)
 }
 
 /// PSCI function IDs and results.
@@ -57,9 +60,17 @@ mod tests {
     fn vendor_hyp_numbers() {
         assert_eq!(vendor_hyp_function(0x8600_0000), Some(0));
         assert_eq!(vendor_hyp_function(0xc600_0007), Some(7));
-        assert_eq!(vendor_hyp_function(0xc606_005f), Some(0x5f));
+        assert_eq!(
+            vendor_hyp_function(0xc606_005f),
+            None,
+            "kernel protect IDs are not KVM functions"
+        );
         assert_eq!(vendor_hyp_function(0x8400_0000), None);
-        assert_eq!(vendor_hyp_function(0x0600_0001), None, "yielding calls are not fast calls");
+        assert_eq!(
+            vendor_hyp_function(0x0600_0001),
+            None,
+            "yielding calls are not fast calls"
+        );
         assert!(psci::is_psci(psci::SYSTEM_OFF) && !psci::is_psci(0x8400_0050));
     }
 }

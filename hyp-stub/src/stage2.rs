@@ -55,13 +55,33 @@ pub struct Perms {
 
 impl Perms {
     /// Read, write and execute at both levels.
-    pub const RWX: Self = Self { read: true, write: true, exec_el1: true, exec_el0: true };
+    pub const RWX: Self = Self {
+        read: true,
+        write: true,
+        exec_el1: true,
+        exec_el0: true,
+    };
     /// Read and execute at both levels.
-    pub const RX: Self = Self { read: true, write: false, exec_el1: true, exec_el0: true };
+    pub const RX: Self = Self {
+        read: true,
+        write: false,
+        exec_el1: true,
+        exec_el0: true,
+    };
     /// Read-only, execute at EL0 only (rodata that holds the vDSO).
-    pub const R_EL0X: Self = Self { read: true, write: false, exec_el1: false, exec_el0: true };
+    pub const R_EL0X: Self = Self {
+        read: true,
+        write: false,
+        exec_el1: false,
+        exec_el0: true,
+    };
     /// Read and write, never execute.
-    pub const RW: Self = Self { read: true, write: true, exec_el1: false, exec_el0: false };
+    pub const RW: Self = Self {
+        read: true,
+        write: true,
+        exec_el1: false,
+        exec_el0: false,
+    };
 
     fn bits(self) -> u64 {
         let mut bits = 0;
@@ -116,7 +136,10 @@ impl Attrs {
         } else {
             MemType::Device
         };
-        Self { mem, perms: Perms::from_bits(bits) }
+        Self {
+            mem,
+            perms: Perms::from_bits(bits),
+        }
     }
 }
 
@@ -270,7 +293,8 @@ impl<M: TableMemory> Stage2<M> {
         let offset = pa.get().wrapping_sub(ipa);
         while ipa < end {
             let out = ipa.wrapping_add(offset);
-            let block_fits = ipa % BLOCK_SIZE == 0 && out % BLOCK_SIZE == 0 && end - ipa >= BLOCK_SIZE;
+            let block_fits =
+                ipa % BLOCK_SIZE == 0 && out % BLOCK_SIZE == 0 && end - ipa >= BLOCK_SIZE;
             if block_fits {
                 let l2 = self.level2(ipa, true)?.ok_or(Stage2Error::OutOfTables)?;
                 let old = self.mem.table(l2)[index(ipa, 2)];
@@ -281,7 +305,9 @@ impl<M: TableMemory> Stage2<M> {
                 self.mem.table(l2)[index(ipa, 2)] = out | bits | VALID;
                 ipa += BLOCK_SIZE;
             } else {
-                let l3 = self.level3(ipa, true, tlb)?.ok_or(Stage2Error::OutOfTables)?;
+                let l3 = self
+                    .level3(ipa, true, tlb)?
+                    .ok_or(Stage2Error::OutOfTables)?;
                 let old = self.mem.table(l3)[index(ipa, 3)];
                 self.mem.table(l3)[index(ipa, 3)] = 0;
                 if old & VALID != 0 {
@@ -311,7 +337,8 @@ impl<M: TableMemory> Stage2<M> {
             if entry & VALID == 0 {
                 return Err(Stage2Error::NotMapped);
             }
-            let whole_block = entry & TABLE_OR_PAGE == 0 && ipa % BLOCK_SIZE == 0 && end - ipa >= BLOCK_SIZE;
+            let whole_block =
+                entry & TABLE_OR_PAGE == 0 && ipa % BLOCK_SIZE == 0 && end - ipa >= BLOCK_SIZE;
             if whole_block {
                 self.mem.table(l2)[index(ipa, 2)] = 0;
                 tlb.invalidate_ipa(Ipa(ipa));
@@ -319,7 +346,9 @@ impl<M: TableMemory> Stage2<M> {
                 ipa += BLOCK_SIZE;
                 continue;
             }
-            let l3 = self.level3(ipa, false, tlb)?.ok_or(Stage2Error::NotMapped)?;
+            let l3 = self
+                .level3(ipa, false, tlb)?
+                .ok_or(Stage2Error::NotMapped)?;
             let page = self.mem.table(l3)[index(ipa, 3)];
             if page & VALID == 0 {
                 return Err(Stage2Error::NotMapped);
@@ -337,7 +366,12 @@ impl<M: TableMemory> Stage2<M> {
     /// # Errors
     /// [`Stage2Error::NotMapped`] if part of the range is unmapped, or the
     /// errors of [`Self::map`].
-    pub fn set_perms(&mut self, range: IpaRange, perms: Perms, tlb: &mut dyn Tlb) -> Result<(), Stage2Error> {
+    pub fn set_perms(
+        &mut self,
+        range: IpaRange,
+        perms: Perms,
+        tlb: &mut dyn Tlb,
+    ) -> Result<(), Stage2Error> {
         let clear = S2AP_READ | S2AP_WRITE | (3 << XN_SHIFT);
         let set = perms.bits();
         self.update(range, tlb, |e| (e & !clear) | set)
@@ -374,7 +408,10 @@ impl<M: TableMemory> Stage2<M> {
         if l3 & VALID == 0 {
             return None;
         }
-        Some((PhysAddr((l3 & ADDR_MASK) | (ipa & (PAGE_SIZE - 1))), Attrs::from_bits(l3)))
+        Some((
+            PhysAddr((l3 & ADDR_MASK) | (ipa & (PAGE_SIZE - 1))),
+            Attrs::from_bits(l3),
+        ))
     }
 }
 
@@ -397,7 +434,9 @@ pub(crate) mod tests {
                 return None;
             }
             self.tables.push(Box::new([0; ENTRIES]));
-            Some(PhysAddr(FAKE_BASE + (self.tables.len() as u64 - 1) * PAGE_SIZE))
+            Some(PhysAddr(
+                FAKE_BASE + (self.tables.len() as u64 - 1) * PAGE_SIZE,
+            ))
         }
         fn table(&mut self, table: PhysAddr) -> &mut [u64; ENTRIES] {
             &mut self.tables[((table.get() - FAKE_BASE) / PAGE_SIZE) as usize]
@@ -413,10 +452,17 @@ pub(crate) mod tests {
     }
 
     fn s2(limit: usize) -> Stage2<FakeTables> {
-        Stage2::new(FakeTables { tables: Vec::new(), limit }).unwrap()
+        Stage2::new(FakeTables {
+            tables: Vec::new(),
+            limit,
+        })
+        .unwrap()
     }
 
-    const RAM: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RWX };
+    const RAM: Attrs = Attrs {
+        mem: MemType::Normal,
+        perms: Perms::RWX,
+    };
 
     #[test]
     fn maps_ram_with_blocks_and_translates() {
@@ -425,7 +471,10 @@ pub(crate) mod tests {
         let r = IpaRange::new(Ipa(0x4000_0000), 0x3e00_0000).unwrap();
         s.map(r, PhysAddr(0x4000_0000), RAM, &mut tlb).unwrap();
         assert_eq!(s.mem.tables.len(), 2, "root + one level-2 table");
-        assert_eq!(s.translate(Ipa(0x4123_4567)), Some((PhysAddr(0x4123_4567), RAM)));
+        assert_eq!(
+            s.translate(Ipa(0x4123_4567)),
+            Some((PhysAddr(0x4123_4567), RAM))
+        );
         assert_eq!(s.translate(Ipa(0x7e00_0000)), None);
         assert_eq!(s.translate(Ipa(0x3fff_ffff)), None);
     }
@@ -443,7 +492,11 @@ pub(crate) mod tests {
         assert_eq!(a.perms, Perms::RX);
         assert_eq!(s.translate(Ipa(0x4020_0000)).unwrap().1.perms, Perms::RWX);
         assert_eq!(s.translate(Ipa(0x4020_4000)).unwrap().1.perms, Perms::RWX);
-        assert_eq!(s.translate(Ipa(0x4000_0000)).unwrap().1.perms, Perms::RWX, "other block untouched");
+        assert_eq!(
+            s.translate(Ipa(0x4000_0000)).unwrap().1.perms,
+            Perms::RWX,
+            "other block untouched"
+        );
         assert!(tlb.0 >= 4, "block split and each page change invalidated");
         for p in [Perms::R_EL0X, Perms::RW, Perms::RWX] {
             s.set_perms(text, p, &mut tlb).unwrap();
@@ -456,13 +509,25 @@ pub(crate) mod tests {
         let mut s = s2(2);
         let mut tlb = CountingTlb::default();
         let r = IpaRange::new(Ipa(0x4000_0800), 0x1000).unwrap();
-        assert_eq!(s.map(r, PhysAddr(0x4000_0000), RAM, &mut tlb), Err(Stage2Error::Misaligned));
+        assert_eq!(
+            s.map(r, PhysAddr(0x4000_0000), RAM, &mut tlb),
+            Err(Stage2Error::Misaligned)
+        );
         let r = IpaRange::new(Ipa(1 << 39), 0x1000).unwrap();
-        assert_eq!(s.map(r, PhysAddr(0), RAM, &mut tlb), Err(Stage2Error::OutOfRange));
+        assert_eq!(
+            s.map(r, PhysAddr(0), RAM, &mut tlb),
+            Err(Stage2Error::OutOfRange)
+        );
         let r = IpaRange::new(Ipa(0x4000_0000), 0x1000).unwrap();
-        assert_eq!(s.set_perms(r, Perms::RX, &mut tlb), Err(Stage2Error::NotMapped));
+        assert_eq!(
+            s.set_perms(r, Perms::RX, &mut tlb),
+            Err(Stage2Error::NotMapped)
+        );
         // root + level 2 fit, the level-3 table does not.
-        assert_eq!(s.map(r, PhysAddr(0x4000_0000), RAM, &mut tlb), Err(Stage2Error::OutOfTables));
+        assert_eq!(
+            s.map(r, PhysAddr(0x4000_0000), RAM, &mut tlb),
+            Err(Stage2Error::OutOfTables)
+        );
     }
 
     #[test]

@@ -85,7 +85,10 @@ impl Stats {
 
     /// Calls of `fid` so far.
     pub fn calls_of(&self, fid: u32) -> u64 {
-        self.calls.iter().find(|(f, _)| *f == fid).map_or(0, |(_, n)| *n)
+        self.calls
+            .iter()
+            .find(|(f, _)| *f == fid)
+            .map_or(0, |(_, n)| *n)
     }
 
     /// Total exits so far.

@@ -98,10 +98,14 @@ impl Vcpu {
         let from_el0 = self.from_el0();
         let (ec, iss, far) = match what {
             // Data abort from a lower / the same EL.
-            Injection::DataAbort { far, write } => {
-                (if from_el0 { 0x24 } else { 0x25 }, FSC_EXTERNAL | (u64::from(write) << 6), far)
+            Injection::DataAbort { far, write } => (
+                if from_el0 { 0x24 } else { 0x25 },
+                FSC_EXTERNAL | (u64::from(write) << 6),
+                far,
+            ),
+            Injection::InstrAbort { far } => {
+                (if from_el0 { 0x20 } else { 0x21 }, FSC_EXTERNAL, far)
             }
-            Injection::InstrAbort { far } => (if from_el0 { 0x20 } else { 0x21 }, FSC_EXTERNAL, far),
             Injection::Undefined => (0x00, 0, 0),
         };
         let offset = match self.pstate & PSTATE_MODE_MASK {
@@ -110,7 +114,12 @@ impl Vcpu {
             m if m & 0x10 == 0 => 0x400, // AArch64 EL0
             _ => 0x600,                  // AArch32 EL0
         };
-        let exception = El1Exception { esr: (ec << 26) | ESR_IL | iss, far, elr: self.pc, spsr: self.pstate };
+        let exception = El1Exception {
+            esr: (ec << 26) | ESR_IL | iss,
+            far,
+            elr: self.pc,
+            spsr: self.pstate,
+        };
         // PSTATE on entry to EL1, as the architecture sets it: EL1h,
         // interrupts masked, PAN set unless SCTLR_EL1.SPAN says keep it,
         // SSBS from SCTLR_EL1.DSSBS.
@@ -135,8 +144,21 @@ mod tests {
 
     #[test]
     fn data_abort_from_el1h_goes_to_current_el_vector() {
-        let mut v = Vcpu { pc: 0xffff_8000_1000, pstate: MODE_EL1H | PSTATE_PAN, ..Default::default() };
-        let e = v.inject(Injection::DataAbort { far: 0x1234, write: true }, El1Context { vbar: 0xffff_8000_0000_0000, sctlr: SCTLR_SPAN });
+        let mut v = Vcpu {
+            pc: 0xffff_8000_1000,
+            pstate: MODE_EL1H | PSTATE_PAN,
+            ..Default::default()
+        };
+        let e = v.inject(
+            Injection::DataAbort {
+                far: 0x1234,
+                write: true,
+            },
+            El1Context {
+                vbar: 0xffff_8000_0000_0000,
+                sctlr: SCTLR_SPAN,
+            },
+        );
         assert_eq!(e.esr >> 26, 0x25);
         assert_eq!(e.esr & 0x3f, 0x10);
         assert_ne!(e.esr & (1 << 6), 0);
@@ -148,8 +170,18 @@ mod tests {
 
     #[test]
     fn aborts_from_el0_use_lower_el_vector_and_class() {
-        let mut v = Vcpu { pc: 0x400000, pstate: MODE_EL0T, ..Default::default() };
-        let e = v.inject(Injection::InstrAbort { far: 0x400000 }, El1Context { vbar: 0x1000, sctlr: 0 });
+        let mut v = Vcpu {
+            pc: 0x400000,
+            pstate: MODE_EL0T,
+            ..Default::default()
+        };
+        let e = v.inject(
+            Injection::InstrAbort { far: 0x400000 },
+            El1Context {
+                vbar: 0x1000,
+                sctlr: 0,
+            },
+        );
         assert_eq!(e.esr >> 26, 0x20);
         assert_eq!(v.pc, 0x1400);
         assert_ne!(v.pstate & PSTATE_PAN, 0, "SPAN clear: PAN set on entry");

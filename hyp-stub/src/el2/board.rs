@@ -5,9 +5,9 @@
 use core::fmt::Write;
 
 use hyp_stub::addr::{Ipa, PhysAddr};
-use hyp_stub::stage2::Tlb;
 use hyp_stub::esr::Width;
 use hyp_stub::hyp::Platform;
+use hyp_stub::stage2::Tlb;
 use hyp_stub::vcpu::{El1Context, El1Exception};
 
 use super::console::Console;
@@ -35,7 +35,9 @@ impl Platform for Board {
     fn read_ram(&mut self, pa: PhysAddr, buf: &mut [u8]) {
         // SAFETY: the core checked that the range is guest RAM, which the
         // hypervisor maps at EL2; the guest is stopped while we read.
-        unsafe { core::ptr::copy_nonoverlapping(pa.get() as *const u8, buf.as_mut_ptr(), buf.len()) };
+        unsafe {
+            core::ptr::copy_nonoverlapping(pa.get() as *const u8, buf.as_mut_ptr(), buf.len())
+        };
     }
 
     fn write_insn(&mut self, pa: PhysAddr, insn: u32) {
@@ -93,7 +95,10 @@ impl Platform for Board {
     }
 
     fn el1_context(&self) -> El1Context {
-        El1Context { vbar: read_sysreg!("vbar_el1"), sctlr: read_sysreg!("sctlr_el1") }
+        El1Context {
+            vbar: read_sysreg!("vbar_el1"),
+            sctlr: read_sysreg!("sctlr_el1"),
+        }
     }
 
     fn set_el1_exception(&mut self, e: &El1Exception) {

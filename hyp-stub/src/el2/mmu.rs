@@ -40,7 +40,8 @@ pub unsafe fn enable_el2_mmu() {
     root.0[1] = 0x4000_0000 | BLOCK | AF | SH_INNER | ATTR_NORMAL;
     let pa_range = read_sysreg!("id_aa64mmfr0_el1") & 0xf;
     let t0sz = 32; // 4 GiB of VA: walks start at level 1
-    let tcr = (1 << 31) | (1 << 23) | (pa_range.min(2) << 16) | (3 << 12) | (1 << 10) | (1 << 8) | t0sz;
+    let tcr =
+        (1 << 31) | (1 << 23) | (pa_range.min(2) << 16) | (3 << 12) | (1 << 10) | (1 << 8) | t0sz;
     // SAFETY: the tables map the hypervisor's own code, data and stack at
     // their physical addresses, so enabling translation does not move
     // anything under our feet.
@@ -51,7 +52,10 @@ pub unsafe fn enable_el2_mmu() {
         isb();
         core::arch::asm!("tlbi alle2", "dsb ish", options(nostack));
         isb();
-        write_sysreg!("sctlr_el2", SCTLR_EL2_RES1 | SCTLR_M | SCTLR_C | SCTLR_SA | SCTLR_I);
+        write_sysreg!(
+            "sctlr_el2",
+            SCTLR_EL2_RES1 | SCTLR_M | SCTLR_C | SCTLR_SA | SCTLR_I
+        );
     }
     isb();
 }

@@ -17,12 +17,13 @@ use hyp_stub::esr::Esr;
 use hyp_stub::fdt::{self, Edits, Fdt, NodeProp};
 use hyp_stub::hyp::{Hyp, Layout, Platform};
 use hyp_stub::service::Registry;
+use hyp_stub::services::kernel_protect::{AssetExtents, KernelProtect};
 use hyp_stub::services::mmio_guard::{self, MmioGuard};
-use static_cell::StaticCell;
 use hyp_stub::smccc::psci;
 use hyp_stub::stage2::{Attrs, MemType, Perms, Stage2};
 use hyp_stub::vcpu::{GuestRegs, Vcpu};
 use spin::Mutex;
+use static_cell::StaticCell;
 
 use board::Board;
 use console::println;
@@ -46,18 +47,29 @@ fn refuse_to_boot(why: core::fmt::Arguments<'_>) -> ! {
 
 #[no_mangle]
 extern "C" fn hyp_main() -> ! {
-    println!("pvguard hyp-stub at EL{}", (read_sysreg!("currentel") >> 2) & 3);
+    println!(
+        "pvguard hyp-stub at EL{}",
+        (read_sysreg!("currentel") >> 2) & 3
+    );
     // SAFETY: first thing at boot, MMU off, single CPU.
     unsafe { mmu::enable_el2_mmu() };
 
     // The device tree QEMU generated describes the whole machine.
     // SAFETY: RAM_BASE is the start of RAM, mapped normal at EL2; QEMU put
     // its device tree there and nothing else writes it during this read.
-    let qemu_dtb = unsafe { core::slice::from_raw_parts(boot::RAM_BASE as *const u8, boot::GUEST_DTB_MAX) };
-    let fdt = Fdt::new(qemu_dtb).unwrap_or_else(|e| refuse_to_boot(format_args!("no device tree from QEMU ({e:?})")));
-    let (ram_base, ram_size) = fdt.memory().unwrap_or_else(|e| refuse_to_boot(format_args!("no memory node ({e:?})")));
+    let qemu_dtb =
+        unsafe { core::slice::from_raw_parts(boot::RAM_BASE as *const u8, boot::GUEST_DTB_MAX) };
+    let fdt = Fdt::new(qemu_dtb)
+        .unwrap_or_else(|e| refuse_to_boot(format_args!("no device tree from QEMU ({e:?})")));
+    let (ram_base, ram_size) = fdt
+        .memory()
+        .unwrap_or_else(|e| refuse_to_boot(format_args!("no memory node ({e:?})")));
     if ram_base != boot::RAM_BASE || ram_base.saturating_add(ram_size) < boot::HYP_END {
-        refuse_to_boot(format_args!("need RAM at {:#x}..{:#x} (use -m 1G or more)", boot::RAM_BASE, boot::HYP_END));
+        refuse_to_boot(format_args!(
+            "need RAM at {:#x}..{:#x} (use -m 1G or more)",
+            boot::RAM_BASE,
+            boot::HYP_END
+        ));
     }
     let guest_ram = IpaRange::new(Ipa(ram_base), boot::HYP_BASE - ram_base)
         .unwrap_or_else(|| refuse_to_boot(format_args!("empty guest RAM")));
@@ -68,15 +80,26 @@ extern "C" fn hyp_main() -> ! {
         *b = unsafe { ((boot::MANIFEST_PA as usize + i) as *const u8).read_volatile() };
     }
     let dtb_end = boot::RAM_BASE + boot::GUEST_DTB_MAX as u64;
-    let manifest = Manifest::parse(&manifest_bytes, dtb_end, boot::HYP_BASE)
-        .unwrap_or_else(|e| refuse_to_boot(format_args!("bad boot manifest at {:#x}: {e:?}", boot::MANIFEST_PA)));
+    let manifest = Manifest::parse(&manifest_bytes, dtb_end, boot::HYP_BASE).unwrap_or_else(|e| {
+        refuse_to_boot(format_args!(
+            "bad boot manifest at {:#x}: {e:?}",
+            boot::MANIFEST_PA
+        ))
+    });
     let mut header = [0u8; boot::IMAGE_HEADER_SIZE];
     // SAFETY: the manifest placed the kernel inside guest RAM, mapped at EL2.
-    let kernel = unsafe { core::slice::from_raw_parts(manifest.kernel_ipa as *const u8, boot::IMAGE_HEADER_SIZE) };
+    let kernel = unsafe {
+        core::slice::from_raw_parts(manifest.kernel_ipa as *const u8, boot::IMAGE_HEADER_SIZE)
+    };
     header.copy_from_slice(kernel);
-    let image = KernelImage::parse(&header).unwrap_or_else(|_| refuse_to_boot(format_args!("no arm64 Image at {:#x}", manifest.kernel_ipa)));
+    let image = KernelImage::parse(&header).unwrap_or_else(|_| {
+        refuse_to_boot(format_args!("no arm64 Image at {:#x}", manifest.kernel_ipa))
+    });
     let kernel_end = manifest.kernel_ipa.saturating_add(image.image_size);
-    if manifest.initrd_size != 0 && manifest.initrd_ipa < kernel_end && manifest.initrd_ipa >= manifest.kernel_ipa {
+    if manifest.initrd_size != 0
+        && manifest.initrd_ipa < kernel_end
+        && manifest.initrd_ipa >= manifest.kernel_ipa
+    {
         refuse_to_boot(format_args!("initramfs overlaps the kernel's BSS"));
     }
     if kernel_end > boot::HYP_BASE {
@@ -89,17 +112,34 @@ extern "C" fn hyp_main() -> ! {
     // PSCI (and every other SMCCC call) reaches us by HVC, as in a KVM
     // guest: stock Linux only looks for KVM's services over HVC.
     let props = [
-        NodeProp { node: "psci", name: "method", value: b"hvc\0" },
-        NodeProp { node: "chosen", name: "linux,initrd-start", value: &initrd_start },
-        NodeProp { node: "chosen", name: "linux,initrd-end", value: &initrd_end },
+        NodeProp {
+            node: "psci",
+            name: "method",
+            value: b"hvc\0",
+        },
+        NodeProp {
+            node: "chosen",
+            name: "linux,initrd-start",
+            value: &initrd_start,
+        },
+        NodeProp {
+            node: "chosen",
+            name: "linux,initrd-end",
+            value: &initrd_end,
+        },
     ];
     let edits = Edits {
         memory: (guest_ram.start().get(), guest_ram.size()),
-        props: if manifest.initrd_size != 0 { &props } else { &props[..1] },
+        props: if manifest.initrd_size != 0 {
+            &props
+        } else {
+            &props[..1]
+        },
     };
     // SAFETY: boot is single-threaded; DTB_BUF is used only here.
     let buf = unsafe { &mut *addr_of_mut!(DTB_BUF) };
-    let len = fdt::rewrite(&fdt, &edits, buf).unwrap_or_else(|e| refuse_to_boot(format_args!("cannot rewrite the device tree ({e:?})")));
+    let len = fdt::rewrite(&fdt, &edits, buf)
+        .unwrap_or_else(|e| refuse_to_boot(format_args!("cannot rewrite the device tree ({e:?})")));
     // SAFETY: the guest's device tree slot is guest RAM mapped at EL2, and
     // `qemu_dtb` (which aliases it) is not used after this point.
     unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), boot::GUEST_DTB_IPA as *mut u8, len) };
@@ -110,8 +150,16 @@ extern "C" fn hyp_main() -> ! {
     // SAFETY: the only call.
     let mut s2 = Stage2::new(unsafe { PoolTables::take() })
         .unwrap_or_else(|e| refuse_to_boot(format_args!("stage 2: {e:?}")));
-    let ram = Attrs { mem: MemType::Normal, perms: Perms::RWX };
-    if let Err(e) = s2.map(guest_ram, PhysAddr(guest_ram.start().get()), ram, &mut GuestTlb) {
+    let ram = Attrs {
+        mem: MemType::Normal,
+        perms: Perms::RWX,
+    };
+    if let Err(e) = s2.map(
+        guest_ram,
+        PhysAddr(guest_ram.start().get()),
+        ram,
+        &mut GuestTlb,
+    ) {
         refuse_to_boot(format_args!("stage 2: cannot map guest RAM: {e:?}"));
     }
     let vttbr = s2.root().get() | (1 << 48);
@@ -120,7 +168,8 @@ extern "C" fn hyp_main() -> ! {
     let layout = Layout {
         guest_ram,
         hyp_memory: (PhysAddr(boot::HYP_BASE), PhysAddr(boot::HYP_END)),
-        mmio_window: IpaRange::new(Ipa(0), boot::RAM_BASE).unwrap_or_else(|| refuse_to_boot(format_args!("no device window"))),
+        mmio_window: IpaRange::new(Ipa(0), boot::RAM_BASE)
+            .unwrap_or_else(|| refuse_to_boot(format_args!("no device window"))),
     };
     let services = manifest.services();
     let mut registry = Registry::new();
@@ -133,6 +182,26 @@ extern "C" fn hyp_main() -> ! {
         };
         if let Err(e) = registry.register(GUARD.init(MmioGuard::new(policy))) {
             refuse_to_boot(format_args!("cannot register the MMIO guard: {e:?}"));
+        }
+    }
+    if services & boot::SERVICE_KERNEL_PROTECT != 0 {
+        static KP: StaticCell<KernelProtect> = StaticCell::new();
+        let kp = KP.init(KernelProtect::new());
+        // The resource manager's protect_vm_assets: the guest's kernel
+        // regions must lie in the image it was given (header image_size,
+        // BSS included). The guest itself cannot make this call.
+        let image = IpaRange::new(Ipa(manifest.kernel_ipa), image.image_size)
+            .unwrap_or_else(|| refuse_to_boot(format_args!("empty kernel image")));
+        let extents = AssetExtents {
+            rx: image,
+            ro: image,
+            rw: image,
+        };
+        if let Err(e) = kp.protect_vm_assets(extents) {
+            refuse_to_boot(format_args!("protect_vm_assets: {e}"));
+        }
+        if let Err(e) = registry.register(kp) {
+            refuse_to_boot(format_args!("cannot register kernel protect: {e:?}"));
         }
     }
     let mut hyp = Hyp::new(layout, registry, s2);
@@ -216,7 +285,11 @@ unsafe fn configure_el2(vtcr: u64, vttbr: u64) {
         }
         // All PMU counters to EL1.
         let pmu = field(dfr0, 8);
-        let hpmn = if pmu != 0 && pmu != 0xf { (read_sysreg!("pmcr_el0") >> 11) & 0x1f } else { 0 };
+        let hpmn = if pmu != 0 && pmu != 0xf {
+            (read_sysreg!("pmcr_el0") >> 11) & 0x1f
+        } else {
+            0
+        };
         write_sysreg!("mdcr_el2", hpmn);
         write_sysreg!("hstr_el2", 0u64);
         write_sysreg!("vpidr_el2", read_sysreg!("midr_el1"));
@@ -241,7 +314,14 @@ unsafe fn configure_el2(vtcr: u64, vttbr: u64) {
         isb();
         write_sysreg!("hcr_el2", hcr);
         isb();
-        core::arch::asm!("tlbi vmalls12e1", "dsb sy", "ic iallu", "dsb sy", "isb", options(nostack));
+        core::arch::asm!(
+            "tlbi vmalls12e1",
+            "dsb sy",
+            "ic iallu",
+            "dsb sy",
+            "isb",
+            options(nostack)
+        );
     }
 }
 
@@ -252,7 +332,11 @@ extern "C" fn handle_lower_sync(regs: &mut GuestRegs) {
     let esr = Esr(read_sysreg!("esr_el2"));
     let far = read_sysreg!("far_el2");
     let hpfar = read_sysreg!("hpfar_el2");
-    let mut vcpu = Vcpu { regs: regs.clone(), pc: read_sysreg!("elr_el2"), pstate: read_sysreg!("spsr_el2") };
+    let mut vcpu = Vcpu {
+        regs: regs.clone(),
+        pc: read_sysreg!("elr_el2"),
+        pstate: read_sysreg!("spsr_el2"),
+    };
     if let Some(hyp) = HYP.lock().as_mut() {
         hyp.handle_sync(esr, far, hpfar, &mut vcpu, &mut Board::new());
     }

@@ -46,7 +46,10 @@ impl Platform for FakePlatform {
         self.writes.push((pa, width, value));
     }
     fn el1_context(&self) -> El1Context {
-        El1Context { vbar: 0xffff_0000_0000_0000, sctlr: 1 << 23 }
+        El1Context {
+            vbar: 0xffff_0000_0000_0000,
+            sctlr: 1 << 23,
+        }
     }
     fn set_el1_exception(&mut self, e: &El1Exception) {
         self.injected = Some(*e);
@@ -60,10 +63,22 @@ type TestHyp<'s> = Hyp<'s, FakeTables>;
 
 /// A core with guest RAM mapped at stage 2, as the boot path leaves it.
 fn hyp_with(reg: Registry<'_>) -> TestHyp<'_> {
-    let mut s2 = Stage2::new(FakeTables { tables: Vec::new(), limit: 16 }).unwrap();
+    let mut s2 = Stage2::new(FakeTables {
+        tables: Vec::new(),
+        limit: 16,
+    })
+    .unwrap();
     let ram = layout().guest_ram;
-    s2.map(ram, PhysAddr(ram.start().get()), Attrs { mem: MemType::Normal, perms: Perms::RWX }, &mut FakePlatform::default())
-        .unwrap();
+    s2.map(
+        ram,
+        PhysAddr(ram.start().get()),
+        Attrs {
+            mem: MemType::Normal,
+            perms: Perms::RWX,
+        },
+        &mut FakePlatform::default(),
+    )
+    .unwrap();
     Hyp::new(layout(), reg, s2)
 }
 
@@ -80,7 +95,11 @@ const SMC: u64 = 0x17 << 26 | 1 << 25;
 const EL1H: u64 = 0b0101;
 
 fn vcpu_with(x: &[u64]) -> Vcpu {
-    let mut v = Vcpu { pc: 0x1000, pstate: EL1H, ..Default::default() };
+    let mut v = Vcpu {
+        pc: 0x1000,
+        pstate: EL1H,
+        ..Default::default()
+    };
     v.regs.x[..x.len()].copy_from_slice(x);
     v
 }
@@ -139,7 +158,11 @@ fn discovery_answers_like_kvm() {
 
 #[test]
 fn services_are_dispatched_and_advertised() {
-    let mut fake = Fake { fail: false, deny_at: None, calls: 0 };
+    let mut fake = Fake {
+        fail: false,
+        deny_at: None,
+        calls: 0,
+    };
     let mut reg = Registry::new();
     reg.register(&mut fake).unwrap();
     let mut hyp = hyp_with(reg);
@@ -156,28 +179,53 @@ fn services_are_dispatched_and_advertised() {
     assert_eq!(v.regs.x[0], 0);
     let mut out = String::new();
     hyp.write_stats(&mut out).unwrap();
-    assert!(out.starts_with("hyp-stub stats:\n") && out.ends_with("fake_calls=1\nhyp-stub stats end\n"));
+    assert!(
+        out.starts_with("hyp-stub stats:\n") && out.ends_with("fake_calls=1\nhyp-stub stats end\n")
+    );
 }
 
 #[test]
 fn failing_service_is_fail_closed_and_duplicates_refused() {
-    let mut bad = Fake { fail: true, deny_at: None, calls: 0 };
-    let mut twin = Fake { fail: false, deny_at: None, calls: 0 };
+    let mut bad = Fake {
+        fail: true,
+        deny_at: None,
+        calls: 0,
+    };
+    let mut twin = Fake {
+        fail: false,
+        deny_at: None,
+        calls: 0,
+    };
     let mut reg = Registry::new();
     reg.register(&mut bad).unwrap();
-    assert_eq!(reg.register(&mut twin).err(), Some(crate::service::RegisterError::DuplicateId(0xc600_0005)));
+    assert_eq!(
+        reg.register(&mut twin).err(),
+        Some(crate::service::RegisterError::DuplicateId(0xc600_0005))
+    );
     let mut hyp = hyp_with(reg);
-    assert_eq!(hyp.start_services(&mut FakePlatform::default()), Err(("fake", ServiceError::Unsupported("test"))));
+    assert_eq!(
+        hyp.start_services(&mut FakePlatform::default()),
+        Err(("fake", ServiceError::Unsupported("test")))
+    );
 }
 
 #[test]
 fn unknown_calls_and_immediates_are_not_supported() {
     let mut hyp = hyp_with(Registry::new());
     let mut plat = FakePlatform::default();
-    for (esr, fid) in [(HVC, 0xc600_1234u64), (HVC | 0x6094, 0), (SMC | 1, 0x8000_0000), (HVC, u64::MAX)] {
+    for (esr, fid) in [
+        (HVC, 0xc600_1234u64),
+        (HVC | 0x6094, 0),
+        (SMC | 1, 0x8000_0000),
+        (HVC, u64::MAX),
+    ] {
         let mut v = vcpu_with(&[fid]);
         hyp.handle_sync(Esr(esr), 0, 0, &mut v, &mut plat);
-        assert_eq!(v.regs.x[0], smccc::NOT_SUPPORTED, "esr {esr:#x} fid {fid:#x}");
+        assert_eq!(
+            v.regs.x[0],
+            smccc::NOT_SUPPORTED,
+            "esr {esr:#x} fid {fid:#x}"
+        );
     }
     assert_eq!(hyp.stats.calls_unsupported, 4);
     assert!(plat.firmware.is_empty());
@@ -198,14 +246,25 @@ fn psci_is_forwarded_and_power_off_prints_stats() {
     assert_eq!(v.regs.x[0], psci::DENIED);
     let mut v = vcpu_with(&[u64::from(psci::SYSTEM_OFF)]);
     hyp.handle_sync(Esr(SMC), 0, 0, &mut v, &mut plat);
-    assert_eq!(plat.firmware.iter().map(|f| f.0).collect::<Vec<_>>(), [psci::VERSION, psci::SYSTEM_OFF]);
+    assert_eq!(
+        plat.firmware.iter().map(|f| f.0).collect::<Vec<_>>(),
+        [psci::VERSION, psci::SYSTEM_OFF]
+    );
     assert!(plat.console.contains("hyp-stub stats:\nexits_total=4\n"));
     assert!(plat.console.contains("call_0x84000008=1\n"));
 }
 
 /// ESR of a data abort from EL1 with a valid syndrome.
 fn dabt(width: u64, reg: u64, write: bool, sign: bool, sf: bool) -> Esr {
-    Esr(0x24 << 26 | 1 << 25 | 1 << 24 | width << 22 | u64::from(sign) << 21 | reg << 16 | u64::from(sf) << 15 | u64::from(write) << 6 | 0x07)
+    Esr(0x24 << 26
+        | 1 << 25
+        | 1 << 24
+        | width << 22
+        | u64::from(sign) << 21
+        | reg << 16
+        | u64::from(sf) << 15
+        | u64::from(write) << 6
+        | 0x07)
 }
 
 fn hpfar(ipa: u64) -> u64 {
@@ -215,19 +274,43 @@ fn hpfar(ipa: u64) -> u64 {
 #[test]
 fn mmio_is_emulated_on_the_device() {
     let mut hyp = hyp_with(Registry::new());
-    let mut plat = FakePlatform { read_value: 0x80, ..Default::default() };
+    let mut plat = FakePlatform {
+        read_value: 0x80,
+        ..Default::default()
+    };
     // ldrsb w3, [uart+0x18]
     let mut v = vcpu_with(&[0, 0, 0, 0xdead]);
-    hyp.handle_sync(dabt(0, 3, false, true, false), 0xffff_0018, hpfar(0x0900_0018), &mut v, &mut plat);
+    hyp.handle_sync(
+        dabt(0, 3, false, true, false),
+        0xffff_0018,
+        hpfar(0x0900_0018),
+        &mut v,
+        &mut plat,
+    );
     assert_eq!(plat.reads, [(PhysAddr(0x0900_0018), Width::Byte)]);
     assert_eq!(v.regs.x[3], 0xffff_ff80, "sign-extended into a W register");
     assert_eq!(v.pc, 0x1004);
     // str x5, [gicd]
     let mut v = vcpu_with(&[0, 0, 0, 0, 0, 0x1234_5678_9abc_def0]);
-    hyp.handle_sync(dabt(3, 5, true, false, true), 0, hpfar(0x0800_0000), &mut v, &mut plat);
-    assert_eq!(plat.writes, [(PhysAddr(0x0800_0000), Width::Double, 0x1234_5678_9abc_def0)]);
+    hyp.handle_sync(
+        dabt(3, 5, true, false, true),
+        0,
+        hpfar(0x0800_0000),
+        &mut v,
+        &mut plat,
+    );
+    assert_eq!(
+        plat.writes,
+        [(PhysAddr(0x0800_0000), Width::Double, 0x1234_5678_9abc_def0)]
+    );
     // strh wzr
-    hyp.handle_sync(dabt(1, 31, true, false, false), 0x2, hpfar(0x0800_0000), &mut v, &mut plat);
+    hyp.handle_sync(
+        dabt(1, 31, true, false, false),
+        0x2,
+        hpfar(0x0800_0000),
+        &mut v,
+        &mut plat,
+    );
     assert_eq!(plat.writes[1], (PhysAddr(0x0800_0002), Width::Half, 0));
     assert_eq!(hyp.stats.mmio_emulated, 3);
     assert!(plat.injected.is_none());
@@ -235,21 +318,47 @@ fn mmio_is_emulated_on_the_device() {
 
 #[test]
 fn mmio_that_cannot_be_emulated_aborts_the_guest() {
-    let mut deny = Fake { fail: false, deny_at: Some(Ipa(0x0a00_0000)), calls: 0 };
+    let mut deny = Fake {
+        fail: false,
+        deny_at: Some(Ipa(0x0a00_0000)),
+        calls: 0,
+    };
     let mut reg = Registry::new();
     reg.register(&mut deny).unwrap();
     let mut hyp = hyp_with(reg);
     let cases = [
-        (Esr(0x24 << 26 | 1 << 25 | 1 << 6 | 0x07), 0x0900_0000, "no valid syndrome"),
+        (
+            Esr(0x24 << 26 | 1 << 25 | 1 << 6 | 0x07),
+            0x0900_0000,
+            "no valid syndrome",
+        ),
         (dabt(2, 0, true, false, false), 0x0900_0002, "misaligned"),
-        (dabt(2, 0, false, false, false), 0x7e00_0000, "hypervisor memory"),
-        (dabt(2, 0, false, false, false), 0x1_0000_0000, "outside the device window"),
-        (dabt(2, 0, false, false, false), 0x0a00_0000, "refused by a service"),
+        (
+            dabt(2, 0, false, false, false),
+            0x7e00_0000,
+            "hypervisor memory",
+        ),
+        (
+            dabt(2, 0, false, false, false),
+            0x1_0000_0000,
+            "outside the device window",
+        ),
+        (
+            dabt(2, 0, false, false, false),
+            0x0a00_0000,
+            "refused by a service",
+        ),
     ];
     for (i, (esr, ipa, why)) in cases.into_iter().enumerate() {
         let mut plat = FakePlatform::default();
         let mut v = vcpu_with(&[]);
-        hyp.handle_sync(esr, 0xffff_8000_0000_0000 | (ipa & 0xfff), hpfar(ipa), &mut v, &mut plat);
+        hyp.handle_sync(
+            esr,
+            0xffff_8000_0000_0000 | (ipa & 0xfff),
+            hpfar(ipa),
+            &mut v,
+            &mut plat,
+        );
         let e = plat.injected.unwrap_or_else(|| panic!("{why}: no abort"));
         assert_eq!(e.esr >> 26, 0x25, "{why}");
         assert_eq!(e.esr & 0x3f, 0x10, "{why}");
@@ -269,7 +378,13 @@ fn other_traps_inject_exceptions() {
     hyp.handle_sync(Esr(0x18 << 26 | 1 << 25), 0, 0, &mut v, &mut plat);
     assert_eq!(plat.injected.unwrap().esr >> 26, 0);
     let mut v = vcpu_with(&[]);
-    hyp.handle_sync(Esr(0x20 << 26 | 1 << 25 | 0x07), 0x5000, 0, &mut v, &mut plat);
+    hyp.handle_sync(
+        Esr(0x20 << 26 | 1 << 25 | 0x07),
+        0x5000,
+        0,
+        &mut v,
+        &mut plat,
+    );
     assert_eq!(plat.injected.unwrap().esr >> 26, 0x21);
     let mut v = vcpu_with(&[]);
     hyp.handle_sync(Esr(0x3f << 26), 0, 0, &mut v, &mut plat);

@@ -89,7 +89,10 @@ impl MmioGuard {
 
     /// Number of guarded granules.
     pub fn granules(&self) -> u64 {
-        self.ranges.iter().map(|(s, e)| (e - s) / abi::GRANULE).sum()
+        self.ranges
+            .iter()
+            .map(|(s, e)| (e - s) / abi::GRANULE)
+            .sum()
     }
 
     /// The range `[ipa, ipa + size)` if the guest may guard it: granule
@@ -116,7 +119,10 @@ impl MmioGuard {
                 ne = ne.max(re);
             }
         }
-        let at = kept.iter().position(|&(rs, _)| rs > ns).unwrap_or(kept.len());
+        let at = kept
+            .iter()
+            .position(|&(rs, _)| rs > ns)
+            .unwrap_or(kept.len());
         kept.insert(at, (ns, ne)).map_err(|_| ())?;
         self.ranges = kept;
         Ok(())
@@ -147,7 +153,10 @@ impl MmioGuard {
 
     fn map(&mut self, ipa: u64, size: u64, attrs: u64) -> CallResult {
         self.counters.map_calls += 1;
-        let Some((s, e)) = self.valid_range(ipa, size).filter(|_| attrs <= abi::MAX_ATTRS) else {
+        let Some((s, e)) = self
+            .valid_range(ipa, size)
+            .filter(|_| attrs <= abi::MAX_ATTRS)
+        else {
             self.counters.refused += 1;
             return INVALID;
         };
@@ -200,7 +209,9 @@ impl Service for MmioGuard {
     fn init(&mut self, ops: &mut dyn HypOps) -> Result<(), ServiceError> {
         let window = ops.mmio_window();
         if window.overlaps(&ops.guest_ram()) {
-            return Err(ServiceError::Misconfigured("device window overlaps guest RAM"));
+            return Err(ServiceError::Misconfigured(
+                "device window overlaps guest RAM",
+            ));
         }
         self.window = Some(window);
         self.ram = Some(ops.guest_ram());
@@ -235,10 +246,14 @@ impl Service for MmioGuard {
 
     fn write_stats(&self, out: &mut dyn Write) -> fmt::Result {
         let c = &self.counters;
-        writeln!(out, "mmio_guard_policy={}", match self.policy {
-            Policy::AfterEnroll => "after-enroll",
-            Policy::FromBoot => "from-boot",
-        })?;
+        writeln!(
+            out,
+            "mmio_guard_policy={}",
+            match self.policy {
+                Policy::AfterEnroll => "after-enroll",
+                Policy::FromBoot => "from-boot",
+            }
+        )?;
         writeln!(out, "mmio_guard_enrolled={}", u8::from(self.enrolled))?;
         writeln!(out, "mmio_guard_enforcing={}", u8::from(self.enforcing()))?;
         writeln!(out, "mmio_guard_hypercalls={}", c.map_calls + c.unmap_calls)?;

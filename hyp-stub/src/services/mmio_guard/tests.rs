@@ -17,6 +17,7 @@ impl HypOps for Ops {
     fn set_perms(&mut self, _: IpaRange, _: Perms) -> Result<(), OpsError> {
         Err(OpsError::NotGuestRam)
     }
+    fn log(&mut self, _: core::fmt::Arguments<'_>) {}
     fn guest_ram(&self) -> IpaRange {
         IpaRange::new(Ipa(0x4000_0000), 0x3e00_0000).unwrap()
     }
@@ -35,7 +36,13 @@ fn guard(policy: Policy) -> MmioGuard {
 }
 
 fn call(g: &mut MmioGuard, fid: u32, args: [u64; 3]) -> u64 {
-    g.call(&Call { fid, args: [args[0], args[1], args[2], 0, 0, 0] }, &mut Ops)[0]
+    g.call(
+        &Call {
+            fid,
+            args: [args[0], args[1], args[2], 0, 0, 0],
+        },
+        &mut Ops,
+    )[0]
 }
 
 #[test]
@@ -58,11 +65,17 @@ fn discovery_calls_answer_the_granule() {
     assert_eq!(call(&mut g, abi::HYP_MEMINFO, [0; 3]), 4096);
     assert_eq!(call(&mut g, abi::INFO, [0; 3]), 4096);
     assert!(!g.function_ids().contains(&abi::MEM_SHARE));
-    assert_eq!(call(&mut g, abi::MEM_SHARE, [0x4100_0000, 0, 0]), abi::RET_NOT_SUPPORTED);
+    assert_eq!(
+        call(&mut g, abi::MEM_SHARE, [0x4100_0000, 0, 0]),
+        abi::RET_NOT_SUPPORTED
+    );
     let mut g = guard(Policy::FromBoot);
     assert!(g.function_ids().contains(&abi::MEM_SHARE));
     assert_eq!(call(&mut g, abi::MEM_SHARE, [0x4100_0000, 0, 0]), 0);
-    assert_eq!(call(&mut g, abi::MEM_UNSHARE, [0x0900_0000, 0, 0]), abi::RET_INVALID_PARAMETER);
+    assert_eq!(
+        call(&mut g, abi::MEM_UNSHARE, [0x0900_0000, 0, 0]),
+        abi::RET_INVALID_PARAMETER
+    );
 }
 
 #[test]
@@ -70,7 +83,11 @@ fn ranges_coalesce_and_split() {
     let mut g = guard(Policy::AfterEnroll);
     assert_eq!(call(&mut g, abi::MAP_RANGE, [0x0800_0000, 0x1_0000, 0]), 0);
     assert_eq!(call(&mut g, abi::MAP, [0x0801_0000, 0, 0]), 0);
-    assert_eq!(call(&mut g, abi::MAP, [0x0801_0000, 0, 0]), 0, "idempotent, as upstream expects");
+    assert_eq!(
+        call(&mut g, abi::MAP, [0x0801_0000, 0, 0]),
+        0,
+        "idempotent, as upstream expects"
+    );
     assert_eq!(g.ranges.len(), 1);
     assert_eq!(g.granules(), 17);
     assert_eq!(call(&mut g, abi::UNMAP, [0x0800_4000, 0, 0]), 0);
@@ -85,20 +102,24 @@ fn ranges_coalesce_and_split() {
 fn bad_inputs_get_invalid_parameter_and_are_counted() {
     let mut g = guard(Policy::AfterEnroll);
     let bad = [
-        (abi::MAP, [0x0900_0004, 0, 0]),               // unaligned
-        (abi::MAP, [0x4000_0000, 0, 0]),               // guest RAM
-        (abi::MAP, [0x7e00_0000, 0, 0]),               // hypervisor memory
-        (abi::MAP, [1 << 39, 0, 0]),                   // beyond the IPA space
-        (abi::MAP, [0x0900_0000, 8, 0]),               // attributes
-        (abi::MAP_RANGE, [0x0900_0000, 0, 0]),         // empty
-        (abi::MAP_RANGE, [0x0900_0000, 0x1001, 0]),    // not a granule multiple
+        (abi::MAP, [0x0900_0004, 0, 0]),                  // unaligned
+        (abi::MAP, [0x4000_0000, 0, 0]),                  // guest RAM
+        (abi::MAP, [0x7e00_0000, 0, 0]),                  // hypervisor memory
+        (abi::MAP, [1 << 39, 0, 0]),                      // beyond the IPA space
+        (abi::MAP, [0x0900_0000, 8, 0]),                  // attributes
+        (abi::MAP_RANGE, [0x0900_0000, 0, 0]),            // empty
+        (abi::MAP_RANGE, [0x0900_0000, 0x1001, 0]),       // not a granule multiple
         (abi::MAP_RANGE, [u64::MAX & !0xfff, 0x2000, 0]), // wraps
-        (abi::MAP_RANGE, [0x3fff_f000, 0x2000, 0]),    // runs into RAM
-        (abi::UNMAP, [0x0900_0000, 0, 0]),             // not mapped
-        (abi::UNMAP, [0x0900_0001, 0, 0]),             // unaligned
+        (abi::MAP_RANGE, [0x3fff_f000, 0x2000, 0]),       // runs into RAM
+        (abi::UNMAP, [0x0900_0000, 0, 0]),                // not mapped
+        (abi::UNMAP, [0x0900_0001, 0, 0]),                // unaligned
     ];
     for (fid, args) in bad {
-        assert_eq!(call(&mut g, fid, args), abi::RET_INVALID_PARAMETER, "{fid:#x} {args:x?}");
+        assert_eq!(
+            call(&mut g, fid, args),
+            abi::RET_INVALID_PARAMETER,
+            "{fid:#x} {args:x?}"
+        );
     }
     assert_eq!(g.counters.refused + g.counters.not_mapped, bad.len() as u64);
     assert_eq!(g.granules(), 0);
@@ -110,7 +131,10 @@ fn state_is_bounded_and_full_is_an_error() {
     for i in 0..MAX_RANGES as u64 {
         assert_eq!(call(&mut g, abi::MAP, [i * 0x2000, 0, 0]), 0);
     }
-    assert_eq!(call(&mut g, abi::MAP, [0x1000_0000, 0, 0]), abi::RET_INVALID_PARAMETER);
+    assert_eq!(
+        call(&mut g, abi::MAP, [0x1000_0000, 0, 0]),
+        abi::RET_INVALID_PARAMETER
+    );
     // Filling a gap merges two ranges, which needs no new slot.
     assert_eq!(call(&mut g, abi::MAP, [0x1000, 0, 0]), 0);
     assert_eq!(g.counters.full, 1);

@@ -1,0 +1,431 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+//! Host tests of kernel protect: every call, every bad input, the fault
+//! handlers and the text-patching path, against fake guest RAM.
+
+use std::vec::Vec;
+
+use guest_kp::patch::{encode_b, NOP};
+use guest_kp::record::Region;
+
+use super::*;
+use crate::addr::{GuestVa, PhysAddr};
+use crate::esr::AbortSyndrome;
+use crate::vcpu::GuestRegs;
+
+const RAM: u64 = 0x4000_0000;
+const TEXT: (u64, u64) = (0x4020_0000, 0x4040_0000);
+const RODATA: (u64, u64) = (0x4040_0000, 0x4050_0000);
+const DATA: (u64, u64) = (0x4050_0000, 0x4058_0000);
+const BSS: (u64, u64) = (0x4058_0000, 0x4060_0000);
+const FIXMAP: u64 = 0xffff_7fff_fe7f_d000;
+const RECORD_IPA: u64 = 0x4055_0000;
+
+/// 8 MiB of fake guest RAM at RAM.
+struct Ops {
+    mem: Vec<u8>,
+    perms: Vec<(IpaRange, Perms)>,
+}
+
+impl Ops {
+    fn new() -> Self {
+        Self {
+            mem: vec![0; 8 << 20],
+            perms: Vec::new(),
+        }
+    }
+    fn at(&mut self, ipa: u64) -> &mut [u8] {
+        &mut self.mem[(ipa - RAM) as usize..]
+    }
+    fn word(&mut self, ipa: u64) -> u32 {
+        let b = self.at(ipa);
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+}
+
+impl HypOps for Ops {
+    fn guest_ram(&self) -> IpaRange {
+        IpaRange::new(Ipa(RAM), self.mem.len() as u64).unwrap()
+    }
+    fn hyp_memory(&self) -> (PhysAddr, PhysAddr) {
+        (PhysAddr(0x7e00_0000), PhysAddr(0x8000_0000))
+    }
+    fn mmio_window(&self) -> IpaRange {
+        IpaRange::new(Ipa(0), RAM).unwrap()
+    }
+    fn read_guest(&mut self, ipa: Ipa, buf: &mut [u8]) -> Result<(), OpsError> {
+        let r = IpaRange::new(ipa, buf.len() as u64).ok_or(OpsError::NotGuestRam)?;
+        if !self.guest_ram().covers(&r) {
+            return Err(OpsError::NotGuestRam);
+        }
+        let n = buf.len();
+        buf.copy_from_slice(&self.at(ipa.get())[..n]);
+        Ok(())
+    }
+    fn write_guest_insn(&mut self, ipa: Ipa, insn: u32) -> Result<(), OpsError> {
+        self.at(ipa.get())[..4].copy_from_slice(&insn.to_le_bytes());
+        Ok(())
+    }
+    fn set_perms(&mut self, range: IpaRange, perms: Perms) -> Result<(), OpsError> {
+        self.perms.push((range, perms));
+        Ok(())
+    }
+    fn log(&mut self, _: fmt::Arguments<'_>) {}
+}
+
+fn record() -> KernelAssetInfo {
+    let mut r = KernelAssetInfo::new();
+    for (ty, (s, e)) in [
+        (RegionType::Text, TEXT),
+        (RegionType::Rodata, RODATA),
+        (RegionType::Data, DATA),
+        (RegionType::Bss, BSS),
+    ] {
+        r.set_region(ty, Region::new(s, e - s));
+    }
+    r.set_region(RegionType::FixmapTextPoke0, Region::new(FIXMAP, 4096));
+    r
+}
+
+fn extents() -> AssetExtents {
+    let image = IpaRange::new(Ipa(TEXT.0), BSS.1 - TEXT.0).unwrap();
+    AssetExtents {
+        rx: image,
+        ro: image,
+        rw: image,
+    }
+}
+
+fn service(ops: &mut Ops) -> KernelProtect {
+    let mut kp = KernelProtect::new();
+    kp.init(ops).unwrap();
+    kp.protect_vm_assets(extents()).unwrap();
+    kp
+}
+
+fn call(kp: &mut KernelProtect, ops: &mut Ops, fid: u32, a: [u64; 3]) -> CallResult {
+    kp.call(
+        &Call {
+            fid,
+            args: [a[0], a[1], a[2], 0, 0, 0],
+        },
+        ops,
+    )
+}
+
+fn err(e: KpError) -> u64 {
+    e.as_raw()
+}
+
+fn submit(kp: &mut KernelProtect, ops: &mut Ops, rec: &KernelAssetInfo) -> u64 {
+    ops.at(RECORD_IPA)[..abi::RECORD_SIZE].copy_from_slice(&rec.to_bytes());
+    call(kp, ops, abi::ASSET_INFO_COMPACT, [RECORD_IPA, 0, 0])[0]
+}
+
+fn protected() -> (KernelProtect, Ops) {
+    let mut ops = Ops::new();
+    let mut kp = service(&mut ops);
+    assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+    assert_eq!(
+        call(
+            &mut kp,
+            &mut ops,
+            abi::ENABLE_VM_PROTECTION,
+            [abi::SELF_ADDRSPACE, 0, 0]
+        )[..2],
+        [0, 1]
+    );
+    (kp, ops)
+}
+
+#[test]
+fn compact_report_once_then_protection_with_the_right_permissions() {
+    let (mut kp, mut ops) = protected();
+    assert_eq!(
+        submit(&mut kp, &mut ops, &record()),
+        err(KpError::ObjectConfigured),
+        "version guard"
+    );
+    let span = |(s, e): (u64, u64)| IpaRange::new(Ipa(s), e - s).unwrap();
+    assert_eq!(
+        ops.perms,
+        [
+            (span(TEXT), super::TEXT),
+            (span(RODATA), Perms::R_EL0X),
+            (span(DATA), Perms::RW),
+            (span(BSS), Perms::RW)
+        ]
+    );
+    assert_eq!(kp.counters.compact, 1);
+    // A self-check re-measures and finds it intact.
+    let r = call(
+        &mut kp,
+        &mut ops,
+        abi::ENABLE_VM_PROTECTION,
+        [abi::SELF_ADDRSPACE, 0, 0],
+    );
+    assert_eq!(r[..3], [0, 1, 0]);
+}
+
+#[test]
+fn roles_are_enforced() {
+    let mut ops = Ops::new();
+    let mut kp = KernelProtect::new();
+    kp.init(&mut ops).unwrap();
+    assert_eq!(
+        submit(&mut kp, &mut ops, &record()),
+        err(KpError::ObjectState),
+        "no extents: KP inactive"
+    );
+    kp.protect_vm_assets(extents()).unwrap();
+    assert_eq!(
+        kp.protect_vm_assets(extents()),
+        Err(KpError::ObjectConfigured)
+    );
+    let hvc = kp.immediate_call(
+        0x6094,
+        &Call {
+            fid: 0,
+            args: [0; 6],
+        },
+        &mut ops,
+    );
+    assert_eq!(
+        hvc,
+        Some([err(KpError::Denied), 0, 0, 0]),
+        "the guest is not the resource manager"
+    );
+    assert_eq!(
+        kp.immediate_call(
+            0x1234,
+            &Call {
+                fid: 0,
+                args: [0; 6]
+            },
+            &mut ops
+        ),
+        None
+    );
+    assert_eq!(
+        call(
+            &mut kp,
+            &mut ops,
+            abi::ENABLE_VM_PROTECTION,
+            [abi::SELF_ADDRSPACE, 0, 0]
+        )[0],
+        err(KpError::ObjectState)
+    );
+    assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+    assert_eq!(
+        call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [7, 0, 0])[0],
+        err(KpError::Denied),
+        "another VM"
+    );
+    assert_eq!(kp.counters.denied, 2);
+}
+
+#[test]
+fn bad_records_are_refused_with_their_codes() {
+    let mut ops = Ops::new();
+    let mut kp = service(&mut ops);
+    let mut wrong_version = record().to_bytes();
+    wrong_version[0] ^= 1;
+    ops.at(RECORD_IPA)[..abi::RECORD_SIZE].copy_from_slice(&wrong_version);
+    assert_eq!(
+        call(
+            &mut kp,
+            &mut ops,
+            abi::ASSET_INFO_COMPACT,
+            [RECORD_IPA, 0, 0]
+        )[0],
+        err(KpError::ArgumentInvalid)
+    );
+    let mut overlap = record();
+    overlap.set_region(RegionType::Rodata, Region::new(TEXT.1 - 0x1000, 0x2000));
+    assert_eq!(
+        submit(&mut kp, &mut ops, &overlap),
+        err(KpError::ArgumentInvalid)
+    );
+    let mut misaligned = record();
+    misaligned.set_region(RegionType::Data, Region::new(DATA.0 + 8, 0x1000));
+    assert_eq!(
+        submit(&mut kp, &mut ops, &misaligned),
+        err(KpError::ArgumentAlignment)
+    );
+    let mut outside = record();
+    outside.set_region(RegionType::Bss, Region::new(0x7f00_0000, 0x1000));
+    assert_eq!(
+        submit(&mut kp, &mut ops, &outside),
+        err(KpError::AddrInvalid)
+    );
+    let mut beyond_extent = record();
+    beyond_extent.set_region(RegionType::Bss, Region::new(0x4070_0000, 0x1000));
+    assert_eq!(
+        submit(&mut kp, &mut ops, &beyond_extent),
+        err(KpError::AddrInvalid),
+        "outside the RM's extents"
+    );
+    for ipa in [0x0900_0000, RAM + (8 << 20) - 64, u64::MAX - 10] {
+        assert_eq!(
+            call(&mut kp, &mut ops, abi::ASSET_INFO_COMPACT, [ipa, 0, 0])[0],
+            err(KpError::AddrInvalid)
+        );
+    }
+    assert_eq!(kp.counters.refused_calls, 8);
+    // Nothing stuck: a good record is still accepted.
+    assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+}
+
+#[test]
+fn per_region_reports_add_up_to_a_layout() {
+    let mut ops = Ops::new();
+    let mut kp = service(&mut ops);
+    assert_eq!(
+        call(&mut kp, &mut ops, abi::ASSET_INFO, [99, TEXT.0, 0x1000])[0],
+        err(KpError::ArgumentInvalid)
+    );
+    assert_eq!(
+        call(
+            &mut kp,
+            &mut ops,
+            abi::ASSET_INFO,
+            [u64::MAX, TEXT.0, 0x1000]
+        )[0],
+        err(KpError::ArgumentInvalid)
+    );
+    let regions = [
+        (0, TEXT.0, TEXT.1 - TEXT.0),
+        (1, RODATA.0, RODATA.1 - RODATA.0),
+        (2, DATA.0, DATA.1 - DATA.0),
+        (3, BSS.0, BSS.1 - BSS.0),
+    ];
+    for (ty, s, n) in regions {
+        assert_eq!(call(&mut kp, &mut ops, abi::ASSET_INFO, [ty, s, n])[0], 0);
+    }
+    assert_eq!(
+        call(&mut kp, &mut ops, abi::ASSET_INFO, [0, TEXT.0, 0x1000])[0],
+        err(KpError::ObjectConfigured),
+        "duplicate"
+    );
+    assert_eq!(
+        submit(&mut kp, &mut ops, &record()),
+        err(KpError::ObjectConfigured),
+        "mixing paths"
+    );
+    assert_eq!(
+        call(&mut kp, &mut ops, abi::ASSET_INFO, [4, FIXMAP, 4096])[0],
+        0
+    );
+    assert!(matches!(kp.state, State::Reported(_)));
+    assert_eq!(
+        call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0])[..2],
+        [0, 1]
+    );
+}
+
+/// The syndrome of a store from register `reg` of 2^`log_width` bytes
+/// hitting a stage-2 permission fault.
+fn store(reg: u8, log_width: u32) -> AbortSyndrome {
+    AbortSyndrome((1 << 24) | (log_width << 22) | (u32::from(reg) << 16) | (1 << 6) | 0x0f)
+}
+
+fn fault<'a>(
+    ipa: u64,
+    va: u64,
+    syndrome: AbortSyndrome,
+    regs: &'a GuestRegs,
+    exec: bool,
+) -> GuestFault<'a> {
+    GuestFault {
+        ipa: Ipa(ipa),
+        va: GuestVa(va),
+        exec,
+        syndrome,
+        regs,
+        pc: 0xffff_8000_8000_1000,
+    }
+}
+
+#[test]
+fn jump_label_patches_through_the_fixmap_are_performed() {
+    let mut ops = Ops::new();
+    let site = TEXT.0 + 0x1234 * 4;
+    let b = encode_b(site, site + 0x80).unwrap();
+    // A jump-label site (a NOP) in TEXT when protection is enabled.
+    ops.at(site)[..4].copy_from_slice(&NOP.to_le_bytes());
+    let mut kp = service(&mut ops);
+    assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+    assert_eq!(
+        call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0])[1],
+        1
+    );
+    let mut regs = GuestRegs::default();
+    regs.x[3] = u64::from(b);
+    let va = FIXMAP + (site & 0xfff);
+    let f = fault(site, va, store(3, 2), &regs, false);
+    assert_eq!(kp.guest_fault(&f, &mut ops), FaultAction::Emulated);
+    assert_eq!(ops.word(site), b, "performed on the guest's behalf");
+    regs.x[3] = u64::from(NOP);
+    let f = fault(site, va, store(3, 2), &regs, false);
+    assert_eq!(kp.guest_fault(&f, &mut ops), FaultAction::Emulated);
+    assert_eq!(ops.word(site), NOP);
+    assert_eq!(kp.counters.patches_accepted, 2);
+    let r = call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
+    assert_eq!(r[..3], [0, 1, 2], "intact, with two accepted patches");
+}
+
+#[test]
+fn other_writes_and_executes_are_refused_and_counted() {
+    let (mut kp, mut ops) = protected();
+    let site = TEXT.0 + 0x100;
+    let va = FIXMAP + 0x100;
+    let mut regs = GuestRegs::default();
+    regs.x[1] = 0xd280_0000; // movz x0, #0: not a jump-label transition
+    let f = fault(site, va, store(1, 2), &regs, false);
+    assert_eq!(kp.guest_fault(&f, &mut ops), FaultAction::Refused);
+    let f = fault(site, va, store(1, 3), &regs, false);
+    assert_eq!(
+        kp.guest_fault(&f, &mut ops),
+        FaultAction::Refused,
+        "64-bit store"
+    );
+    assert_eq!(kp.counters.patches_refused, 2);
+    // A write to TEXT through any other mapping (LKDTM WRITE_KERN).
+    let f = fault(site, 0xffff_8000_8020_0100, store(1, 2), &regs, false);
+    assert_eq!(kp.guest_fault(&f, &mut ops), FaultAction::Refused);
+    assert_eq!(kp.counters.rx_writes_blocked, 1);
+    // RODATA (WRITE_RO, WRITE_RO_AFTER_INIT).
+    let f = fault(
+        RODATA.0 + 8,
+        0xffff_8000_8100_0008,
+        store(1, 3),
+        &regs,
+        false,
+    );
+    assert_eq!(kp.guest_fault(&f, &mut ops), FaultAction::Refused);
+    assert_eq!(kp.counters.ro_writes_blocked, 1);
+    // Executing DATA.
+    let f = fault(
+        DATA.0,
+        0xffff_0000_1234_0000,
+        AbortSyndrome(0x0f),
+        &regs,
+        true,
+    );
+    assert_eq!(kp.guest_fault(&f, &mut ops), FaultAction::Refused);
+    assert_eq!(kp.counters.exec_blocked, 1);
+    // Writes to DATA and faults outside the regions are not ours.
+    let f = fault(DATA.0, 0, store(1, 3), &regs, false);
+    assert_eq!(kp.guest_fault(&f, &mut ops), FaultAction::NotMine);
+    let f = fault(0x4100_0000, 0, store(1, 3), &regs, false);
+    assert_eq!(kp.guest_fault(&f, &mut ops), FaultAction::NotMine);
+    assert_eq!(ops.word(site), 0, "nothing was written");
+}
+
+#[test]
+fn self_check_detects_a_change_made_behind_its_back() {
+    let (mut kp, mut ops) = protected();
+    ops.at(RODATA.0 + 64)[0] ^= 0xff;
+    let r = call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
+    assert_eq!(r[..2], [0, 0], "not intact");
+    assert_eq!(kp.counters.self_check_failures, 1);
+}
