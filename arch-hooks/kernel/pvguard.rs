@@ -29,14 +29,31 @@ pub mod mmio_guard {
     pub mod tracker;
 }
 
+/// The kernel-protect ABI, record and guest logic, shared with the
+/// hypervisor.
+#[path = "rust/guest_kp"]
+pub mod guest_kp {
+    pub mod abi;
+    pub mod builder;
+    pub mod guest;
+    pub mod patch;
+    pub mod record;
+}
+
 #[path = "rust/arch_hooks/cmdline.rs"]
 pub mod cmdline;
+#[path = "rust/arch_hooks/kp.rs"]
+pub mod kp;
 #[path = "rust/arch_hooks/mmio.rs"]
 pub mod mmio;
 #[path = "rust/arch_hooks/text.rs"]
 pub mod text;
 
 use cmdline::Mode;
+use guest_kp::builder::Builder;
+use guest_kp::guest::Hypercall;
+use guest_kp::record::{AlignedRecord, KernelAssetInfo};
+use kp::KpState;
 use mmio::{InitOutcome, MmioState, Reason, Status};
 use mmio_guard::guard::Hypervisor;
 use text::SliceWriter;
@@ -44,6 +61,8 @@ use text::SliceWriter;
 extern "C" {
     /// One SMCCC call through the kernel's conduit (`glue.c`).
     fn pvguard_smccc(fid: u32, a1: u64, a2: u64, a3: u64, res: *mut u64);
+    /// The physical address of a kernel-image symbol (`__pa_symbol`).
+    fn pvguard_pa_symbol(addr: *const core::ffi::c_void) -> u64;
 }
 
 /// The hypervisor, reached by SMCCC calls.
@@ -58,23 +77,51 @@ impl Hypervisor for Smccc {
     }
 }
 
-/// The guest's pvguard state.
-struct State(UnsafeCell<MmioState>);
+impl Hypercall for Smccc {
+    fn call(&mut self, fid: u32, args: [u64; 4]) -> [u64; 4] {
+        // x4 is never used by the kernel-protect calls.
+        Hypervisor::call(self, fid, [args[0], args[1], args[2]])
+    }
+}
 
-// SAFETY: every access goes through `state()`, whose callers hold
+/// The guest's pvguard state: both services.
+struct Guest {
+    mmio: MmioState,
+    kp: KpState,
+    /// Where the hypervisor reads the compact record: a static, so it has
+    /// an IPA, aligned so it never crosses a page.
+    record: AlignedRecord,
+}
+
+struct State(UnsafeCell<Guest>);
+
+// SAFETY: every access goes through `guest()`, whose callers hold
 // `pvguard_lock` or run in single-threaded early boot.
 unsafe impl Sync for State {}
 
-static STATE: State = State(UnsafeCell::new(MmioState::new()));
+static STATE: State = State(UnsafeCell::new(Guest {
+    mmio: MmioState::new(),
+    kp: KpState::new(),
+    record: AlignedRecord(KernelAssetInfo::new()),
+}));
 
-/// The state.
+/// The whole state.
 ///
 /// # Safety
 /// The caller holds `pvguard_lock`, or runs before other CPUs and
 /// threads exist, and does not keep the reference past that.
-unsafe fn state() -> &'static mut MmioState {
+unsafe fn guest() -> &'static mut Guest {
     // SAFETY: exclusive access is guaranteed by the caller (see above).
     unsafe { &mut *STATE.0.get() }
+}
+
+/// The MMIO guard state.
+///
+/// # Safety
+/// As for [`guest`].
+unsafe fn state() -> &'static mut MmioState {
+    // SAFETY: as for `guest`, which the caller guarantees.
+    unsafe { &mut guest().mmio }
 }
 
 /// Parses `pvguard=`.
@@ -92,7 +139,9 @@ pub unsafe extern "C" fn pvguard_rust_parse_cmdline(arg: *const c_char) -> c_int
     match Mode::parse(value) {
         Ok(mode) => {
             // SAFETY: early boot, single-threaded.
-            unsafe { state() }.set_mode(mode);
+            let g = unsafe { guest() };
+            g.mmio.set_mode(mode);
+            g.kp.set_mode(mode);
             0
         }
         Err(_) => {
@@ -160,10 +209,107 @@ pub extern "C" fn pvguard_rust_mmio_init() -> c_int {
 #[no_mangle]
 pub extern "C" fn pvguard_rust_mmio_give_up(busy: bool) -> c_int {
     // SAFETY: early boot, single-threaded.
-    let s = unsafe { state() };
-    let o = s.give_up(if busy { Status::HookBusy } else { Status::NoHypervisor });
-    report(s);
+    let g = unsafe { guest() };
+    let o = g.mmio.give_up(if busy { Status::HookBusy } else { Status::NoHypervisor });
+    report(&g.mmio);
+    if !busy {
+        g.kp.give_up();
+    }
     outcome(o)
+}
+
+/// The kernel's section bounds, as `glue.c` passes them: physical
+/// [start, end) of TEXT, RODATA, DATA, BSS, then the FIX_TEXT_POKE0 VA
+/// and the page size.
+#[repr(C)]
+pub struct KernelLayout {
+    text: [u64; 2],
+    rodata: [u64; 2],
+    data: [u64; 2],
+    bss: [u64; 2],
+    fixmap_va: u64,
+    page_size: u64,
+}
+
+fn kp_report_status(kp: &KpState) {
+    let mut buf = [0u8; 160];
+    let mut w = SliceWriter::new(&mut buf);
+    let _ = kp.write_state(&mut w);
+    let n = w.len();
+    let text = core::str::from_utf8(buf.get(..n).unwrap_or(&[])).unwrap_or("?");
+    match kp.status() {
+        kp::Status::NotRequested => {}
+        kp::Status::Reported(_) | kp::Status::Protected => kernel::pr_info!("kernel protect: {}", text),
+        _ => kernel::pr_warn!("kernel protect: {}", text),
+    }
+}
+
+/// Reports the kernel's layout to the hypervisor (early boot, after the
+/// MMIO guard). Returns 2 when `pvguard=strict` must refuse to boot.
+///
+/// # Safety
+/// `layout` points to a valid [`KernelLayout`].
+#[no_mangle]
+pub unsafe extern "C" fn pvguard_rust_kp_report(layout: *const KernelLayout) -> c_int {
+    // SAFETY: the caller passes a valid layout.
+    let l = unsafe { &*layout };
+    // SAFETY: early boot (setup_arch), single-threaded.
+    let g = unsafe { guest() };
+    let builder = Builder {
+        text: (l.text[0], l.text[1]),
+        rodata: (l.rodata[0], l.rodata[1]),
+        data: (l.data[0], l.data[1]),
+        bss: (l.bss[0], l.bss[1]),
+        fixmap_va: l.fixmap_va,
+        fixmap_size: l.page_size,
+    };
+    let record = &mut g.record;
+    g.kp.report(&mut Smccc, &builder, |r| {
+        record.0 = *r;
+        let p: *const AlignedRecord = record;
+        // SAFETY: `record` is part of a static in the kernel image.
+        unsafe { pvguard_pa_symbol(p.cast()) }
+    });
+    kp_report_status(&g.kp);
+    if g.kp.must_refuse_boot() {
+        2
+    } else {
+        0
+    }
+}
+
+/// Asks for protection, once boot-time patching is over and rodata is
+/// sealed. Returns 2 when `pvguard=strict` must refuse to go on.
+#[no_mangle]
+pub extern "C" fn pvguard_rust_kp_enable() -> c_int {
+    // SAFETY: called with `pvguard_lock` held.
+    let kp = unsafe { &mut guest().kp };
+    kp.enable(&mut Smccc);
+    kp_report_status(kp);
+    if kp.must_refuse_boot() {
+        2
+    } else {
+        0
+    }
+}
+
+/// Runs an integrity self-check. Returns 0, or a negative errno.
+#[no_mangle]
+pub extern "C" fn pvguard_rust_kp_self_check() -> c_int {
+    // SAFETY: called with `pvguard_lock` held.
+    let kp = unsafe { &mut guest().kp };
+    match kp.self_check(&mut Smccc) {
+        Ok(c) => {
+            if !c.intact {
+                kernel::pr_err!("kernel protect: self-check: kernel text or rodata was MODIFIED\n");
+            }
+            0
+        }
+        Err(e) => {
+            kernel::pr_warn!("kernel protect: self-check refused: {}\n", e);
+            EPERM.to_errno()
+        }
+    }
 }
 
 /// The `ioremap` hook: guards the range, or fails the `ioremap`.
@@ -208,13 +354,16 @@ pub unsafe extern "C" fn pvguard_rust_show(
     // SAFETY: the caller passes a buffer valid for `len` bytes.
     let buf = unsafe { core::slice::from_raw_parts_mut(buf, len) };
     // SAFETY: the caller holds `pvguard_lock`.
-    let s = unsafe { state() };
+    let g = unsafe { guest() };
     let mut w = SliceWriter::new(buf);
     let r = match (group.to_bytes(), name.to_bytes()) {
-        (b"mmio_guard", b"status") => s.write_status(&mut w),
-        (b"mmio_guard", b"ranges") => s.write_ranges(&mut w),
-        (b"mmio_guard", b"stats") => s.write_stats(&mut w),
+        (b"mmio_guard", b"status") => g.mmio.write_status(&mut w),
+        (b"mmio_guard", b"ranges") => g.mmio.write_ranges(&mut w),
+        (b"mmio_guard", b"stats") => g.mmio.write_stats(&mut w),
         (b"mmio_guard", b"granule") => writeln!(w, "{}", mmio_guard::abi::GRANULE),
+        (b"kernel_protect", b"state") => g.kp.write_state(&mut w),
+        (b"kernel_protect", b"regions") => g.kp.write_regions(&mut w),
+        (b"kernel_protect", b"self_check") => g.kp.write_self_check(&mut w),
         _ => return EINVAL.to_errno() as isize,
     };
     match r {

@@ -10,8 +10,10 @@
 //! provides as modules.
 #![cfg_attr(not(test), no_std)]
 
+pub use ::guest_kp;
 pub use ::mmio_guard;
 
 pub mod cmdline;
+pub mod kp;
 pub mod mmio;
 pub mod text;

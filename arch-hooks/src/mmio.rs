@@ -143,11 +143,18 @@ impl MmioState {
     ///
     /// # Errors
     /// The reason the range could not be guarded.
-    pub fn ioremap(&mut self, hv: &mut dyn Hypervisor, phys: u64, size: u64) -> Result<(), GuardError> {
+    pub fn ioremap(
+        &mut self,
+        hv: &mut dyn Hypervisor,
+        phys: u64,
+        size: u64,
+    ) -> Result<(), GuardError> {
         if self.status != Status::Enrolled {
             return Ok(());
         }
-        self.guard.map(hv, phys, size).inspect_err(|_| self.refused_maps += 1)
+        self.guard
+            .map(hv, phys, size)
+            .inspect_err(|_| self.refused_maps += 1)
     }
 
     /// An `iounmap` of `[phys, phys + size)`.
@@ -155,7 +162,12 @@ impl MmioState {
     /// # Errors
     /// The reason the hypervisor could not be told (the mapping is gone
     /// either way).
-    pub fn iounmap(&mut self, hv: &mut dyn Hypervisor, phys: u64, size: u64) -> Result<(), GuardError> {
+    pub fn iounmap(
+        &mut self,
+        hv: &mut dyn Hypervisor,
+        phys: u64,
+        size: u64,
+    ) -> Result<(), GuardError> {
         if self.status != Status::Enrolled {
             return Ok(());
         }
@@ -170,7 +182,10 @@ impl MmioState {
         match self.status {
             Status::Enrolled => writeln!(w, "enrolled"),
             Status::NotRequested => {
-                writeln!(w, "disabled: not requested on the kernel command line (pvguard=on)")
+                writeln!(
+                    w,
+                    "disabled: not requested on the kernel command line (pvguard=on)"
+                )
             }
             Status::Unavailable(why) => {
                 let why = match why {
@@ -181,7 +196,10 @@ impl MmioState {
                 writeln!(w, "unavailable: {why}")
             }
             Status::NoHypervisor => {
-                writeln!(w, "unavailable: no KVM-compatible hypervisor answered over HVC")
+                writeln!(
+                    w,
+                    "unavailable: no KVM-compatible hypervisor answered over HVC"
+                )
             }
             Status::HookBusy => writeln!(w, "unavailable: another driver holds the ioremap hook"),
             Status::Refused(e) => writeln!(w, "refused: {}", Reason(e)),
@@ -207,7 +225,15 @@ impl MmioState {
         let s = self.guard.stats();
         let t = self.guard.tracker();
         writeln!(w, "mode={}", self.mode.name())?;
-        writeln!(w, "calls={}", if self.guard.ranged() { "ranged" } else { "per-granule" })?;
+        writeln!(
+            w,
+            "calls={}",
+            if self.guard.ranged() {
+                "ranged"
+            } else {
+                "per-granule"
+            }
+        )?;
         writeln!(w, "ranges={}", t.segments().len())?;
         writeln!(w, "capacity={CAPACITY}")?;
         writeln!(w, "granules={}", t.granules())?;
@@ -226,11 +252,16 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
             GuardError::Track(TrackError::Full) => {
-                write!(f, "no room to track another MMIO range (capacity {CAPACITY})")
+                write!(
+                    f,
+                    "no room to track another MMIO range (capacity {CAPACITY})"
+                )
             }
             GuardError::Track(TrackError::BadRange) => write!(f, "empty or wrapping range"),
             GuardError::Track(TrackError::NotMapped) => write!(f, "range was never mapped"),
-            GuardError::Track(TrackError::Overflow) => write!(f, "too many mappings of one granule"),
+            GuardError::Track(TrackError::Overflow) => {
+                write!(f, "too many mappings of one granule")
+            }
             GuardError::Refused { fid, ret } => {
                 write!(f, "hypervisor refused call {fid:#x} with {}", ret as i64)
             }

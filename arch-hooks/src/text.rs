@@ -14,7 +14,11 @@ pub struct SliceWriter<'a> {
 impl<'a> SliceWriter<'a> {
     /// A writer filling `buf` from the start.
     pub fn new(buf: &'a mut [u8]) -> Self {
-        Self { buf, len: 0, truncated: false }
+        Self {
+            buf,
+            len: 0,
+            truncated: false,
+        }
     }
 
     /// Bytes written.

@@ -19,7 +19,12 @@ impl Hypervisor for Hyp {
         let ok = [0, 0, 0, 0];
         match fid {
             0x8600_ff01 => guard::KVM_UID,
-            0x8600_0000 if self.offers => [1 | 1 << 5 | 1 << 6 | 1 << 7 | 1 << 8 | 1 << 10 | 1 << 11, 0, 0, 0],
+            0x8600_0000 if self.offers => [
+                1 | 1 << 5 | 1 << 6 | 1 << 7 | 1 << 8 | 1 << 10 | 1 << 11,
+                0,
+                0,
+                0,
+            ],
             0x8600_0000 => [1, 0, 0, 0],
             abi::INFO => [4096, 0, 0, 0],
             abi::ENROLL => {
@@ -42,7 +47,11 @@ impl Hypervisor for Hyp {
 }
 
 fn hyp(offers: bool) -> Hyp {
-    Hyp { offers, guarded: BTreeSet::new(), enrolled: false }
+    Hyp {
+        offers,
+        guarded: BTreeSet::new(),
+        enrolled: false,
+    }
 }
 
 fn text(f: impl Fn(&MmioState, &mut String) -> fmt::Result, s: &MmioState) -> String {
@@ -73,17 +82,26 @@ fn enrolls_replays_early_mappings_and_guards_ioremaps() {
     s.ioremap(&mut hv, 0x0800_0000, 0x1_0000).unwrap();
     s.ioremap(&mut hv, 0x0800_0000, 0x1000).unwrap();
     s.iounmap(&mut hv, 0x0800_0000, 0x1_0000).unwrap();
-    assert!(hv.guarded.contains(&0x0800_0000), "shared granule still guarded");
+    assert!(
+        hv.guarded.contains(&0x0800_0000),
+        "shared granule still guarded"
+    );
     assert!(!hv.guarded.contains(&0x0800_1000));
     assert_eq!(text(|s, w| s.write_status(w), &s), "enrolled\n");
     let ranges = text(|s, w| s.write_ranges(w), &s);
-    assert_eq!(ranges, "0x08000000-0x08001000 refs=1\n0x09000000-0x09001000 refs=1\n");
+    assert_eq!(
+        ranges,
+        "0x08000000-0x08001000 refs=1\n0x09000000-0x09001000 refs=1\n"
+    );
     assert!(text(|s, w| s.write_stats(w), &s).contains("calls=ranged\n"));
 }
 
 #[test]
 fn unavailable_guard_boots_unprotected_unless_strict() {
-    for (mode, outcome) in [(Mode::On, InitOutcome::Unguarded), (Mode::Strict, InitOutcome::RefuseToBoot)] {
+    for (mode, outcome) in [
+        (Mode::On, InitOutcome::Unguarded),
+        (Mode::Strict, InitOutcome::RefuseToBoot),
+    ] {
         let mut s = MmioState::new();
         s.set_mode(mode);
         assert_eq!(s.init(&mut hyp(false)), outcome);
@@ -105,7 +123,10 @@ fn full_tracker_fails_the_ioremap_with_a_reason() {
     }
     let err = s.ioremap(&mut hv, 0x1000_0000, 0x1000).unwrap_err();
     assert_eq!(err, GuardError::Track(TrackError::Full));
-    assert!(!hv.guarded.contains(&0x1000_0000), "never left unguarded and mapped");
+    assert!(
+        !hv.guarded.contains(&0x1000_0000),
+        "never left unguarded and mapped"
+    );
     let mut why = String::new();
     write!(why, "{}", Reason(err)).unwrap();
     assert_eq!(why, "no room to track another MMIO range (capacity 64)");

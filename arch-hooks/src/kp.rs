@@ -1,0 +1,226 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+//! The guest's kernel-protect state: building the `kernel_asset_info`
+//! record from the kernel's section bounds, reporting it in early boot,
+//! asking for protection once boot-time patching is over, self-checks,
+//! and the text of the sysfs files.
+
+use core::fmt::{self, Write};
+
+use crate::cmdline::Mode;
+use crate::guest_kp::abi::{self, KpError, RegionType};
+use crate::guest_kp::builder::Builder;
+use crate::guest_kp::guest::{self, Hypercall, ReportPath};
+use crate::guest_kp::record::{KernelAssetInfo, RecordError};
+
+/// Where kernel protect stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// `pvguard=` not given (or `off`).
+    NotRequested,
+    /// The kernel's own layout could not be described (a bug).
+    BadLayout(RecordError),
+    /// The hypervisor does not offer kernel protect, or refused the report.
+    Unsupported(KpError),
+    /// The layout is reported; protection comes after `mark_rodata_ro`.
+    Reported(ReportPath),
+    /// The hypervisor refused to enable protection.
+    Refused(KpError),
+    /// Stage-2 protection is enforced.
+    Protected,
+}
+
+/// The result of the last self-check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SelfCheck {
+    /// TEXT+RODATA match the measurement taken at enable time.
+    pub intact: bool,
+    /// Text patches the hypervisor has accepted since.
+    pub patches: u64,
+    /// First 64 bits of the SHA-256 measurement.
+    pub measurement: u64,
+}
+
+/// The guest's kernel-protect state.
+pub struct KpState {
+    mode: Mode,
+    status: Status,
+    record: KernelAssetInfo,
+    last: Option<SelfCheck>,
+    checks: u64,
+}
+
+impl Default for KpState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn decode(ret: [u64; 4]) -> Result<SelfCheck, KpError> {
+    KpError::from_raw(ret[0])?;
+    Ok(SelfCheck {
+        intact: ret[1] == 1,
+        patches: ret[2],
+        measurement: ret[3],
+    })
+}
+
+impl KpState {
+    /// Nothing requested yet.
+    pub const fn new() -> Self {
+        Self {
+            mode: Mode::Off,
+            status: Status::NotRequested,
+            record: KernelAssetInfo::new(),
+            last: None,
+            checks: 0,
+        }
+    }
+
+    /// Records the command line's request.
+    pub fn set_mode(&mut self, mode: Mode) {
+        self.mode = mode;
+    }
+
+    /// The status.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// No KVM-compatible hypervisor answered: say so.
+    pub fn give_up(&mut self) {
+        if self.mode != Mode::Off {
+            self.status = Status::Unsupported(KpError::Unimplemented);
+        }
+    }
+
+    /// Whether `pvguard=strict` must refuse to boot now.
+    pub fn must_refuse_boot(&self) -> bool {
+        self.mode == Mode::Strict && !matches!(self.status, Status::Reported(_) | Status::Protected)
+    }
+
+    /// Builds the record from the kernel's section bounds and reports it
+    /// (compact call, else region by region). `place` stores the record
+    /// where the hypervisor can read it and returns its IPA.
+    pub fn report(
+        &mut self,
+        hv: &mut dyn Hypercall,
+        layout: &Builder,
+        place: impl FnOnce(&KernelAssetInfo) -> u64,
+    ) -> Status {
+        if self.mode == Mode::Off {
+            return self.status;
+        }
+        self.status = match layout.build() {
+            Err(e) => Status::BadLayout(e),
+            Ok(record) => {
+                self.record = record;
+                let ipa = place(&record);
+                match guest::report(hv, &record, ipa) {
+                    Ok(path) => Status::Reported(path),
+                    Err(e) => Status::Unsupported(e),
+                }
+            }
+        };
+        self.status
+    }
+
+    /// Asks for protection (after `mark_rodata_ro`).
+    pub fn enable(&mut self, hv: &mut dyn Hypercall) -> Status {
+        if !matches!(self.status, Status::Reported(_)) {
+            return self.status;
+        }
+        self.status =
+            match decode(hv.call(abi::ENABLE_VM_PROTECTION, [abi::SELF_ADDRSPACE, 0, 0, 0])) {
+                Ok(check) => {
+                    self.last = Some(check);
+                    Status::Protected
+                }
+                Err(e) => Status::Refused(e),
+            };
+        self.status
+    }
+
+    /// Runs an integrity self-check (enable_vm_protection on itself).
+    ///
+    /// # Errors
+    /// The hypervisor's refusal, or OBJECT_STATE if not protected.
+    pub fn self_check(&mut self, hv: &mut dyn Hypercall) -> Result<SelfCheck, KpError> {
+        if self.status != Status::Protected {
+            return Err(KpError::ObjectState);
+        }
+        let check = decode(hv.call(abi::ENABLE_VM_PROTECTION, [abi::SELF_ADDRSPACE, 0, 0, 0]))?;
+        self.checks += 1;
+        self.last = Some(check);
+        Ok(check)
+    }
+
+    /// The text of `state`.
+    ///
+    /// # Errors
+    /// Whatever `w` returns.
+    pub fn write_state(&self, w: &mut dyn Write) -> fmt::Result {
+        match self.status {
+            Status::NotRequested => {
+                writeln!(
+                    w,
+                    "disabled: not requested on the kernel command line (pvguard=on)"
+                )
+            }
+            Status::BadLayout(e) => {
+                writeln!(w, "unsupported: the kernel layout is not reportable: {e}")
+            }
+            Status::Unsupported(e) => {
+                writeln!(w, "unsupported: the hypervisor refused the report: {e}")
+            }
+            Status::Reported(path) => writeln!(w, "reported ({})", path_name(path)),
+            Status::Refused(e) => writeln!(w, "reported; protection refused: {e}"),
+            Status::Protected => writeln!(w, "protected"),
+        }
+    }
+
+    /// The text of `regions`: the regions as reported.
+    ///
+    /// # Errors
+    /// Whatever `w` returns.
+    pub fn write_regions(&self, w: &mut dyn Write) -> fmt::Result {
+        if self.record.region(RegionType::Text).is_zero() {
+            return Ok(());
+        }
+        for ty in RegionType::ALL {
+            let r = self.record.region(ty);
+            let end = r.end().unwrap_or(0);
+            writeln!(w, "{:<17} {:#018x}-{:#018x}", ty.name(), r.start(), end)?;
+        }
+        Ok(())
+    }
+
+    /// The text of `self_check`.
+    ///
+    /// # Errors
+    /// Whatever `w` returns.
+    pub fn write_self_check(&self, w: &mut dyn Write) -> fmt::Result {
+        match self.last {
+            None => writeln!(w, "verdict=none")?,
+            Some(c) => {
+                writeln!(
+                    w,
+                    "verdict={}",
+                    if c.intact { "intact" } else { "MODIFIED" }
+                )?;
+                writeln!(w, "measurement={:016x}", c.measurement)?;
+                writeln!(w, "patches={}", c.patches)?;
+            }
+        }
+        writeln!(w, "checks={}", self.checks)
+    }
+}
+
+fn path_name(p: ReportPath) -> &'static str {
+    match p {
+        ReportPath::Compact => "compact",
+        ReportPath::PerRegion => "per-region",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,144 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+//! The guest's kernel-protect state machine against fake hypervisors.
+
+use std::string::String;
+use std::vec::Vec;
+
+use super::*;
+
+const TEXT: (u64, u64) = (0x4021_0000, 0x40a0_0000);
+const RODATA: (u64, u64) = (0x40a0_0000, 0x40d0_0000);
+const DATA: (u64, u64) = (0x40e0_0000, 0x40e4_0100);
+const BSS: (u64, u64) = (0x40e4_0100, 0x40f0_0000);
+
+fn layout() -> Builder {
+    Builder {
+        text: TEXT,
+        rodata: RODATA,
+        data: DATA,
+        bss: BSS,
+        fixmap_va: 0xffff_7fff_fe7f_d000,
+        fixmap_size: 4096,
+    }
+}
+
+/// A hypervisor that offers the compact call or not, and counts calls.
+struct Hyp {
+    compact: bool,
+    calls: Vec<u32>,
+    intact: bool,
+}
+
+impl Hypercall for Hyp {
+    fn call(&mut self, fid: u32, a: [u64; 4]) -> [u64; 4] {
+        self.calls.push(fid);
+        match fid {
+            abi::ASSET_INFO_COMPACT if self.compact => [0, 0, 0, 0],
+            abi::ASSET_INFO_COMPACT => [u64::MAX, 0, 0, 0],
+            abi::ASSET_INFO => [0, 0, 0, 0],
+            abi::ENABLE_VM_PROTECTION if a[0] == abi::SELF_ADDRSPACE => {
+                [0, u64::from(self.intact), 3, 0xabcd]
+            }
+            _ => [KpError::Denied.as_raw(), 0, 0, 0],
+        }
+    }
+}
+
+fn text(f: impl Fn(&KpState, &mut String) -> fmt::Result, s: &KpState) -> String {
+    let mut out = String::new();
+    f(s, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn reports_compactly_then_protects_and_self_checks() {
+    let mut s = KpState::new();
+    s.set_mode(Mode::On);
+    let mut hv = Hyp {
+        compact: true,
+        calls: Vec::new(),
+        intact: true,
+    };
+    let mut placed = None;
+    assert_eq!(
+        s.report(&mut hv, &layout(), |r| {
+            placed = Some(r.to_bytes());
+            0x4100_0000
+        }),
+        Status::Reported(ReportPath::Compact)
+    );
+    assert!(placed.is_some());
+    assert_eq!(text(|s, w| s.write_state(w), &s), "reported (compact)\n");
+    assert_eq!(s.enable(&mut hv), Status::Protected);
+    assert_eq!(text(|s, w| s.write_state(w), &s), "protected\n");
+    let check = s.self_check(&mut hv).unwrap();
+    assert_eq!(
+        check,
+        SelfCheck {
+            intact: true,
+            patches: 3,
+            measurement: 0xabcd
+        }
+    );
+    assert_eq!(
+        text(|s, w| s.write_self_check(w), &s),
+        "verdict=intact\nmeasurement=000000000000abcd\npatches=3\nchecks=1\n"
+    );
+    assert!(text(|s, w| s.write_regions(w), &s).contains("TEXT"));
+}
+
+#[test]
+fn falls_back_to_per_region_calls() {
+    let mut s = KpState::new();
+    s.set_mode(Mode::On);
+    let mut hv = Hyp {
+        compact: false,
+        calls: Vec::new(),
+        intact: true,
+    };
+    assert_eq!(
+        s.report(&mut hv, &layout(), |_| 0x4100_0000),
+        Status::Reported(ReportPath::PerRegion)
+    );
+    assert_eq!(
+        hv.calls.iter().filter(|&&f| f == abi::ASSET_INFO).count(),
+        5
+    );
+}
+
+#[test]
+fn off_does_nothing_and_a_modified_kernel_shows() {
+    let mut s = KpState::new();
+    let mut hv = Hyp {
+        compact: true,
+        calls: Vec::new(),
+        intact: false,
+    };
+    assert_eq!(s.report(&mut hv, &layout(), |_| 0), Status::NotRequested);
+    assert!(hv.calls.is_empty());
+    assert_eq!(s.self_check(&mut hv), Err(KpError::ObjectState));
+    s.set_mode(Mode::Strict);
+    assert!(s.must_refuse_boot());
+    s.report(&mut hv, &layout(), |_| 0);
+    s.enable(&mut hv);
+    assert!(!s.must_refuse_boot());
+    assert!(text(|s, w| s.write_self_check(w), &s).starts_with("verdict=MODIFIED"));
+}
+
+#[test]
+fn a_bad_layout_is_reported_not_sent() {
+    let mut s = KpState::new();
+    s.set_mode(Mode::On);
+    let mut hv = Hyp {
+        compact: true,
+        calls: Vec::new(),
+        intact: true,
+    };
+    let mut bad = layout();
+    bad.rodata = (TEXT.0, RODATA.1);
+    assert!(matches!(
+        s.report(&mut hv, &bad, |_| 0),
+        Status::BadLayout(_)
+    ));
+    assert!(hv.calls.is_empty(), "nothing sent");
+}
