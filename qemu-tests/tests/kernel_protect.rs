@@ -1,0 +1,279 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+//! Kernel protect, end to end: the guest boots protected, attacks on its
+//! text, rodata and ro_after_init data and attempts to execute its data
+//! are stopped by the hypervisor (and succeed without it), static keys
+//! keep working, and a root user can self-check.
+
+use qemu_tests::{check, run, Artifacts, Boot, Outcome};
+
+fn artifacts() -> Artifacts {
+    Artifacts::from_env().unwrap_or_else(|e| panic!("{e}"))
+}
+
+const KP: &str = "/sys/hypervisor/pvguard/kernel_protect";
+
+#[test]
+fn boots_protected_and_self_check_is_intact() {
+    let a = artifacts();
+    let b = Boot {
+        append: "pvguard=on".into(),
+        exec: Some(format!(
+            "cat {KP}/state {KP}/regions; echo 1 > {KP}/self_check && cat {KP}/self_check"
+        )),
+        ..Boot::default()
+    };
+    let o = run(&a, &b, "kp-boot").unwrap();
+    check(
+        &o,
+        &[
+            "pvguard: kernel protect: reported (compact)",
+            "hyp-stub: kernel protect: enabled; TEXT",
+            "pvguard: kernel protect: protected",
+            "pvguard-init: ready",
+            "protected\nTEXT",
+            "FIXMAP_TEXT_POKE0",
+            "verdict=intact\nmeasurement=",
+            "checks=1",
+            "pvguard-init: exit status 0",
+        ],
+        &[],
+    )
+    .unwrap();
+    let s = o.stats().expect("stats");
+    assert_eq!(s.text("kp_state"), Some("protected"));
+    assert_eq!(s.num("kp_self_checks"), 1);
+    assert_eq!(s.num("kp_self_check_failures"), 0);
+    assert_eq!(s.num("kp_reports_compact"), 1);
+    let measurement = s.text("kp_measurement").unwrap_or_default();
+    assert!(
+        o.console
+            .contains(&format!("measurement={}", &measurement[..16])),
+        "the guest sees the hypervisor's measurement"
+    );
+}
+
+/// Runs an LKDTM crash type in a guest booted with rodata=off (the
+/// guest's own stage-1 protection of text and rodata is gone).
+fn lkdtm(protect: bool, crash: &str) -> Outcome {
+    let a = artifacts();
+    let append = if protect {
+        "pvguard=on rodata=off"
+    } else {
+        "rodata=off"
+    };
+    let b = Boot {
+        append: append.into(),
+        exec: Some(format!(
+            "sh -c 'echo {crash} > /sys/kernel/debug/provoke-crash/DIRECT'; echo lkdtm-returned"
+        )),
+        ..Boot::default()
+    };
+    run(&a, &b, &format!("lkdtm-{crash}-{protect}")).unwrap()
+}
+
+fn blocked(crash: &str, stat: &str) {
+    let o = lkdtm(true, crash);
+    check(
+        &o,
+        &[
+            "lkdtm: Performing direct entry",
+            "hyp-stub: blocked write of guest RAM",
+            "Internal error: synchronous external abort",
+            "lkdtm-returned",
+        ],
+        &["Internal error", "Oops"],
+    )
+    .unwrap();
+    assert!(
+        !o.console.contains("FAIL: survived"),
+        "{crash} survived under protection\n{}",
+        o.console
+    );
+    assert_eq!(o.stats().expect("stats").num(stat), 1, "{stat}");
+}
+
+fn succeeds_without_protection(crash: &str) {
+    let o = lkdtm(false, crash);
+    check(
+        &o,
+        &[
+            "lkdtm: Performing direct entry",
+            "FAIL: survived bad write",
+            "lkdtm-returned",
+        ],
+        &["FAIL: survived"],
+    )
+    .unwrap();
+}
+
+#[test]
+fn lkdtm_write_ro_is_blocked() {
+    blocked("WRITE_RO", "kp_ro_writes_blocked");
+}
+
+#[test]
+fn lkdtm_write_ro_succeeds_without_protection() {
+    succeeds_without_protection("WRITE_RO");
+}
+
+#[test]
+fn lkdtm_write_kern_is_blocked() {
+    blocked("WRITE_KERN", "kp_rx_writes_blocked");
+}
+
+#[test]
+fn lkdtm_write_kern_succeeds_without_protection() {
+    succeeds_without_protection("WRITE_KERN");
+}
+
+#[test]
+fn lkdtm_write_ro_after_init_is_blocked() {
+    blocked("WRITE_RO_AFTER_INIT", "kp_ro_writes_blocked");
+}
+
+#[test]
+fn lkdtm_write_ro_after_init_succeeds_without_protection() {
+    succeeds_without_protection("WRITE_RO_AFTER_INIT");
+}
+
+/// Executes RODATA (0), DATA (1) and BSS (2) through an executable alias.
+fn exec_probe(protect: bool) -> Outcome {
+    let a = artifacts();
+    let probes: Vec<String> = (0..3)
+        .map(|i| {
+            format!("sh -c 'echo {i} > /sys/kernel/debug/pvguard/kp_exec'; echo exec-{i}-done")
+        })
+        .collect();
+    let b = Boot {
+        append: if protect {
+            "pvguard=on".into()
+        } else {
+            String::new()
+        },
+        exec: Some(probes.join("; ")),
+        ..Boot::default()
+    };
+    run(&a, &b, &format!("kp-exec-{protect}")).unwrap()
+}
+
+#[test]
+fn executing_rodata_data_and_bss_is_blocked() {
+    let o = exec_probe(true);
+    check(
+        &o,
+        &[
+            "exec: calling a RODATA page",
+            "hyp-stub: blocked execute of guest RAM",
+            "exec-0-done",
+            "exec: calling a DATA page",
+            "hyp-stub: blocked execute of guest RAM",
+            "exec-1-done",
+            "exec: calling a BSS page",
+            "hyp-stub: blocked execute of guest RAM",
+            "exec-2-done",
+        ],
+        &["Internal error", "Oops"],
+    )
+    .unwrap();
+    assert!(!o.console.contains("not blocked"));
+    assert_eq!(o.stats().expect("stats").num("kp_exec_blocked"), 3);
+}
+
+#[test]
+fn executing_rodata_data_and_bss_succeeds_without_protection() {
+    let o = exec_probe(false);
+    check(
+        &o,
+        &[
+            "exec: returned from RODATA: not blocked",
+            "exec: returned from DATA: not blocked",
+            "exec: returned from BSS: not blocked",
+        ],
+        &[],
+    )
+    .unwrap();
+}
+
+#[test]
+fn test_static_keys_passes_under_protection() {
+    let a = artifacts();
+    let lib = a.kernel_build.join("lib");
+    let b = Boot {
+        append: "pvguard=on".into(),
+        add: vec![lib.join("test_static_key_base.ko"), lib.join("test_static_keys.ko")],
+        exec: Some(
+            "insmod /pvguard/test_static_key_base.ko && insmod /pvguard/test_static_keys.ko && echo static-keys-ok; \
+             echo 20 > /sys/kernel/debug/pvguard/kp_flip; cat /sys/hypervisor/pvguard/kernel_protect/state"
+                .into(),
+        ),
+        ..Boot::default()
+    };
+    let o = run(&a, &b, "kp-static-keys").unwrap();
+    check(
+        &o,
+        &[
+            "static-keys-ok",
+            "static key: 20 flips (enable+disable)",
+            "branch taken 20 times",
+            "protected",
+        ],
+        &[],
+    )
+    .unwrap();
+    let s = o.stats().expect("stats");
+    assert!(
+        s.num("kp_patches_accepted") >= 40,
+        "the built-in key's flips went through the hypervisor"
+    );
+    assert_eq!(s.num("kp_patches_refused"), 0);
+    assert_eq!(s.num("kp_self_check_failures"), 0);
+}
+
+#[test]
+fn a_text_patch_that_is_not_a_jump_label_is_refused() {
+    let a = artifacts();
+    let b = Boot {
+        append: "pvguard=on".into(),
+        exec: Some(format!(
+            "sh -c 'echo 1 > /sys/kernel/debug/pvguard/kp_bad_patch'; echo 1 > {KP}/self_check; cat {KP}/self_check"
+        )),
+        ..Boot::default()
+    };
+    let o = run(&a, &b, "kp-bad-patch").unwrap();
+    check(
+        &o,
+        &[
+            "bad patch: writing BRK",
+            "kernel protect: refused text patch",
+            "not a NOP <-> B jump label transition",
+            "verdict=intact",
+        ],
+        &["Internal error", "Oops"],
+    )
+    .unwrap();
+    assert!(!o.console.contains("written: not blocked"));
+    assert_eq!(o.stats().expect("stats").num("kp_patches_refused"), 1);
+}
+
+#[test]
+fn the_guest_cannot_play_resource_manager_or_check_other_vms() {
+    // Covered at the ABI level by hyp-stub's host tests; here the real
+    // guest boots unprotected with kernel protect not requested.
+    let a = artifacts();
+    let b = Boot {
+        exec: Some(format!("cat {KP}/state")),
+        ..Boot::default()
+    };
+    let o = run(&a, &b, "kp-off").unwrap();
+    check(
+        &o,
+        &["disabled: not requested on the kernel command line"],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        o.stats().expect("stats").text("kp_state"),
+        Some("active"),
+        "extents granted, no report"
+    );
+}
