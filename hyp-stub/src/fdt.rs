@@ -306,7 +306,7 @@ impl Writer<'_> {
         self.bytes(&v.to_be_bytes())
     }
     fn pad(&mut self) -> Result<(), FdtError> {
-        while self.len % 4 != 0 {
+        while !self.len.is_multiple_of(4) {
             self.bytes(&[0])?;
         }
         Ok(())
@@ -500,7 +500,7 @@ mod tests {
             tok(s, BEGIN_NODE);
             s.extend_from_slice(name);
             s.push(0);
-            while s.len() % 4 != 0 {
+            while !s.len().is_multiple_of(4) {
                 s.push(0);
             }
         };
@@ -509,7 +509,7 @@ mod tests {
             tok(s, v.len() as u32);
             tok(s, off);
             s.extend_from_slice(v);
-            while s.len() % 4 != 0 {
+            while !s.len().is_multiple_of(4) {
                 s.push(0);
             }
         };

@@ -211,7 +211,7 @@ impl<M: TableMemory> Stage2<M> {
     }
 
     fn check(range: &IpaRange) -> Result<(), Stage2Error> {
-        if !range.start().is_aligned(PAGE_SIZE) || range.size() % PAGE_SIZE != 0 {
+        if !range.start().is_aligned(PAGE_SIZE) || !range.size().is_multiple_of(PAGE_SIZE) {
             return Err(Stage2Error::Misaligned);
         }
         if range.end().get() > 1 << IPA_BITS {
@@ -293,8 +293,9 @@ impl<M: TableMemory> Stage2<M> {
         let offset = pa.get().wrapping_sub(ipa);
         while ipa < end {
             let out = ipa.wrapping_add(offset);
-            let block_fits =
-                ipa % BLOCK_SIZE == 0 && out % BLOCK_SIZE == 0 && end - ipa >= BLOCK_SIZE;
+            let block_fits = ipa.is_multiple_of(BLOCK_SIZE)
+                && out.is_multiple_of(BLOCK_SIZE)
+                && end - ipa >= BLOCK_SIZE;
             if block_fits {
                 let l2 = self.level2(ipa, true)?.ok_or(Stage2Error::OutOfTables)?;
                 let old = self.mem.table(l2)[index(ipa, 2)];
@@ -337,8 +338,9 @@ impl<M: TableMemory> Stage2<M> {
             if entry & VALID == 0 {
                 return Err(Stage2Error::NotMapped);
             }
-            let whole_block =
-                entry & TABLE_OR_PAGE == 0 && ipa % BLOCK_SIZE == 0 && end - ipa >= BLOCK_SIZE;
+            let whole_block = entry & TABLE_OR_PAGE == 0
+                && ipa.is_multiple_of(BLOCK_SIZE)
+                && end - ipa >= BLOCK_SIZE;
             if whole_block {
                 self.mem.table(l2)[index(ipa, 2)] = 0;
                 tlb.invalidate_ipa(Ipa(ipa));

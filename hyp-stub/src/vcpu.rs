@@ -88,14 +88,14 @@ const ESR_IL: u64 = 1 << 25;
 const FSC_EXTERNAL: u64 = 0x10;
 
 impl Vcpu {
-    fn from_el0(&self) -> bool {
+    fn at_el0(&self) -> bool {
         self.pstate & PSTATE_MODE_MASK == MODE_EL0T
     }
 
     /// Makes the guest take `what` at its EL1 vector: returns the EL1
     /// registers to write and moves `pc`/`pstate` to the vector entry.
     pub fn inject(&mut self, what: Injection, el1: El1Context) -> El1Exception {
-        let from_el0 = self.from_el0();
+        let from_el0 = self.at_el0();
         let (ec, iss, far) = match what {
             // Data abort from a lower / the same EL.
             Injection::DataAbort { far, write } => (

@@ -26,7 +26,15 @@ pub const MAP_RANGE: u32 = 0xc600_000a;
 pub const UNMAP_RANGE: u32 = 0xc600_000b;
 
 /// The function IDs of a guard enforced after ENROLL.
-pub const ENROLLED_GUEST: [u32; 7] = [HYP_MEMINFO, INFO, ENROLL, MAP, UNMAP, MAP_RANGE, UNMAP_RANGE];
+pub const ENROLLED_GUEST: [u32; 7] = [
+    HYP_MEMINFO,
+    INFO,
+    ENROLL,
+    MAP,
+    UNMAP,
+    MAP_RANGE,
+    UNMAP_RANGE,
+];
 
 /// The function IDs offered to a protected VM: also MEM_SHARE and
 /// MEM_UNSHARE, which upstream's pKVM guest driver requires before it

@@ -154,7 +154,8 @@ impl<const N: usize> Guard<N> {
     /// [`GuardError::Track`] if the range is bad or there is no room.
     pub fn note(&mut self, phys: u64, size: u64) -> Result<(), GuardError> {
         let (start, end) = granule_range(phys, size)?;
-        self.tracker.map(start, end, |_, _, _| Ok::<(), GuardError>(()))
+        self.tracker
+            .map(start, end, |_, _, _| Ok::<(), GuardError>(()))
     }
 
     /// Guards every tracked range at the hypervisor: called once after
@@ -192,12 +193,7 @@ impl<const N: usize> Guard<N> {
     ///
     /// # Errors
     /// [`GuardError`] from the tracker or the hypervisor.
-    pub fn map(
-        &mut self,
-        hv: &mut dyn Hypervisor,
-        phys: u64,
-        size: u64,
-    ) -> Result<(), GuardError> {
+    pub fn map(&mut self, hv: &mut dyn Hypervisor, phys: u64, size: u64) -> Result<(), GuardError> {
         let ranged = self.ranged;
         let mut calls = 0u64;
         let (start, end) = match granule_range(phys, size) {
@@ -234,8 +230,9 @@ impl<const N: usize> Guard<N> {
         let result = granule_range(phys, size)
             .map_err(GuardError::from)
             .and_then(|(start, end)| {
-                self.tracker
-                    .unmap(start, end, |s, e| unguard(&mut *hv, ranged, s, e, &mut calls))
+                self.tracker.unmap(start, end, |s, e| {
+                    unguard(&mut *hv, ranged, s, e, &mut calls)
+                })
             });
         self.stats.hypercalls += calls;
         match result {

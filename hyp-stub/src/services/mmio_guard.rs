@@ -101,7 +101,7 @@ impl MmioGuard {
     fn valid_range(&self, ipa: u64, size: u64) -> Option<(u64, u64)> {
         let range = IpaRange::new(Ipa(ipa), size)?;
         let window = self.window?;
-        let aligned = ipa % abi::GRANULE == 0 && size % abi::GRANULE == 0;
+        let aligned = ipa.is_multiple_of(abi::GRANULE) && size.is_multiple_of(abi::GRANULE);
         let in_space = range.end().get() <= 1 << IPA_BITS;
         let not_ram = self.ram.is_none_or(|ram| !ram.overlaps(&range));
         (aligned && in_space && not_ram && window.covers(&range)).then_some((ipa, ipa + size))
@@ -179,7 +179,7 @@ impl MmioGuard {
     fn share(&mut self, ipa: u64) -> CallResult {
         let granule = IpaRange::new(Ipa(ipa), abi::GRANULE);
         match (granule, self.ram) {
-            (Some(g), Some(ram)) if ipa % abi::GRANULE == 0 && ram.covers(&g) => {
+            (Some(g), Some(ram)) if ipa.is_multiple_of(abi::GRANULE) && ram.covers(&g) => {
                 self.counters.shares += 1;
                 OK
             }

@@ -45,7 +45,11 @@ impl Hypervisor for FakeHyp {
                 ok
             }
             abi::UNMAP | abi::UNMAP_RANGE => {
-                let n = if fid == abi::UNMAP { abi::GRANULE } else { a[1] };
+                let n = if fid == abi::UNMAP {
+                    abi::GRANULE
+                } else {
+                    a[1]
+                };
                 if !granules(a[0], n).all(|g| self.guarded.contains(&g)) {
                     return bad;
                 }
@@ -62,9 +66,21 @@ impl Hypervisor for FakeHyp {
 #[test]
 fn discovery_finds_ranges_or_not() {
     let mut hv = FakeHyp::default();
-    assert_eq!(discover(&mut hv), Ok(Discovery { granule: 4096, ranged: true }));
+    assert_eq!(
+        discover(&mut hv),
+        Ok(Discovery {
+            granule: 4096,
+            ranged: true
+        })
+    );
     hv.no_ranges = true;
-    assert_eq!(discover(&mut hv), Ok(Discovery { granule: 4096, ranged: false }));
+    assert_eq!(
+        discover(&mut hv),
+        Ok(Discovery {
+            granule: 4096,
+            ranged: false
+        })
+    );
     struct NotKvm;
     impl Hypervisor for NotKvm {
         fn call(&mut self, _: u32, _: [u64; 3]) -> [u64; 4] {
@@ -93,22 +109,41 @@ fn per_granule_fallback_and_sharing() {
     g.map(&mut hv, 0x0900_0010, 0x10).unwrap(); // same granule
     assert_eq!(g.stats().hypercalls, 1);
     g.unmap(&mut hv, 0x0900_0000, 0x1000).unwrap();
-    assert!(hv.guarded.contains(&0x0900_0000), "second mapping still guarded");
+    assert!(
+        hv.guarded.contains(&0x0900_0000),
+        "second mapping still guarded"
+    );
     g.unmap(&mut hv, 0x0900_0010, 0x10).unwrap();
     assert!(hv.guarded.is_empty());
-    assert_eq!(g.unmap(&mut hv, 0x0900_0000, 0x1000), Err(GuardError::Track(TrackError::NotMapped)));
+    assert_eq!(
+        g.unmap(&mut hv, 0x0900_0000, 0x1000),
+        Err(GuardError::Track(TrackError::NotMapped))
+    );
     assert_eq!(g.stats().failures, 1);
 }
 
 #[test]
 fn refused_map_leaves_nothing_behind() {
     for ranged in [true, false] {
-        let mut hv = FakeHyp { refuse_at: Some(0x0a00_3000), ..Default::default() };
+        let mut hv = FakeHyp {
+            refuse_at: Some(0x0a00_3000),
+            ..Default::default()
+        };
         let mut g = Guard::<16>::new(ranged);
         g.map(&mut hv, 0x0a00_1000, 0x1000).unwrap();
         let r = g.map(&mut hv, 0x0a00_0000, 0x8000);
-        assert_eq!(r, Err(GuardError::Refused { fid: if ranged { abi::MAP_RANGE } else { abi::MAP }, ret: abi::RET_INVALID_PARAMETER }));
-        assert_eq!(hv.guarded.iter().copied().collect::<Vec<_>>(), [0x0a00_1000], "ranged={ranged}");
+        assert_eq!(
+            r,
+            Err(GuardError::Refused {
+                fid: if ranged { abi::MAP_RANGE } else { abi::MAP },
+                ret: abi::RET_INVALID_PARAMETER
+            })
+        );
+        assert_eq!(
+            hv.guarded.iter().copied().collect::<Vec<_>>(),
+            [0x0a00_1000],
+            "ranged={ranged}"
+        );
         assert_eq!(g.tracker().granules(), 1);
     }
 }
@@ -117,7 +152,12 @@ fn refused_map_leaves_nothing_behind() {
 fn ranged_needs_at_least_4x_fewer_calls_for_a_typical_boot() {
     // The mappings a small arm64 guest makes at boot: GIC distributor and
     // redistributor frames, the UART, the RTC.
-    let maps = [(0x0800_0000u64, 0x1_0000u64), (0x080a_0000, 0x2_0000), (0x0900_0000, 0x1000), (0x0901_0000, 0x1000)];
+    let maps = [
+        (0x0800_0000u64, 0x1_0000u64),
+        (0x080a_0000, 0x2_0000),
+        (0x0900_0000, 0x1000),
+        (0x0901_0000, 0x1000),
+    ];
     let count = |ranged| {
         let mut hv = FakeHyp::default();
         let mut g = Guard::<16>::new(ranged);

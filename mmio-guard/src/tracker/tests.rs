@@ -17,7 +17,11 @@ fn map<const N: usize>(t: &mut Tracker<N>, s: u64, e: u64) -> Result<Vec<(u64, u
     Ok(calls)
 }
 
-fn unmap<const N: usize>(t: &mut Tracker<N>, s: u64, e: u64) -> Result<Vec<(u64, u64)>, TrackError> {
+fn unmap<const N: usize>(
+    t: &mut Tracker<N>,
+    s: u64,
+    e: u64,
+) -> Result<Vec<(u64, u64)>, TrackError> {
     let mut calls = Vec::new();
     t.unmap(s, e, |a, b| {
         calls.push((a, b));
@@ -30,11 +34,25 @@ fn unmap<const N: usize>(t: &mut Tracker<N>, s: u64, e: u64) -> Result<Vec<(u64,
 fn shared_granule_survives_first_unmap() {
     let mut t = Tracker::<8>::new();
     // Two ioremaps of the same UART granule.
-    assert_eq!(map(&mut t, 0x900_0000, 0x900_1000).unwrap(), [(0x900_0000, 0x900_1000)]);
-    assert_eq!(map(&mut t, 0x900_0000, 0x900_1000).unwrap(), [], "already guarded");
-    assert_eq!(unmap(&mut t, 0x900_0000, 0x900_1000).unwrap(), [], "still used");
+    assert_eq!(
+        map(&mut t, 0x900_0000, 0x900_1000).unwrap(),
+        [(0x900_0000, 0x900_1000)]
+    );
+    assert_eq!(
+        map(&mut t, 0x900_0000, 0x900_1000).unwrap(),
+        [],
+        "already guarded"
+    );
+    assert_eq!(
+        unmap(&mut t, 0x900_0000, 0x900_1000).unwrap(),
+        [],
+        "still used"
+    );
     assert_eq!(t.count_at(0x900_0000), 1);
-    assert_eq!(unmap(&mut t, 0x900_0000, 0x900_1000).unwrap(), [(0x900_0000, 0x900_1000)]);
+    assert_eq!(
+        unmap(&mut t, 0x900_0000, 0x900_1000).unwrap(),
+        [(0x900_0000, 0x900_1000)]
+    );
     assert_eq!(t.segments(), []);
 }
 
@@ -42,10 +60,21 @@ fn shared_granule_survives_first_unmap() {
 fn overlapping_ranges_guard_only_the_new_parts() {
     let mut t = Tracker::<8>::new();
     assert_eq!(map(&mut t, 4 * G, 8 * G).unwrap(), [(4 * G, 8 * G)]);
-    assert_eq!(map(&mut t, 2 * G, 10 * G).unwrap(), [(2 * G, 4 * G), (8 * G, 10 * G)]);
+    assert_eq!(
+        map(&mut t, 2 * G, 10 * G).unwrap(),
+        [(2 * G, 4 * G), (8 * G, 10 * G)]
+    );
     assert_eq!(t.segments().len(), 3);
     assert_eq!(unmap(&mut t, 4 * G, 8 * G).unwrap(), []);
-    assert_eq!(t.segments(), [Segment { start: 2 * G, end: 10 * G, count: 1 }], "coalesced");
+    assert_eq!(
+        t.segments(),
+        [Segment {
+            start: 2 * G,
+            end: 10 * G,
+            count: 1
+        }],
+        "coalesced"
+    );
     assert_eq!(unmap(&mut t, 2 * G, 10 * G).unwrap(), [(2 * G, 10 * G)]);
 }
 
@@ -59,7 +88,10 @@ fn errors_leave_the_tracker_unchanged() {
     assert_eq!(unmap(&mut t, 0, 2 * G), Err(TrackError::NotMapped));
     assert_eq!(map(&mut t, 1, G), Err(TrackError::BadRange));
     assert_eq!(t.segments(), before.segments());
-    assert_eq!(granule_range(0x900_0ff0, 0x20), Ok((0x900_0000, 0x900_2000)));
+    assert_eq!(
+        granule_range(0x900_0ff0, 0x20),
+        Ok((0x900_0000, 0x900_2000))
+    );
     assert_eq!(granule_range(u64::MAX - 10, 5), Err(TrackError::BadRange));
     assert_eq!(granule_range(0x1000, 0), Err(TrackError::BadRange));
 }
@@ -84,14 +116,24 @@ fn failed_guard_rolls_back_what_it_did() {
     assert_eq!(r, Err(TrackError::Full));
     assert_eq!(guarded, [(0, 2 * G)]);
     assert_eq!(unguarded, [(0, 2 * G)]);
-    assert_eq!(t.segments(), [Segment { start: 2 * G, end: 3 * G, count: 1 }]);
+    assert_eq!(
+        t.segments(),
+        [Segment {
+            start: 2 * G,
+            end: 3 * G,
+            count: 1
+        }]
+    );
 }
 
 /// A tiny deterministic generator, so the model check needs no crates.
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) % n
     }
 }
@@ -132,10 +174,15 @@ fn model_check_against_per_granule_counts_and_hypervisor_bits() {
                 let (s, e) = live.swap_remove(rng.next(live.len() as u64) as usize);
                 t.unmap(s, e, |a, b| {
                     for g in (a..b).step_by(G as usize) {
-                        assert_eq!(hyp.insert(g, false), Some(true), "unguarded while not guarded");
+                        assert_eq!(
+                            hyp.insert(g, false),
+                            Some(true),
+                            "unguarded while not guarded"
+                        );
                     }
                     Ok::<(), TrackError>(())
-                }).unwrap();
+                })
+                .unwrap();
                 for g in (s..e).step_by(G as usize) {
                     let c = model.get_mut(&g).unwrap();
                     *c -= 1;
@@ -146,7 +193,11 @@ fn model_check_against_per_granule_counts_and_hypervisor_bits() {
             for g in (0..40 * G).step_by(G as usize) {
                 let want = model.get(&g).copied().unwrap_or(0);
                 assert_eq!(t.count_at(g), want, "seed {seed} granule {g:#x}");
-                assert_eq!(hyp.get(&g).copied().unwrap_or(false), want > 0, "seed {seed} granule {g:#x}");
+                assert_eq!(
+                    hyp.get(&g).copied().unwrap_or(false),
+                    want > 0,
+                    "seed {seed} granule {g:#x}"
+                );
             }
             // Segments stay sorted, disjoint and coalesced.
             for w in t.segments().windows(2) {

@@ -102,17 +102,17 @@ fn ranges_coalesce_and_split() {
 fn bad_inputs_get_invalid_parameter_and_are_counted() {
     let mut g = guard(Policy::AfterEnroll);
     let bad = [
-        (abi::MAP, [0x0900_0004, 0, 0]),                  // unaligned
-        (abi::MAP, [0x4000_0000, 0, 0]),                  // guest RAM
-        (abi::MAP, [0x7e00_0000, 0, 0]),                  // hypervisor memory
-        (abi::MAP, [1 << 39, 0, 0]),                      // beyond the IPA space
-        (abi::MAP, [0x0900_0000, 8, 0]),                  // attributes
-        (abi::MAP_RANGE, [0x0900_0000, 0, 0]),            // empty
-        (abi::MAP_RANGE, [0x0900_0000, 0x1001, 0]),       // not a granule multiple
-        (abi::MAP_RANGE, [u64::MAX & !0xfff, 0x2000, 0]), // wraps
-        (abi::MAP_RANGE, [0x3fff_f000, 0x2000, 0]),       // runs into RAM
-        (abi::UNMAP, [0x0900_0000, 0, 0]),                // not mapped
-        (abi::UNMAP, [0x0900_0001, 0, 0]),                // unaligned
+        (abi::MAP, [0x0900_0004, 0, 0]),            // unaligned
+        (abi::MAP, [0x4000_0000, 0, 0]),            // guest RAM
+        (abi::MAP, [0x7e00_0000, 0, 0]),            // hypervisor memory
+        (abi::MAP, [1 << 39, 0, 0]),                // beyond the IPA space
+        (abi::MAP, [0x0900_0000, 8, 0]),            // attributes
+        (abi::MAP_RANGE, [0x0900_0000, 0, 0]),      // empty
+        (abi::MAP_RANGE, [0x0900_0000, 0x1001, 0]), // not a granule multiple
+        (abi::MAP_RANGE, [!0xfff, 0x2000, 0]),      // wraps
+        (abi::MAP_RANGE, [0x3fff_f000, 0x2000, 0]), // runs into RAM
+        (abi::UNMAP, [0x0900_0000, 0, 0]),          // not mapped
+        (abi::UNMAP, [0x0900_0001, 0, 0]),          // unaligned
     ];
     for (fid, args) in bad {
         assert_eq!(
