@@ -24,6 +24,21 @@ pub const REPORTED_REFUSALS: u64 = 32;
 /// What the core needs from the machine. Implemented on real hardware by
 /// the binary and by fakes in the tests. TLB maintenance is part of it.
 pub trait Platform: Tlb {
+    /// The SHA-256 block function to use.
+    fn sha256_compress(&self) -> crate::sha256::CompressFn {
+        crate::sha256::compress_soft
+    }
+    /// Feeds RAM at `pa` (already checked to be guest RAM) to `sink`.
+    fn hash_ram(&mut self, pa: PhysAddr, len: u64, sink: &mut crate::sha256::Sha256) {
+        let mut buf = [0u8; 256];
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(256) as usize;
+            self.read_ram(PhysAddr(pa.get() + at), &mut buf[..n]);
+            sink.update(&buf[..n]);
+            at += n as u64;
+        }
+    }
     /// Reads RAM at `pa` (already checked to be guest RAM).
     fn read_ram(&mut self, pa: PhysAddr, buf: &mut [u8]);
     /// Writes one instruction to RAM at `pa` (checked, 4-byte aligned)
@@ -94,6 +109,19 @@ impl<M: TableMemory> HypOps for Ops<'_, M> {
         }
         self.ram_range(ipa, 4)?;
         self.plat.write_insn(PhysAddr(ipa.get()), insn);
+        Ok(())
+    }
+    fn sha256_compress(&self) -> crate::sha256::CompressFn {
+        self.plat.sha256_compress()
+    }
+    fn hash_guest(
+        &mut self,
+        ipa: Ipa,
+        len: u64,
+        sink: &mut crate::sha256::Sha256,
+    ) -> Result<(), OpsError> {
+        self.ram_range(ipa, len)?;
+        self.plat.hash_ram(PhysAddr(ipa.get()), len, sink);
         Ok(())
     }
     fn log(&mut self, args: core::fmt::Arguments<'_>) {

@@ -18,6 +18,7 @@ pub mod fdt;
 pub mod hyp;
 pub mod service;
 pub mod services;
+pub mod sha256;
 pub mod smccc;
 pub mod stage2;
 pub mod stats;

@@ -50,12 +50,38 @@ pub trait HypOps {
     /// # Errors
     /// [`OpsError::NotGuestRam`] if the range is not inside guest RAM.
     fn read_guest(&mut self, ipa: Ipa, buf: &mut [u8]) -> Result<(), OpsError>;
+    /// Feeds `len` bytes of guest RAM at `ipa` to `sink` without copying
+    /// (the guest is stopped while a service runs).
+    ///
+    /// # Errors
+    /// [`OpsError::NotGuestRam`] if the range is not inside guest RAM.
+    fn hash_guest(
+        &mut self,
+        ipa: Ipa,
+        len: u64,
+        sink: &mut crate::sha256::Sha256,
+    ) -> Result<(), OpsError> {
+        let mut page = [0u8; 4096];
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(4096) as usize;
+            self.read_guest(Ipa(ipa.get() + at), &mut page[..n])?;
+            sink.update(&page[..n]);
+            at += n as u64;
+        }
+        Ok(())
+    }
     /// Writes one instruction into guest RAM at `ipa` on the guest's
     /// behalf, and makes it visible to instruction fetch.
     ///
     /// # Errors
     /// [`OpsError`] if `ipa` is not a 4-byte aligned guest RAM address.
     fn write_guest_insn(&mut self, ipa: Ipa, insn: u32) -> Result<(), OpsError>;
+    /// The SHA-256 block function to measure with (the CPU's instructions
+    /// where available).
+    fn sha256_compress(&self) -> crate::sha256::CompressFn {
+        crate::sha256::compress_soft
+    }
     /// Prints a line on the hypervisor's console (prefixed `hyp-stub: `).
     fn log(&mut self, args: fmt::Arguments<'_>);
     /// Sets the stage-2 permissions of page-aligned guest RAM.

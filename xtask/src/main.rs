@@ -3,6 +3,7 @@
 //! builds the guest kernel, the hypervisor and the guest's userland, and
 //! boots or tests them.
 
+mod bench;
 mod deps;
 mod initramfs;
 mod kernel;
@@ -28,6 +29,7 @@ commands:
                --no-hyp         boot the same kernel on plain QEMU
                --shell          interactive guest shell
   test       host unit tests and QEMU system tests; ends with 'N passed, N failed'
+  bench      benchmarks (boot time, static key flips, MMIO guard hypercalls) -> docs/benchmarks.md
   kernel     build the guest kernel (patched Linux 6.12, Rust enabled)
   hyp        build hyp-stub
   initramfs  build the guest's userland
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Some("initramfs") => deps::ensure().and_then(|()| initramfs::build().map(drop)),
         Some("run") => run(&args[1..]),
         Some("test") => test::run(),
+        Some("bench") => bench::run(),
         Some("-h") | Some("--help") | Some("help") => {
             print!("{USAGE}");
             Ok(())

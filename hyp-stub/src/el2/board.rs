@@ -3,15 +3,20 @@
 //! access through the hypervisor's identity map, EL1 system registers.
 
 use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use hyp_stub::addr::{Ipa, PhysAddr};
 use hyp_stub::esr::Width;
 use hyp_stub::hyp::Platform;
+use hyp_stub::sha256::{self, CompressFn};
 use hyp_stub::stage2::Tlb;
 use hyp_stub::vcpu::{El1Context, El1Exception};
 
 use super::console::Console;
 use super::sysreg::{read_sysreg, write_sysreg};
+
+/// Whether the SHA-256 instructions passed their known-answer test.
+static HW_SHA256: AtomicBool = AtomicBool::new(false);
 
 /// QEMU `virt` with the hypervisor at EL2.
 pub struct Board {
@@ -23,6 +28,28 @@ impl Board {
     pub const fn new() -> Self {
         Self { console: Console }
     }
+
+    /// Picks the SHA-256 block function (once, at boot): the CPU's
+    /// instructions if they pass their known-answer test and run faster
+    /// than the portable code on the same data (under QEMU's emulation
+    /// they may not). Returns whether the instructions are used.
+    pub fn detect_sha256() -> bool {
+        let Some(hw) = super::sha256_ce::detect() else {
+            return false;
+        };
+        let time = |f: CompressFn| {
+            let blocks = [[0x5au8; 64]; 64];
+            let mut state = [0u32; 8];
+            let start = read_sysreg!("cntpct_el0");
+            for _ in 0..4 {
+                f(&mut state, &blocks);
+            }
+            read_sysreg!("cntpct_el0").wrapping_sub(start)
+        };
+        let faster = time(hw) < time(sha256::compress_soft);
+        HW_SHA256.store(faster, Ordering::Relaxed);
+        faster
+    }
 }
 
 impl Tlb for Board {
@@ -32,6 +59,21 @@ impl Tlb for Board {
 }
 
 impl Platform for Board {
+    fn sha256_compress(&self) -> CompressFn {
+        if HW_SHA256.load(Ordering::Relaxed) {
+            super::sha256_ce::compress
+        } else {
+            sha256::compress_soft
+        }
+    }
+
+    fn hash_ram(&mut self, pa: PhysAddr, len: u64, sink: &mut sha256::Sha256) {
+        // SAFETY: the core checked that the range is guest RAM, mapped at
+        // EL2; the only vCPU is stopped in the hypervisor while we read.
+        let ram = unsafe { core::slice::from_raw_parts(pa.get() as *const u8, len as usize) };
+        sink.update(ram);
+    }
+
     fn read_ram(&mut self, pa: PhysAddr, buf: &mut [u8]) {
         // SAFETY: the core checked that the range is guest RAM, which the
         // hypervisor maps at EL2; the guest is stopped while we read.

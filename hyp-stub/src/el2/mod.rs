@@ -6,6 +6,7 @@ mod board;
 pub mod console;
 mod entry;
 mod mmu;
+mod sha256_ce;
 mod sysreg;
 
 use core::panic::PanicInfo;
@@ -211,6 +212,12 @@ extern "C" fn hyp_main() -> ! {
     *HYP.lock() = Some(hyp);
 
     println!("services {:#x}", services);
+    let sha = if Board::detect_sha256() {
+        "CPU instructions"
+    } else {
+        "portable code (faster here)"
+    };
+    println!("SHA-256 measurements use {}", sha);
     println!(
         "guest RAM {:#x}..{:#x}, kernel at {:#x}, initramfs {:#x}+{:#x}, dtb at {:#x}",
         guest_ram.start().get(),
