@@ -210,7 +210,11 @@ pub extern "C" fn pvguard_rust_mmio_init() -> c_int {
 pub extern "C" fn pvguard_rust_mmio_give_up(busy: bool) -> c_int {
     // SAFETY: early boot, single-threaded.
     let g = unsafe { guest() };
-    let o = g.mmio.give_up(if busy { Status::HookBusy } else { Status::NoHypervisor });
+    let o = g.mmio.give_up(if busy {
+        Status::HookBusy
+    } else {
+        Status::NoHypervisor
+    });
     report(&g.mmio);
     if !busy {
         g.kp.give_up();
@@ -239,7 +243,9 @@ fn kp_report_status(kp: &KpState) {
     let text = core::str::from_utf8(buf.get(..n).unwrap_or(&[])).unwrap_or("?");
     match kp.status() {
         kp::Status::NotRequested => {}
-        kp::Status::Reported(_) | kp::Status::Protected => kernel::pr_info!("kernel protect: {}", text),
+        kp::Status::Reported(_) | kp::Status::Protected => {
+            kernel::pr_info!("kernel protect: {}", text)
+        }
         _ => kernel::pr_warn!("kernel protect: {}", text),
     }
 }
@@ -320,7 +326,12 @@ pub extern "C" fn pvguard_rust_ioremap(phys: u64, size: usize) -> c_int {
     match s.ioremap(&mut Smccc, phys, size as u64) {
         Ok(()) => 0,
         Err(e) => {
-            kernel::pr_err!("ioremap of {:#x}+{:#x} refused: {}\n", phys, size, Reason(e));
+            kernel::pr_err!(
+                "ioremap of {:#x}+{:#x} refused: {}\n",
+                phys,
+                size,
+                Reason(e)
+            );
             EPERM.to_errno()
         }
     }

@@ -439,4 +439,7 @@ impl fmt::Display for KpError {
 }
 
 #[cfg(test)]
+// An explicit path: the kernel's rustfmtcheck formats each file as if
+// it were a crate root.
+#[path = "abi/tests.rs"]
 mod tests;

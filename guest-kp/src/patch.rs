@@ -232,4 +232,7 @@ pub fn validate(
 }
 
 #[cfg(test)]
+// An explicit path: the kernel's rustfmtcheck formats each file as if
+// it were a crate root.
+#[path = "patch/tests.rs"]
 mod tests;

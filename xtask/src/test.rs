@@ -92,8 +92,26 @@ pub fn run() -> Result<(), String> {
         &envs,
         &mut totals,
     )?;
+    paths::step("kernel style: the patch series and pvguard's Rust in the kernel tree");
+    let mut style_ok = true;
+    for (name, result) in [
+        ("checkpatch", crate::kernel::checkpatch()),
+        ("rustfmtcheck", crate::kernel::rustfmtcheck()),
+    ] {
+        match result {
+            Ok(()) => {
+                println!("style {name} ... ok");
+                totals.passed += 1;
+            }
+            Err(e) => {
+                println!("style {name} ... FAILED\n{e}");
+                totals.failed += 1;
+                style_ok = false;
+            }
+        }
+    }
     println!("{} passed, {} failed", totals.passed, totals.failed);
-    if host_ok && qemu_ok && totals.failed == 0 {
+    if host_ok && qemu_ok && style_ok && totals.failed == 0 {
         Ok(())
     } else {
         Err("some tests failed".into())
