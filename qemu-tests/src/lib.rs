@@ -208,6 +208,20 @@ fn file_size(p: &Path) -> Result<u64, String> {
 /// # Errors
 /// QEMU could not be started.
 pub fn run(a: &Artifacts, b: &Boot, tag: &str) -> Result<Outcome, String> {
+    run_with(a, b, tag, |_| {})
+}
+
+/// As [`run`], handing each chunk of console output to `echo` as it
+/// arrives.
+///
+/// # Errors
+/// QEMU could not be started.
+pub fn run_with(
+    a: &Artifacts,
+    b: &Boot,
+    tag: &str,
+    mut echo: impl FnMut(&[u8]),
+) -> Result<Outcome, String> {
     let mut cmd = command(a, b, tag)?;
     let start = Instant::now();
     if b.interactive {
@@ -247,6 +261,7 @@ pub fn run(a: &Artifacts, b: &Boot, tag: &str) -> Result<Outcome, String> {
     let deadline = start + b.timeout;
     let status = loop {
         while let Ok(chunk) = rx.try_recv() {
+            echo(&chunk);
             console.extend_from_slice(&chunk);
         }
         if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
@@ -260,14 +275,17 @@ pub fn run(a: &Artifacts, b: &Boot, tag: &str) -> Result<Outcome, String> {
             );
             break None;
         }
-        thread::sleep(Duration::from_millis(20));
+        thread::sleep(Duration::from_millis(2));
     };
     let elapsed = start.elapsed();
     // Drain what the readers still hold.
     let drain_until = Instant::now() + Duration::from_millis(500);
     while Instant::now() < drain_until {
         match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(chunk) => console.extend_from_slice(&chunk),
+            Ok(chunk) => {
+                echo(&chunk);
+                console.extend_from_slice(&chunk);
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
@@ -285,14 +303,11 @@ pub fn run(a: &Artifacts, b: &Boot, tag: &str) -> Result<Outcome, String> {
 /// # Errors
 /// QEMU could not be started.
 pub fn run_visible(a: &Artifacts, b: &Boot, tag: &str) -> Result<Outcome, String> {
-    if b.interactive {
-        return run(a, b, tag);
-    }
-    let outcome = run(a, b, tag)?;
     let mut stdout = std::io::stdout();
-    let _ = stdout.write_all(outcome.console.as_bytes());
-    let _ = stdout.flush();
-    Ok(outcome)
+    run_with(a, b, tag, |chunk| {
+        let _ = stdout.write_all(chunk);
+        let _ = stdout.flush();
+    })
 }
 
 /// Lines that must never appear in a healthy boot.

@@ -465,15 +465,19 @@ fn random_guest_input_never_panics() {
                     _ => 0,
                 };
             }
-            if rng.next() % 2 == 0 {
+            if rng.next().is_multiple_of(2) {
                 v.regs.x[0] = interesting_fids[(rng.next() % 16) as usize];
             }
             let class = classes[(rng.next() % 8) as usize];
             let esr = Esr(class << 26
                 | (rng.next() & 0x1ff_ffff)
-                | if rng.next() % 2 == 0 { 1 << 25 } else { 0 });
+                | if rng.next().is_multiple_of(2) {
+                    1 << 25
+                } else {
+                    0
+                });
             let far = rng.next();
-            let hpfar = if rng.next() % 2 == 0 {
+            let hpfar = if rng.next().is_multiple_of(2) {
                 rng.next()
             } else {
                 ((0x4000_0000 + rng.next() % 0x8000_0000) >> 12) << 4
