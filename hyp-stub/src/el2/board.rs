@@ -56,6 +56,10 @@ impl Tlb for Board {
     fn invalidate_ipa(&mut self, ipa: Ipa) {
         super::mmu::GuestTlb.invalidate_ipa(ipa);
     }
+
+    fn invalidate_all(&mut self) {
+        super::mmu::GuestTlb.invalidate_all();
+    }
 }
 
 impl Platform for Board {

@@ -124,6 +124,19 @@ impl Tlb for GuestTlb {
             );
         }
     }
+
+    fn invalidate_all(&mut self) {
+        // SAFETY: TLB invalidation only drops cached translations.
+        unsafe {
+            core::arch::asm!(
+                "dsb ishst",
+                "tlbi vmalls12e1is",
+                "dsb ish",
+                "isb",
+                options(nostack)
+            );
+        }
+    }
 }
 
 /// Cleans `[start, start + len)` from the data cache to the point of

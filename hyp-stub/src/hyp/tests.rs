@@ -23,6 +23,7 @@ struct FakePlatform {
 
 impl Tlb for FakePlatform {
     fn invalidate_ipa(&mut self, _: Ipa) {}
+    fn invalidate_all(&mut self) {}
 }
 
 impl Platform for FakePlatform {
