@@ -351,8 +351,9 @@ impl<M: TableMemory> Stage2<M> {
             if entry & VALID == 0 {
                 break Err(Stage2Error::NotMapped);
             }
-            let whole_block =
-                entry & TABLE_OR_PAGE == 0 && ipa % BLOCK_SIZE == 0 && end - ipa >= BLOCK_SIZE;
+            let whole_block = entry & TABLE_OR_PAGE == 0
+                && ipa.is_multiple_of(BLOCK_SIZE)
+                && end - ipa >= BLOCK_SIZE;
             if whole_block {
                 self.mem.table(l2)[index(ipa, 2)] = f(entry);
                 changed = true;
