@@ -178,17 +178,27 @@ fn outcome(o: InitOutcome) -> c_int {
     }
 }
 
-fn report(s: &MmioState) {
+/// Formats a status with `write` and hands the text to `print`.
+fn with_status(
+    write: impl FnOnce(&mut SliceWriter<'_>) -> core::fmt::Result,
+    print: impl FnOnce(&str),
+) {
     let mut buf = [0u8; 160];
     let mut w = SliceWriter::new(&mut buf);
-    let _ = s.write_status(&mut w);
+    let _ = write(&mut w);
     let n = w.len();
-    let text = core::str::from_utf8(buf.get(..n).unwrap_or(&[])).unwrap_or("?");
-    match s.status() {
-        Status::Enrolled => kernel::pr_info!("MMIO guard {}", text),
-        Status::NotRequested => {}
-        _ => kernel::pr_warn!("MMIO guard {}", text),
-    }
+    print(core::str::from_utf8(buf.get(..n).unwrap_or(&[])).unwrap_or("?"));
+}
+
+fn report(s: &MmioState) {
+    with_status(
+        |w| s.write_status(w),
+        |text| match s.status() {
+            Status::Enrolled => kernel::pr_info!("MMIO guard {}", text),
+            Status::NotRequested => {}
+            _ => kernel::pr_warn!("MMIO guard {}", text),
+        },
+    );
 }
 
 /// Discovers the hypervisor's MMIO guard and enrolls. Returns 0 when the
@@ -236,18 +246,16 @@ pub struct KernelLayout {
 }
 
 fn kp_report_status(kp: &KpState) {
-    let mut buf = [0u8; 160];
-    let mut w = SliceWriter::new(&mut buf);
-    let _ = kp.write_state(&mut w);
-    let n = w.len();
-    let text = core::str::from_utf8(buf.get(..n).unwrap_or(&[])).unwrap_or("?");
-    match kp.status() {
-        kp::Status::NotRequested => {}
-        kp::Status::Reported(_) | kp::Status::Protected => {
-            kernel::pr_info!("kernel protect: {}", text)
-        }
-        _ => kernel::pr_warn!("kernel protect: {}", text),
-    }
+    with_status(
+        |w| kp.write_state(w),
+        |text| match kp.status() {
+            kp::Status::NotRequested => {}
+            kp::Status::Reported(_) | kp::Status::Protected => {
+                kernel::pr_info!("kernel protect: {}", text)
+            }
+            _ => kernel::pr_warn!("kernel protect: {}", text),
+        },
+    );
 }
 
 /// Reports the kernel's layout to the hypervisor (early boot, after the

@@ -221,28 +221,7 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
                 if self.layout.guest_ram.contains(ipa) {
                     // Execution of guest RAM that stage 2 forbids: services
                     // may count it; it is never emulated.
-                    let fault = GuestFault {
-                        ipa,
-                        va: GuestVa(far),
-                        exec: true,
-                        syndrome: esr.abort(),
-                        regs: &vcpu.regs,
-                        pc: vcpu.pc,
-                    };
-                    let Self {
-                        layout,
-                        services,
-                        stage2,
-                        ..
-                    } = self;
-                    let _ = services.guest_fault(
-                        &fault,
-                        &mut Ops {
-                            layout: *layout,
-                            stage2,
-                            plat,
-                        },
-                    );
+                    let _ = self.offer_ram_fault(ipa, far, true, esr.abort(), vcpu, plat);
                     self.report_ram_fault(plat, "execute", ipa, far, vcpu.pc);
                 }
                 self.inject(vcpu, plat, Injection::InstrAbort { far });
@@ -375,6 +354,40 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
         }
     }
 
+    /// Offers a stage-2 fault on guest RAM to the services.
+    fn offer_ram_fault(
+        &mut self,
+        ipa: Ipa,
+        far: u64,
+        exec: bool,
+        syndrome: AbortSyndrome,
+        vcpu: &Vcpu,
+        plat: &mut dyn Platform,
+    ) -> FaultAction {
+        let fault = GuestFault {
+            ipa,
+            va: GuestVa(far),
+            exec,
+            syndrome,
+            regs: &vcpu.regs,
+            pc: vcpu.pc,
+        };
+        let Self {
+            layout,
+            services,
+            stage2,
+            ..
+        } = self;
+        services.guest_fault(
+            &fault,
+            &mut Ops {
+                layout: *layout,
+                stage2,
+                plat,
+            },
+        )
+    }
+
     fn report_ram_fault(
         &mut self,
         plat: &mut dyn Platform,
@@ -403,28 +416,7 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
         vcpu: &mut Vcpu,
         plat: &mut dyn Platform,
     ) {
-        let fault = GuestFault {
-            ipa,
-            va: GuestVa(far),
-            exec: false,
-            syndrome: abort,
-            regs: &vcpu.regs,
-            pc: vcpu.pc,
-        };
-        let Self {
-            layout,
-            services,
-            stage2,
-            ..
-        } = self;
-        let action = services.guest_fault(
-            &fault,
-            &mut Ops {
-                layout: *layout,
-                stage2,
-                plat,
-            },
-        );
+        let action = self.offer_ram_fault(ipa, far, false, abort, vcpu, plat);
         if action == FaultAction::Emulated {
             self.stats.ram_faults_emulated += 1;
             vcpu.pc = vcpu.pc.wrapping_add(4);
