@@ -46,6 +46,12 @@ pub trait Platform: Tlb {
     fn write_insn(&mut self, pa: PhysAddr, insn: u32);
     /// Issues an SMC to the platform firmware (PSCI).
     fn firmware_call(&mut self, fid: u32, args: [u64; 3]) -> [u64; 4];
+    /// Starts physical CPU `mpidr` at the hypervisor's secondary entry,
+    /// which will run the guest's vCPU `slot` (PSCI CPU_ON to the
+    /// firmware); returns the firmware's PSCI result.
+    fn start_cpu(&mut self, mpidr: u64, slot: usize) -> u64;
+    /// The MPIDR of the CPU running this code.
+    fn current_mpidr(&self) -> u64;
     /// Reads device memory at `pa` (MMIO emulation).
     fn mmio_read(&mut self, pa: PhysAddr, width: Width) -> u64;
     /// Writes device memory at `pa` (MMIO emulation).
@@ -143,23 +149,51 @@ impl<M: TableMemory> HypOps for Ops<'_, M> {
     }
 }
 
+/// Most vCPUs (one per physical CPU, MPIDR Aff0 0..MAX_CPUS).
+pub const MAX_CPUS: usize = 8;
+
+/// Where each vCPU stands in its PSCI life cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CpuState {
+    Off,
+    /// CPU_ON accepted; the CPU has not entered the guest yet.
+    Pending {
+        entry: u64,
+        context: u64,
+    },
+    On,
+}
+
 /// The hypervisor core.
 pub struct Hyp<'s, M: TableMemory> {
     layout: Layout,
     services: Registry<'s>,
     stage2: Stage2<M>,
+    cpus: [CpuState; MAX_CPUS],
     /// Counters, printed at power-off.
     pub stats: Stats,
+}
+
+/// The vCPU slot of an MPIDR value (Aff0, with the other affinity
+/// levels zero), if it is one the hypervisor can run.
+pub fn cpu_slot(mpidr: u64) -> Option<usize> {
+    let aff = mpidr & 0xff_00ff_ffff;
+    let slot = (aff & 0xff) as usize;
+    (aff >> 8 == 0 && slot < MAX_CPUS).then_some(slot)
 }
 
 impl<'s, M: TableMemory> Hyp<'s, M> {
     /// Creates the core with the guest's stage-2 tables (guest RAM already
     /// mapped) and its services (not yet started).
     pub fn new(layout: Layout, services: Registry<'s>, stage2: Stage2<M>) -> Self {
+        let mut cpus = [CpuState::Off; MAX_CPUS];
+        // The boot CPU runs vCPU 0.
+        cpus[0] = CpuState::On;
         Self {
             layout,
             services,
             stage2,
+            cpus,
             stats: Stats::default(),
         }
     }
@@ -183,6 +217,40 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
             stage2,
             plat,
         })
+    }
+
+    /// Called on a secondary CPU started for vCPU `slot`: where it enters
+    /// the guest and with which context ID, if a CPU_ON is pending.
+    pub fn secondary_boot(&mut self, slot: usize) -> Option<(u64, u64)> {
+        match self.cpus.get(slot).copied() {
+            Some(CpuState::Pending { entry, context }) => {
+                self.cpus[slot] = CpuState::On;
+                Some((entry, context))
+            }
+            _ => None,
+        }
+    }
+
+    /// PSCI CPU_ON: validated, then forwarded with the hypervisor's own
+    /// entry point; the guest's entry and context wait for the CPU.
+    fn cpu_on(&mut self, target: u64, entry: u64, context: u64, plat: &mut dyn Platform) -> u64 {
+        let Some(slot) = cpu_slot(target) else {
+            return psci::INVALID_PARAMETERS;
+        };
+        if !self.layout.guest_ram.contains(Ipa(entry)) || !entry.is_multiple_of(4) {
+            return psci::INVALID_ADDRESS;
+        }
+        match self.cpus[slot] {
+            CpuState::On => return psci::ALREADY_ON,
+            CpuState::Pending { .. } => return psci::ON_PENDING,
+            CpuState::Off => {}
+        }
+        self.cpus[slot] = CpuState::Pending { entry, context };
+        let r = plat.start_cpu(target, slot);
+        if r != 0 {
+            self.cpus[slot] = CpuState::Off;
+        }
+        r
     }
 
     /// The guest's stage-2 tables.
@@ -342,12 +410,23 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
                 let _ = self.write_stats(plat.console());
                 plat.firmware_call(call.fid, [a0, a1, a2])
             }
-            // Secondary vCPUs are not supported: forwarding CPU_ON would
-            // start a CPU at EL2 at a guest-chosen address.
-            psci::CPU_ON_32 | psci::CPU_ON_64 => [psci::DENIED, 0, 0, 0],
+            // Forwarding CPU_ON as is would start a CPU at EL2 at a
+            // guest-chosen address: the hypervisor's entry goes instead.
+            psci::CPU_ON_64 => [self.cpu_on(a0, a1, a2, plat), 0, 0, 0],
+            psci::CPU_ON_32 => [
+                self.cpu_on(a0 & 0xffff_ffff, a1 & 0xffff_ffff, a2 & 0xffff_ffff, plat),
+                0,
+                0,
+                0,
+            ],
+            psci::CPU_OFF => {
+                if let Some(slot) = cpu_slot(plat.current_mpidr()) {
+                    self.cpus[slot] = CpuState::Off;
+                }
+                plat.firmware_call(call.fid, [a0, a1, a2])
+            }
             psci::FEATURES => match a0 as u32 {
                 smccc::SMCCC_VERSION => [0, 0, 0, 0],
-                psci::CPU_ON_32 | psci::CPU_ON_64 => [smccc::NOT_SUPPORTED, 0, 0, 0],
                 _ => plat.firmware_call(call.fid, [a0, a1, a2]),
             },
             fid => plat.firmware_call(fid, [a0, a1, a2]),

@@ -43,8 +43,18 @@ pub mod psci {
         PSCI_VERSION as VERSION,
     };
 
+    pub use smccc::psci::PSCI_CPU_OFF as CPU_OFF;
+
+    /// PSCI INVALID_PARAMETERS (-2).
+    pub const INVALID_PARAMETERS: u64 = -2i64 as u64;
     /// PSCI DENIED (-3).
     pub const DENIED: u64 = -3i64 as u64;
+    /// PSCI ALREADY_ON (-4).
+    pub const ALREADY_ON: u64 = -4i64 as u64;
+    /// PSCI ON_PENDING (-5).
+    pub const ON_PENDING: u64 = -5i64 as u64;
+    /// PSCI INVALID_ADDRESS (-9).
+    pub const INVALID_ADDRESS: u64 = -9i64 as u64;
 
     /// Whether `fid` is in the PSCI ranges (32- and 64-bit).
     pub fn is_psci(fid: u32) -> bool {

@@ -73,6 +73,8 @@ pub struct Boot {
     pub add: Vec<PathBuf>,
     /// `Manifest::services` for hyp-stub (0: default).
     pub services: u64,
+    /// Number of CPUs (vCPUs under hyp-stub).
+    pub cpus: u32,
     /// Hard time limit.
     pub timeout: Duration,
     /// Interactive: console on the terminal (no capture, no timeout).
@@ -87,6 +89,7 @@ impl Default for Boot {
             exec: None,
             add: Vec::new(),
             services: 0,
+            cpus: 1,
             timeout: Duration::from_secs(120),
             interactive: false,
         }
@@ -155,7 +158,8 @@ pub fn command(a: &Artifacts, b: &Boot, tag: &str) -> Result<Command, String> {
     } else {
         "virt,gic-version=3"
     };
-    cmd.args(["-machine", machine, "-cpu", "max", "-smp", "1", "-m", "1G"]);
+    cmd.args(["-machine", machine, "-cpu", "max", "-m", "1G"]);
+    cmd.arg("-smp").arg(b.cpus.to_string());
     cmd.args([
         "-display",
         "none",

@@ -109,3 +109,32 @@ fn exec_runs_a_command_in_the_guest() {
     )
     .unwrap();
 }
+
+#[test]
+fn secondary_cpus_boot_through_psci_cpu_on() {
+    let a = artifacts();
+    let b = Boot {
+        cpus: 2,
+        append: "pvguard=on".into(),
+        exec: Some(
+            "grep -c ^processor /proc/cpuinfo; cat /sys/hypervisor/pvguard/kernel_protect/state"
+                .into(),
+        ),
+        ..Boot::default()
+    };
+    let o = run(&a, &b, "smp").unwrap();
+    check(
+        &o,
+        &[
+            "smp: Brought up 1 node, 2 CPUs",
+            "pvguard-init: ready",
+            "\n2\n",
+            "protected",
+            "reboot: Power down",
+        ],
+        &[],
+    )
+    .unwrap();
+    let s = o.stats().expect("stats");
+    assert_eq!(s.num("call_0xc4000003"), 1, "one CPU_ON");
+}

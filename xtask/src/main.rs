@@ -26,6 +26,7 @@ commands:
                --append \"ARGS\" add kernel command-line arguments
                --add PATH       put a file (e.g. a module) into the guest's /pvguard/
                --services N     hyp-stub services bitmask (see hyp_stub::boot)
+               --cpus N         number of (v)CPUs (default 1)
                --no-hyp         boot the same kernel on plain QEMU
                --shell          interactive guest shell
   test       host unit tests and QEMU system tests; ends with 'N passed, N failed'
@@ -120,6 +121,10 @@ fn run(args: &[String]) -> Result<(), String> {
                 boot.services = parsed.map_err(|e| format!("--services {v}: {e}"))?;
             }
             "--no-hyp" => boot.hyp = false,
+            "--cpus" => {
+                let v = value("--cpus")?;
+                boot.cpus = v.parse().map_err(|e| format!("--cpus {v}: {e}"))?;
+            }
             "--shell" => boot.interactive = true,
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }

@@ -65,6 +65,18 @@ impl Tlb for Board {
 }
 
 impl Platform for Board {
+    fn start_cpu(&mut self, mpidr: u64, slot: usize) -> u64 {
+        let entry = super::entry::secondary_entry as *const () as u64;
+        self.firmware_call(
+            hyp_stub::smccc::psci::CPU_ON_64,
+            [mpidr, entry, slot as u64],
+        )[0]
+    }
+
+    fn current_mpidr(&self) -> u64 {
+        read_sysreg!("mpidr_el1")
+    }
+
     fn sha256_compress(&self) -> CompressFn {
         if HW_SHA256.load(Ordering::Relaxed) {
             super::sha256_ce::compress

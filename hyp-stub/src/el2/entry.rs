@@ -70,15 +70,33 @@ _start:
 2:  wfe
     b 2b
 
-/* enter_guest(entry, dtb): first entry into the guest at EL1h with all
- * interrupts masked, x0 = device tree, x1..x3 = 0, on a fresh EL2 stack. */
+/* A secondary CPU, started by PSCI CPU_ON at EL2 with x0 = its vCPU
+ * slot (< MAX_CPUS, checked before CPU_ON): its own stack, the vectors,
+ * then Rust. */
+.global secondary_entry
+secondary_entry:
+    msr daifset, #0xf
+    adrp x1, __stack_top
+    add x1, x1, :lo12:__stack_top
+    lsl x2, x0, #16
+    sub x1, x1, x2
+    mov sp, x1
+    adrp x1, hyp_vectors
+    add x1, x1, :lo12:hyp_vectors
+    msr vbar_el2, x1
+    isb
+    bl secondary_main
+4:  wfe
+    b 4b
+
+/* enter_guest(entry, x0, stack_top): first entry of a vCPU into the
+ * guest at EL1h with all interrupts masked, x0 as given (the device tree,
+ * or CPU_ON's context ID), x1..x3 = 0, on a fresh EL2 stack. */
 .global enter_guest
 enter_guest:
     msr elr_el2, x0
-    mov x2, #0x3c5
-    msr spsr_el2, x2
-    adrp x2, __stack_top
-    add x2, x2, :lo12:__stack_top
+    mov x3, #0x3c5
+    msr spsr_el2, x3
     mov sp, x2
     mov x0, x1
     mov x1, xzr
@@ -145,6 +163,16 @@ hyp_vectors:
 );
 
 extern "C" {
-    /// Switches to the guest for the first time; never returns.
-    pub fn enter_guest(entry: u64, dtb: u64) -> !;
+    /// Switches this CPU to the guest for the first time; never returns.
+    pub fn enter_guest(entry: u64, x0: u64, stack_top: u64) -> !;
+    /// Where secondary CPUs start (PSCI CPU_ON).
+    pub fn secondary_entry();
+    /// The top of CPU 0's stack.
+    static __stack_top: u8;
+}
+
+/// The top of the stack of the CPU running vCPU `slot`.
+pub fn stack_top(slot: usize) -> u64 {
+    let top = core::ptr::addr_of!(__stack_top) as u64;
+    top - (slot as u64) * 0x10000
 }

@@ -38,6 +38,17 @@ pub unsafe fn enable_el2_mmu() {
     let root = unsafe { &mut *addr_of_mut!(EL2_ROOT) };
     root.0[0] = BLOCK | AF | ATTR_DEVICE | XN;
     root.0[1] = 0x4000_0000 | BLOCK | AF | SH_INNER | ATTR_NORMAL;
+    // SAFETY: the tables are complete (as the caller guarantees the rest).
+    unsafe { enable_el2_mmu_secondary() }
+}
+
+/// Turns on the MMU and caches at EL2 on a secondary CPU, with the tables
+/// the boot CPU built.
+///
+/// # Safety
+/// `enable_el2_mmu` has run on the boot CPU; this CPU has its MMU off.
+pub unsafe fn enable_el2_mmu_secondary() {
+    let root = addr_of_mut!(EL2_ROOT) as u64;
     let pa_range = read_sysreg!("id_aa64mmfr0_el1") & 0xf;
     let t0sz = 32; // 4 GiB of VA: walks start at level 1
     let tcr =
@@ -48,7 +59,7 @@ pub unsafe fn enable_el2_mmu() {
     unsafe {
         write_sysreg!("mair_el2", MAIR);
         write_sysreg!("tcr_el2", tcr);
-        write_sysreg!("ttbr0_el2", root.0.as_ptr() as u64);
+        write_sysreg!("ttbr0_el2", root);
         isb();
         core::arch::asm!("tlbi alle2", "dsb ish", options(nostack));
         isb();

@@ -32,6 +32,8 @@ use mmu::{GuestTlb, PoolTables};
 use sysreg::{isb, read_sysreg, write_sysreg};
 
 static HYP: Mutex<Option<Hyp<'static, PoolTables>>> = Mutex::new(None);
+/// VTCR_EL2 and VTTBR_EL2, for secondary CPUs.
+static STAGE2_REGS: Mutex<(u64, u64)> = Mutex::new((0, 0));
 
 /// Scratch space for the guest's device tree while it is rewritten.
 const DTB_BUF_SIZE: usize = 0x10000;
@@ -227,11 +229,40 @@ extern "C" fn hyp_main() -> ! {
         manifest.initrd_size,
         boot::GUEST_DTB_IPA
     );
+    *STAGE2_REGS.lock() = (vtcr, vttbr);
     // SAFETY: the stage-2 tables are complete and the guest's memory,
     // device tree and entry point are in place.
     unsafe {
         configure_el2(vtcr, vttbr);
-        entry::enter_guest(manifest.kernel_ipa, boot::GUEST_DTB_IPA)
+        entry::enter_guest(
+            manifest.kernel_ipa,
+            boot::GUEST_DTB_IPA,
+            entry::stack_top(0),
+        )
+    }
+}
+
+/// A secondary CPU that the guest's CPU_ON started for vCPU `slot`.
+#[no_mangle]
+extern "C" fn secondary_main(slot: usize) -> ! {
+    // SAFETY: the boot CPU built the EL2 tables before any CPU_ON.
+    unsafe { mmu::enable_el2_mmu_secondary() };
+    let (vtcr, vttbr) = *STAGE2_REGS.lock();
+    let boot = HYP.lock().as_mut().and_then(|hyp| hyp.secondary_boot(slot));
+    let Some((guest_entry, context)) = boot else {
+        println!(
+            "CPU for vCPU {} started without a pending CPU_ON; parking it",
+            slot
+        );
+        loop {
+            core::hint::spin_loop();
+        }
+    };
+    // SAFETY: the stage-2 tables are the guest's (shared by all vCPUs)
+    // and the entry point was checked to be guest RAM by CPU_ON.
+    unsafe {
+        configure_el2(vtcr, vttbr);
+        entry::enter_guest(guest_entry, context, entry::stack_top(slot))
     }
 }
 

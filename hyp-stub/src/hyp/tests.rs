@@ -27,6 +27,13 @@ impl Tlb for FakePlatform {
 }
 
 impl Platform for FakePlatform {
+    fn start_cpu(&mut self, mpidr: u64, slot: usize) -> u64 {
+        self.firmware.push((0xc400_0003, [mpidr, slot as u64, 0]));
+        0
+    }
+    fn current_mpidr(&self) -> u64 {
+        0x8000_0000
+    }
     fn read_ram(&mut self, pa: PhysAddr, buf: &mut [u8]) {
         for (i, b) in buf.iter_mut().enumerate() {
             *b = self.ram.get(&(pa.get() + i as u64)).copied().unwrap_or(0);
@@ -242,16 +249,13 @@ fn psci_is_forwarded_and_power_off_prints_stats() {
     let mut v = vcpu_with(&[u64::from(psci::FEATURES), 0x8000_0000]);
     hyp.handle_sync(Esr(SMC), 0, 0, &mut v, &mut plat);
     assert_eq!(v.regs.x[0], 0, "SMCCC_VERSION is advertised");
-    let mut v = vcpu_with(&[u64::from(psci::CPU_ON_64), 1, 0x4000_0000, 0]);
-    hyp.handle_sync(Esr(SMC), 0, 0, &mut v, &mut plat);
-    assert_eq!(v.regs.x[0], psci::DENIED);
     let mut v = vcpu_with(&[u64::from(psci::SYSTEM_OFF)]);
     hyp.handle_sync(Esr(SMC), 0, 0, &mut v, &mut plat);
     assert_eq!(
         plat.firmware.iter().map(|f| f.0).collect::<Vec<_>>(),
         [psci::VERSION, psci::SYSTEM_OFF]
     );
-    assert!(plat.console.contains("hyp-stub stats:\nexits_total=4\n"));
+    assert!(plat.console.contains("hyp-stub stats:\nexits_total=3\n"));
     assert!(plat.console.contains("call_0x84000008=1\n"));
 }
 
@@ -490,4 +494,52 @@ fn random_guest_input_never_panics() {
         hyp.write_stats(&mut out).unwrap();
         assert!(out.ends_with("hyp-stub stats end\n"));
     }
+}
+
+#[test]
+fn cpu_on_is_checked_forwarded_with_the_hypervisors_entry_and_completed() {
+    let mut hyp = hyp_with(Registry::new());
+    let mut plat = FakePlatform::default();
+    let on = |hyp: &mut TestHyp<'_>, plat: &mut FakePlatform, target: u64, entry: u64| {
+        let mut v = vcpu_with(&[u64::from(psci::CPU_ON_64), target, entry, 0xc0de]);
+        hyp.handle_sync(Esr(HVC), 0, 0, &mut v, plat);
+        v.regs.x[0]
+    };
+    assert_eq!(
+        on(&mut hyp, &mut plat, 0x100, 0x4020_0000),
+        psci::INVALID_PARAMETERS,
+        "Aff1 != 0"
+    );
+    assert_eq!(
+        on(&mut hyp, &mut plat, 9, 0x4020_0000),
+        psci::INVALID_PARAMETERS,
+        "beyond MAX_CPUS"
+    );
+    assert_eq!(
+        on(&mut hyp, &mut plat, 1, 0x7e00_0000),
+        psci::INVALID_ADDRESS,
+        "entry in hypervisor memory"
+    );
+    assert_eq!(
+        on(&mut hyp, &mut plat, 1, 0x4020_0002),
+        psci::INVALID_ADDRESS,
+        "misaligned entry"
+    );
+    assert_eq!(
+        on(&mut hyp, &mut plat, 0, 0x4020_0000),
+        psci::ALREADY_ON,
+        "the boot CPU"
+    );
+    assert!(plat.firmware.is_empty(), "nothing reached the firmware");
+    assert_eq!(on(&mut hyp, &mut plat, 1, 0x4020_0000), 0);
+    assert_eq!(
+        plat.firmware,
+        [(0xc400_0003, [1, 1, 0])],
+        "forwarded for slot 1, with our entry"
+    );
+    assert_eq!(on(&mut hyp, &mut plat, 1, 0x4020_0000), psci::ON_PENDING);
+    assert_eq!(hyp.secondary_boot(1), Some((0x4020_0000, 0xc0de)));
+    assert_eq!(hyp.secondary_boot(1), None, "only once");
+    assert_eq!(on(&mut hyp, &mut plat, 1, 0x4020_0000), psci::ALREADY_ON);
+    assert_eq!(hyp.secondary_boot(5), None);
 }
