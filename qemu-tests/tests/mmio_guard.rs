@@ -219,3 +219,64 @@ fn upstream_pkvm_guest_works_and_pvguard_needs_4x_fewer_hypercalls() {
     );
     assert_eq!(s.num("call_0xc6000007"), 0, "pvguard uses ranged calls");
 }
+
+/// Past the guard's fixed capacity an ioremap() fails with a message and
+/// a counter; it is never left mapped and unguarded. Everything mapped is
+/// released again, in the guest and in the hypervisor.
+#[test]
+fn ioremaps_beyond_capacity_fail_and_are_counted() {
+    let a = artifacts();
+    let b = Boot {
+        append: "pvguard=on".into(),
+        exec: Some(format!(
+            "echo 64 > /sys/kernel/debug/pvguard/mmio_fill; cat {SYSFS}/stats {SYSFS}/ranges"
+        )),
+        ..Boot::default()
+    };
+    let o = run(&a, &b, "mg-fill").unwrap();
+    check(
+        &o,
+        &[
+            "no room to track another MMIO range (capacity 64)",
+            "ioremap()s refused",
+            "capacity=64",
+            "pvguard-init: exit status 0",
+        ],
+        &["WARNING:"],
+    )
+    .unwrap();
+    let line = o
+        .console
+        .lines()
+        .find(|l| l.contains("pvguard: fill:"))
+        .expect("fill result");
+    let nums: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (mapped, refused) = (nums[nums.len() - 2], nums[nums.len() - 1]);
+    assert_eq!(mapped + refused, 64, "{line}");
+    assert!(refused >= 1 && mapped >= 60, "{line}");
+    let stats = o
+        .console
+        .lines()
+        .find(|l| l.starts_with("refused_ioremaps="))
+        .expect("sysfs stats");
+    assert_eq!(stats, format!("refused_ioremaps={refused}"));
+    let s = o.stats().expect("stats");
+    assert_eq!(
+        s.num("mmio_guard_full"),
+        0,
+        "the guest's table filled first; the hypervisor never had to refuse"
+    );
+    let ranges_line = o
+        .console
+        .lines()
+        .find(|l| l.starts_with("ranges="))
+        .expect("ranges");
+    assert_eq!(
+        format!("mmio_guard_ranges={}", &ranges_line["ranges=".len()..]),
+        format!("mmio_guard_ranges={}", s.num("mmio_guard_ranges")),
+        "guest and hypervisor agree after the unmaps"
+    );
+}
