@@ -29,16 +29,7 @@ pub trait Platform: Tlb {
         crate::sha256::compress_soft
     }
     /// Feeds RAM at `pa` (already checked to be guest RAM) to `sink`.
-    fn hash_ram(&mut self, pa: PhysAddr, len: u64, sink: &mut crate::sha256::Sha256) {
-        let mut buf = [0u8; 256];
-        let mut at = 0;
-        while at < len {
-            let n = (len - at).min(256) as usize;
-            self.read_ram(PhysAddr(pa.get() + at), &mut buf[..n]);
-            sink.update(&buf[..n]);
-            at += n as u64;
-        }
-    }
+    fn hash_ram(&mut self, pa: PhysAddr, len: u64, sink: &mut crate::sha256::Sha256);
     /// Reads RAM at `pa` (already checked to be guest RAM).
     fn read_ram(&mut self, pa: PhysAddr, buf: &mut [u8]);
     /// Writes one instruction to RAM at `pa` (checked, 4-byte aligned)

@@ -60,17 +60,7 @@ pub trait HypOps {
         ipa: Ipa,
         len: u64,
         sink: &mut crate::sha256::Sha256,
-    ) -> Result<(), OpsError> {
-        let mut page = [0u8; 4096];
-        let mut at = 0;
-        while at < len {
-            let n = (len - at).min(4096) as usize;
-            self.read_guest(Ipa(ipa.get() + at), &mut page[..n])?;
-            sink.update(&page[..n]);
-            at += n as u64;
-        }
-        Ok(())
-    }
+    ) -> Result<(), OpsError>;
     /// Writes one instruction into guest RAM at `ipa` on the guest's
     /// behalf, and makes it visible to instruction fetch.
     ///

@@ -27,6 +27,12 @@ impl Tlb for FakePlatform {
 }
 
 impl Platform for FakePlatform {
+    fn hash_ram(&mut self, pa: PhysAddr, len: u64, sink: &mut crate::sha256::Sha256) {
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| self.ram.get(&(pa.get() + i)).copied().unwrap_or(0))
+            .collect();
+        sink.update(&bytes);
+    }
     fn start_cpu(&mut self, mpidr: u64, slot: usize) -> u64 {
         self.firmware.push((0xc400_0003, [mpidr, slot as u64, 0]));
         0

@@ -61,6 +61,19 @@ impl HypOps for Ops {
         buf.copy_from_slice(&self.at(ipa.get())[..n]);
         Ok(())
     }
+    fn hash_guest(
+        &mut self,
+        ipa: Ipa,
+        len: u64,
+        sink: &mut crate::sha256::Sha256,
+    ) -> Result<(), OpsError> {
+        let r = IpaRange::new(ipa, len).ok_or(OpsError::NotGuestRam)?;
+        if !self.guest_ram().covers(&r) {
+            return Err(OpsError::NotGuestRam);
+        }
+        sink.update(&self.at(ipa.get())[..len as usize]);
+        Ok(())
+    }
     fn write_guest_insn(&mut self, ipa: Ipa, insn: u32) -> Result<(), OpsError> {
         self.at(ipa.get())[..4].copy_from_slice(&insn.to_le_bytes());
         Ok(())

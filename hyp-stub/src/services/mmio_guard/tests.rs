@@ -11,6 +11,14 @@ impl HypOps for Ops {
     fn read_guest(&mut self, _: Ipa, _: &mut [u8]) -> Result<(), OpsError> {
         Err(OpsError::NotGuestRam)
     }
+    fn hash_guest(
+        &mut self,
+        _: Ipa,
+        _: u64,
+        _: &mut crate::sha256::Sha256,
+    ) -> Result<(), OpsError> {
+        Err(OpsError::NotGuestRam)
+    }
     fn write_guest_insn(&mut self, _: Ipa, _: u32) -> Result<(), OpsError> {
         Err(OpsError::NotGuestRam)
     }
