@@ -215,7 +215,9 @@ fn sync_rust_sources() -> Result<(), String> {
     Ok(())
 }
 
-fn make(build: &Path, args: &[&str], log: &str) -> Result<(), String> {
+/// `make` in the kernel tree for the guest: out of tree, arm64, LLVM, the
+/// pinned Rust toolchain and the installed bindgen.
+fn make_command(build: &Path, args: &[&str]) -> Result<Command, String> {
     let toolchain = deps::toolchain()?;
     let mut cmd = Command::new("make");
     cmd.arg("-C")
@@ -226,6 +228,11 @@ fn make(build: &Path, args: &[&str], log: &str) -> Result<(), String> {
     if let Some(bindgen) = deps::which("bindgen") {
         cmd.arg(format!("BINDGEN={}", bindgen.display()));
     }
+    Ok(cmd)
+}
+
+fn make(build: &Path, args: &[&str], log: &str) -> Result<(), String> {
+    let mut cmd = make_command(build, args)?;
     sh::run_logged(
         &mut cmd,
         &format!("make {}", args.join(" ")),
@@ -275,12 +282,7 @@ fn configure(build: &Path) -> Result<(), String> {
     if !missing.is_empty() {
         let mut why = format!("the kernel config lacks {}", missing.join(", "));
         if missing.iter().any(|m| m.starts_with("CONFIG_RUST=")) {
-            let mut cmd = Command::new("make");
-            cmd.arg("-C")
-                .arg(src_dir())
-                .arg(format!("O={}", build.display()));
-            cmd.args(["ARCH=arm64", "LLVM=1", "rustavailable"])
-                .env("RUSTUP_TOOLCHAIN", deps::toolchain()?);
+            let mut cmd = make_command(build, &["rustavailable"])?;
             let out = cmd
                 .output()
                 .map(|o| {
