@@ -60,6 +60,12 @@ impl Artifacts {
     }
 }
 
+/// The artifacts, for system tests: panics with the reason (and how to
+/// get them built) if they are missing.
+pub fn artifacts() -> Artifacts {
+    Artifacts::from_env().unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// How to boot.
 #[derive(Clone, Debug)]
 pub struct Boot {

@@ -2,11 +2,7 @@
 //! The foundation: the guest boots under hyp-stub and on plain QEMU, and
 //! the hypervisor's stats are present and consistent.
 
-use qemu_tests::{check, run, Artifacts, Boot};
-
-fn artifacts() -> Artifacts {
-    Artifacts::from_env().unwrap_or_else(|e| panic!("{e}"))
-}
+use qemu_tests::{artifacts, check, run, Boot};
 
 #[test]
 fn boots_under_hyp_stub_and_powers_off() {

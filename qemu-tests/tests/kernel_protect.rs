@@ -4,11 +4,7 @@
 //! are stopped by the hypervisor (and succeed without it), static keys
 //! keep working, and a root user can self-check.
 
-use qemu_tests::{check, run, Artifacts, Boot, Outcome};
-
-fn artifacts() -> Artifacts {
-    Artifacts::from_env().unwrap_or_else(|e| panic!("{e}"))
-}
+use qemu_tests::{artifacts, check, run, Boot, Outcome};
 
 const KP: &str = "/sys/hypervisor/pvguard/kernel_protect";
 

@@ -2,11 +2,7 @@
 //! MMIO guard, end to end: enrollment, enforcement, sharing, the upstream
 //! pKVM guest, and the hypercall benchmark.
 
-use qemu_tests::{check, run, Artifacts, Boot};
-
-fn artifacts() -> Artifacts {
-    Artifacts::from_env().unwrap_or_else(|e| panic!("{e}"))
-}
+use qemu_tests::{artifacts, check, run, Boot};
 
 /// An IPA in the device window that no driver maps (virtio-mmio slot 0 on
 /// QEMU `virt`); reading it unguarded returns the virtio magic "virt".
