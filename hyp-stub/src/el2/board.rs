@@ -47,8 +47,8 @@ impl Board {
             read_sysreg!("cntpct_el0").wrapping_sub(start)
         };
         // Warm both up first (translation, caches), then compare.
-        let _ = (time(hw), time(sha256::compress_soft));
-        let faster = time(hw) < time(sha256::compress_soft);
+        let _ = (time(hw), time(super::sha256_words::compress));
+        let faster = time(hw) < time(super::sha256_words::compress);
         HW_SHA256.store(faster, Ordering::Relaxed);
         faster
     }
@@ -81,7 +81,7 @@ impl Platform for Board {
         if HW_SHA256.load(Ordering::Relaxed) {
             super::sha256_ce::compress
         } else {
-            sha256::compress_soft
+            super::sha256_words::compress
         }
     }
 

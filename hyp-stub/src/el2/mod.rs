@@ -7,6 +7,7 @@ pub mod console;
 mod entry;
 mod mmu;
 mod sha256_ce;
+mod sha256_words;
 mod sysreg;
 
 use core::panic::PanicInfo;

@@ -19,7 +19,6 @@ use core::fmt::{self, Write};
 use guest_kp::abi::{self, KpError, RegionType};
 use guest_kp::patch;
 use guest_kp::record::{Collector, IpaSpan, KernelAssetInfo, Layout, RecordError};
-use sha2::{Digest, Sha256};
 
 use crate::addr::{Ipa, IpaRange};
 use crate::esr::Width;
@@ -399,12 +398,12 @@ impl KernelProtect {
         if let Some(s) = self.sites.get_mut(slot) {
             s.current = new;
         }
-        let mut h = Sha256::new();
-        h.update(self.patch_log);
-        h.update(ipa.to_le_bytes());
-        h.update(old.to_le_bytes());
-        h.update(new.to_le_bytes());
-        self.patch_log = h.finalize().into();
+        let mut h = crate::sha256::Sha256::new(ops.sha256_compress());
+        h.update(&self.patch_log);
+        h.update(&ipa.to_le_bytes());
+        h.update(&old.to_le_bytes());
+        h.update(&new.to_le_bytes());
+        self.patch_log = h.finalize();
         self.counters.patches_accepted += 1;
         FaultAction::Emulated
     }
