@@ -132,7 +132,10 @@ impl KpState {
         self.status =
             match decode(hv.call(abi::ENABLE_VM_PROTECTION, [abi::SELF_ADDRSPACE, 0, 0, 0])) {
                 Ok(check) => {
-                    self.last = Some(check);
+                    // The measurement may still be being taken on a CPU
+                    // of the hypervisor's own (x3 = 0): then there is no
+                    // verdict to show until the first self-check.
+                    self.last = (check.measurement != 0).then_some(check);
                     Status::Protected
                 }
                 Err(e) => Status::Refused(e),

@@ -32,7 +32,10 @@ pub const ASSET_INFO: u32 = 0xC606_005F;
 
 /// ENABLE_VM_PROTECTION: run the integrity check of an address space.
 /// x1 = the target's address-space ID; a guest names itself with
-/// [`SELF_ADDRSPACE`].
+/// [`SELF_ADDRSPACE`]. Returns x1 = 1 if TEXT+RODATA are intact, x2 = the
+/// text patches the hypervisor performed, x3 = the first 64 bits of the
+/// measurement taken at the first call, or 0 if the first call returns
+/// while the hypervisor is still taking it on a CPU of its own.
 pub const ENABLE_VM_PROTECTION: u32 = 0xC606_0060;
 
 /// ASSET_INFO_COMPACT: report every region at once. x1 = IPA of one

@@ -37,6 +37,10 @@ pub const SERVICE_KERNEL_PROTECT: u64 = 1 << 1;
 /// `Manifest::services` bit: the guest is a protected VM whose MMIO guard
 /// is enforced from boot (pKVM's policy), not only after ENROLL.
 pub const MMIO_GUARD_FROM_BOOT: u64 = 1 << 8;
+/// `Manifest::services` bit: keep the last CPU of QEMU's device tree for
+/// the hypervisor (left out of the guest's), to hash guest memory in the
+/// background instead of inside the guest's hypercall.
+pub const RESERVE_CPU: u64 = 1 << 9;
 /// What `services == 0` means.
 pub const DEFAULT_SERVICES: u64 = SERVICE_MMIO_GUARD | SERVICE_KERNEL_PROTECT;
 

@@ -216,6 +216,47 @@ impl<'a> Fdt<'a> {
         self.node_prop("chosen", prop)
     }
 
+    /// The CPU under `/cpus` with the highest `reg` (its MPIDR affinity
+    /// bits): `(node name, reg)`, if there is one.
+    ///
+    /// # Errors
+    /// A parse error.
+    pub fn last_cpu(&self) -> Result<Option<(&'a [u8], u64)>, FdtError> {
+        let mut found: Option<(&'a [u8], u64)> = None;
+        let mut off = 0;
+        let mut depth = 0usize;
+        let mut names: [&'a [u8]; 4] = [b""; 4];
+        loop {
+            let (tok, next) = self.token(off)?;
+            off = next;
+            match tok {
+                Token::Begin(name) => {
+                    if let Some(slot) = names.get_mut(depth) {
+                        *slot = name;
+                    }
+                    depth += 1;
+                }
+                Token::End => depth = depth.checked_sub(1).ok_or(FdtError::BadToken)?,
+                Token::Prop { name, value }
+                    if depth == 3
+                        && names[1] == b"cpus"
+                        && names[2].starts_with(b"cpu@")
+                        && name == b"reg"
+                        && (value.len() == 4 || value.len() == 8) =>
+                {
+                    let reg = value.chunks(4).fold(0u64, |acc, c| {
+                        (acc << 32) | u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                    });
+                    if found.is_none_or(|(_, r)| reg > r) {
+                        found = Some((names[2], reg));
+                    }
+                }
+                Token::Finish => return Ok(found),
+                _ => {}
+            }
+        }
+    }
+
     /// The value of `/<node>/<prop>` for a top-level node, if present.
     ///
     /// # Errors
@@ -276,12 +317,23 @@ pub struct NodeProp<'e> {
     pub value: &'e [u8],
 }
 
+/// A node to leave out: `/<parent>/<name>` and everything under it.
+#[derive(Clone, Copy, Debug)]
+pub struct RemoveNode<'e> {
+    /// Name of the top-level node it is under, e.g. `cpus`.
+    pub parent: &'e str,
+    /// Its full name, e.g. `cpu@1`.
+    pub name: &'e [u8],
+}
+
 /// What to change in the guest's copy of the tree.
 pub struct Edits<'e> {
     /// New `(base, size)` of the (first) memory node.
     pub memory: (u64, u64),
     /// Properties to set on top-level nodes (at most [`MAX_PROPS`]).
     pub props: &'e [NodeProp<'e>],
+    /// Second-level nodes to leave out.
+    pub remove: &'e [RemoveNode<'e>],
 }
 
 /// Most properties one rewrite sets.
@@ -371,15 +423,44 @@ pub fn rewrite(fdt: &Fdt<'_>, edits: &Edits<'_>, out: &mut [u8]) -> Result<usize
     // Per depth: 0 = untouched, 1 = has props to set, 2 = memory.
     let mut node_kind = [0u8; 16];
     let mut node_name: &[u8] = b"";
+    let mut top: &[u8] = b"";
+    // The depth of a node being left out, while inside it.
+    let mut skipping: Option<usize> = None;
     let mut done = [false; MAX_PROPS];
     let mut memory_done = false;
     loop {
         let (tok, next) = fdt.token(off)?;
         let raw = &fdt.structs[off..next];
         off = next;
+        if let Some(d) = skipping {
+            match tok {
+                Token::Begin(_) => depth += 1,
+                Token::End => {
+                    if depth == d {
+                        skipping = None;
+                    }
+                    depth = depth.checked_sub(1).ok_or(FdtError::BadToken)?;
+                }
+                Token::Finish => return Err(FdtError::BadToken),
+                _ => {}
+            }
+            continue;
+        }
         match tok {
             Token::Begin(name) => {
                 depth += 1;
+                if depth == 2 {
+                    top = name;
+                }
+                if depth == 3
+                    && edits
+                        .remove
+                        .iter()
+                        .any(|r| r.parent.as_bytes() == top && r.name == name)
+                {
+                    skipping = Some(depth);
+                    continue;
+                }
                 let kind = match (depth, name) {
                     (2, n) if is_memory_node(n) && !memory_done => 2,
                     (2, n) if edits.props.iter().any(|p| p.node.as_bytes() == n) => {
@@ -491,9 +572,9 @@ mod tests {
     use std::vec::Vec;
 
     /// Builds a small tree shaped like QEMU's: root cells, a memory node,
-    /// and a /chosen with bootargs.
+    /// a /chosen with bootargs, /psci, and two CPUs with a cpu-map.
     fn sample() -> Vec<u8> {
-        let strings = b"#address-cells\0#size-cells\0reg\0device_type\0bootargs\0method\0";
+        let strings = b"#address-cells\0#size-cells\0reg\0device_type\0bootargs\0method\0cpu\0";
         let mut s = Vec::new();
         let tok = |s: &mut Vec<u8>, v: u32| s.extend_from_slice(&v.to_be_bytes());
         let node = |s: &mut Vec<u8>, name: &[u8]| {
@@ -529,6 +610,18 @@ mod tests {
         tok(&mut s, END_NODE);
         node(&mut s, b"psci");
         prop(&mut s, 52, b"smc\0");
+        tok(&mut s, END_NODE);
+        node(&mut s, b"cpus");
+        node(&mut s, b"cpu-map");
+        node(&mut s, b"core0");
+        prop(&mut s, 59, &1u32.to_be_bytes());
+        tok(&mut s, END_NODE);
+        tok(&mut s, END_NODE);
+        for (name, reg) in [(&b"cpu@0"[..], 0u32), (b"cpu@1", 1)] {
+            node(&mut s, name);
+            prop(&mut s, 27, &reg.to_be_bytes());
+            tok(&mut s, END_NODE);
+        }
         tok(&mut s, END_NODE);
         tok(&mut s, END_NODE);
         tok(&mut s, END);
@@ -582,6 +675,7 @@ mod tests {
                 p("psci", "method", b"hvc\0"),
                 p("psci", "linux,initrd-end", b"odd place, shared name\0"),
             ],
+            remove: &[],
         };
         let mut out = [0u8; 1024];
         let n = rewrite(&fdt, &edits, &mut out).unwrap();
@@ -612,10 +706,54 @@ mod tests {
         let edits = Edits {
             memory: (0, 1),
             props: &[],
+            remove: &[],
         };
         assert_eq!(
             rewrite(&fdt, &edits, &mut [0u8; 64]),
             Err(FdtError::NoSpace)
         );
+    }
+
+    #[test]
+    fn finds_the_last_cpu_and_leaves_nodes_out() {
+        let blob = sample();
+        let fdt = Fdt::new(&blob).unwrap();
+        assert_eq!(fdt.last_cpu(), Ok(Some((&b"cpu@1"[..], 1))));
+        let edits = Edits {
+            memory: (0x4000_0000, 0x3e00_0000),
+            props: &[],
+            remove: &[
+                RemoveNode {
+                    parent: "cpus",
+                    name: b"cpu@1",
+                },
+                RemoveNode {
+                    parent: "cpus",
+                    name: b"cpu-map",
+                },
+                RemoveNode {
+                    parent: "chosen",
+                    name: b"absent",
+                },
+            ],
+        };
+        let mut out = [0u8; 1024];
+        let n = rewrite(&fdt, &edits, &mut out).unwrap();
+        let new = Fdt::new(&out[..n]).unwrap();
+        assert_eq!(new.last_cpu(), Ok(Some((&b"cpu@0"[..], 0))));
+        assert_eq!(new.memory(), Ok((0x4000_0000, 0x3e00_0000)));
+        assert_eq!(new.chosen("bootargs"), Ok(Some(&b"console=ttyAMA0\0"[..])));
+        let has = |name: &[u8]| new.structs.windows(name.len()).any(|w| w == name);
+        assert!(!has(b"cpu@1") && !has(b"cpu-map") && !has(b"core0"));
+        assert!(has(b"cpu@0") && has(b"cpus"));
+        let kept = Edits {
+            remove: &[],
+            ..edits
+        };
+        let mut full = [0u8; 1024];
+        let m = rewrite(&fdt, &kept, &mut full).unwrap();
+        // cpu-map: two begins (12 each), a 4-byte property (16), two ends;
+        // cpu@1: a begin (12), a 4-byte property (16), an end.
+        assert_eq!(m - n, 48 + 32, "exactly those two subtrees are gone");
     }
 }

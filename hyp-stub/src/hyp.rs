@@ -30,6 +30,13 @@ pub trait Platform: Tlb {
     }
     /// Feeds RAM at `pa` (already checked to be guest RAM) to `sink`.
     fn hash_ram(&mut self, pa: PhysAddr, len: u64, sink: &mut crate::sha256::Sha256);
+    /// Starts hashing the RAM `spans` (already checked to be guest RAM),
+    /// in order, into one SHA-256 on a CPU the hypervisor keeps for
+    /// itself. False if there is no such CPU or it is busy.
+    fn start_background_hash(&mut self, spans: &[(PhysAddr, u64)]) -> bool;
+    /// The digest of the background hash, once it is done (waiting for
+    /// it); `None` if none was started.
+    fn finish_background_hash(&mut self) -> Option<[u8; 32]>;
     /// Reads RAM at `pa` (already checked to be guest RAM).
     fn read_ram(&mut self, pa: PhysAddr, buf: &mut [u8]);
     /// Writes one instruction to RAM at `pa` (checked, 4-byte aligned)
@@ -121,6 +128,18 @@ impl<M: TableMemory> HypOps for Ops<'_, M> {
         self.plat.hash_ram(PhysAddr(ipa.get()), len, sink);
         Ok(())
     }
+    fn hash_guest_in_background(&mut self, spans: &[IpaRange]) -> Result<bool, OpsError> {
+        let mut phys = [(PhysAddr(0), 0); MAX_BACKGROUND_SPANS];
+        let out = phys.get_mut(..spans.len()).ok_or(OpsError::TooManySpans)?;
+        for (o, r) in out.iter_mut().zip(spans) {
+            self.ram_range(r.start(), r.size())?;
+            *o = (PhysAddr(r.start().get()), r.size());
+        }
+        Ok(self.plat.start_background_hash(out))
+    }
+    fn background_hash(&mut self) -> Option<[u8; 32]> {
+        self.plat.finish_background_hash()
+    }
     fn log(&mut self, args: core::fmt::Arguments<'_>) {
         let out = self.plat.console();
         let _ = out.write_str("hyp-stub: ");
@@ -143,6 +162,9 @@ impl<M: TableMemory> HypOps for Ops<'_, M> {
 /// Most vCPUs (one per physical CPU, MPIDR Aff0 0..MAX_CPUS).
 pub const MAX_CPUS: usize = 8;
 
+/// Most guest ranges one background hash covers.
+pub const MAX_BACKGROUND_SPANS: usize = 4;
+
 /// Where each vCPU stands in its PSCI life cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum CpuState {
@@ -153,6 +175,9 @@ enum CpuState {
         context: u64,
     },
     On,
+    /// The hypervisor's own CPU, not the guest's (absent from its device
+    /// tree; CPU_ON is refused as for any CPU that does not exist).
+    Hypervisor,
 }
 
 /// The hypervisor core.
@@ -210,6 +235,19 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
         })
     }
 
+    /// Keeps the CPU `mpidr` for the hypervisor: the guest cannot start
+    /// it. False if it is not a CPU the hypervisor knows, or is the boot
+    /// CPU.
+    pub fn reserve_cpu(&mut self, mpidr: u64) -> bool {
+        match cpu_slot(mpidr) {
+            Some(slot) if self.cpus[slot] == CpuState::Off => {
+                self.cpus[slot] = CpuState::Hypervisor;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Called on a secondary CPU started for vCPU `slot`: where it enters
     /// the guest and with which context ID, if a CPU_ON is pending.
     pub fn secondary_boot(&mut self, slot: usize) -> Option<(u64, u64)> {
@@ -232,6 +270,7 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
             return psci::INVALID_ADDRESS;
         }
         match self.cpus[slot] {
+            CpuState::Hypervisor => return psci::INVALID_PARAMETERS,
             CpuState::On => return psci::ALREADY_ON,
             CpuState::Pending { .. } => return psci::ON_PENDING,
             CpuState::Off => {}
@@ -398,6 +437,17 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
             | psci::SYSTEM_RESET
             | psci::SYSTEM_RESET2_32
             | psci::SYSTEM_RESET2_64 => {
+                let Self {
+                    layout,
+                    services,
+                    stage2,
+                    ..
+                } = self;
+                services.finish_all(&mut Ops {
+                    layout: *layout,
+                    stage2,
+                    plat,
+                });
                 let _ = self.write_stats(plat.console());
                 plat.firmware_call(call.fid, [a0, a1, a2])
             }

@@ -34,6 +34,8 @@ pub enum OpsError {
     Misaligned,
     /// Stage-2 table memory ran out.
     OutOfTables,
+    /// More ranges than one background hash takes.
+    TooManySpans,
 }
 
 /// What the core offers services (the ops table handed over at init and
@@ -61,6 +63,20 @@ pub trait HypOps {
         len: u64,
         sink: &mut crate::sha256::Sha256,
     ) -> Result<(), OpsError>;
+    /// Starts hashing the guest ranges `spans`, in order, into one SHA-256
+    /// on a CPU the hypervisor keeps for itself, so the guest need not
+    /// wait. The caller must keep the ranges unchanged (stage 2 read-only,
+    /// no writes of its own) until it has taken the digest with
+    /// [`HypOps::background_hash`]. `Ok(false)` if there is no such CPU.
+    ///
+    /// # Errors
+    /// [`OpsError::NotGuestRam`] if a range is not inside guest RAM,
+    /// [`OpsError::TooManySpans`] for more than
+    /// [`crate::hyp::MAX_BACKGROUND_SPANS`] ranges.
+    fn hash_guest_in_background(&mut self, spans: &[IpaRange]) -> Result<bool, OpsError>;
+    /// The digest of the background hash, waiting for it if it is still
+    /// running; `None` if none was started.
+    fn background_hash(&mut self) -> Option<[u8; 32]>;
     /// Writes one instruction into guest RAM at `ipa` on the guest's
     /// behalf, and makes it visible to instruction fetch.
     ///
@@ -168,6 +184,9 @@ pub trait Service: Send {
     fn mmio_access(&mut self, _ipa: Ipa, _write: bool) -> MmioVerdict {
         MmioVerdict::Allow
     }
+    /// Called when the guest powers off or resets, before the stats are
+    /// written: finish any background work.
+    fn finish(&mut self, _ops: &mut dyn HypOps) {}
     /// Writes the service's counters as `key=value` lines.
     ///
     /// # Errors
@@ -230,6 +249,13 @@ impl<'s> Registry<'s> {
             s.init(ops).map_err(|e| (s.name(), e))?;
         }
         Ok(())
+    }
+
+    /// Lets every service finish its background work.
+    pub fn finish_all(&mut self, ops: &mut dyn HypOps) {
+        for s in self.services.iter_mut() {
+            s.finish(ops);
+        }
     }
 
     /// The service answering `fid`.

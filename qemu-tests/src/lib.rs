@@ -79,8 +79,11 @@ pub struct Boot {
     pub add: Vec<PathBuf>,
     /// `Manifest::services` for hyp-stub (0: default).
     pub services: u64,
-    /// Number of CPUs (vCPUs under hyp-stub).
+    /// Number of CPUs the guest gets.
     pub cpus: u32,
+    /// Under hyp-stub: one more CPU, which hyp-stub keeps for itself to
+    /// measure the guest in the background (`boot::RESERVE_CPU`).
+    pub hyp_cpu: bool,
     /// Hard time limit.
     pub timeout: Duration,
     /// Interactive: console on the terminal (no capture, no timeout).
@@ -96,6 +99,7 @@ impl Default for Boot {
             add: Vec::new(),
             services: 0,
             cpus: 1,
+            hyp_cpu: true,
             timeout: Duration::from_secs(120),
             interactive: false,
         }
@@ -165,7 +169,9 @@ pub fn command(a: &Artifacts, b: &Boot, tag: &str) -> Result<Command, String> {
         "virt,gic-version=3"
     };
     cmd.args(["-machine", machine, "-cpu", "max", "-m", "1G"]);
-    cmd.arg("-smp").arg(b.cpus.to_string());
+    let hyp_cpu = b.hyp && b.hyp_cpu;
+    cmd.arg("-smp")
+        .arg((b.cpus + u32::from(hyp_cpu)).to_string());
     cmd.args([
         "-display",
         "none",
@@ -183,7 +189,10 @@ pub fn command(a: &Artifacts, b: &Boot, tag: &str) -> Result<Command, String> {
             kernel_size,
             initrd_ipa: boot::INITRD_LOAD_IPA,
             initrd_size,
-            services: b.services,
+            services: match b.services {
+                0 => boot::DEFAULT_SERVICES,
+                s => s,
+            } | if hyp_cpu { boot::RESERVE_CPU } else { 0 },
         };
         let mpath = a.scratch.join(format!("manifest-{tag}.bin"));
         fs::write(&mpath, manifest.to_bytes()).map_err(|e| format!("{}: {e}", mpath.display()))?;

@@ -142,3 +142,29 @@ fn a_bad_layout_is_reported_not_sent() {
     ));
     assert!(hv.calls.is_empty(), "nothing sent");
 }
+
+/// A hypervisor that measures in the background: its enable answer has no
+/// measurement yet.
+struct BackgroundHyp;
+
+impl Hypercall for BackgroundHyp {
+    fn call(&mut self, fid: u32, _: [u64; 4]) -> [u64; 4] {
+        match fid {
+            abi::ENABLE_VM_PROTECTION => [0, 1, 0, 0],
+            _ => [0, 0, 0, 0],
+        }
+    }
+}
+
+#[test]
+fn no_verdict_while_the_measurement_is_taken_in_the_background() {
+    let mut s = KpState::new();
+    s.set_mode(Mode::On);
+    let mut hv = BackgroundHyp;
+    s.report(&mut hv, &layout(), |_| 0x4100_0000);
+    assert_eq!(s.enable(&mut hv), Status::Protected);
+    assert_eq!(
+        text(|s, w| s.write_self_check(w), &s),
+        "verdict=none\nchecks=0\n"
+    );
+}

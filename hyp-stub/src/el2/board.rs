@@ -85,6 +85,20 @@ impl Platform for Board {
         }
     }
 
+    fn start_background_hash(&mut self, spans: &[(PhysAddr, u64)]) -> bool {
+        super::measure_cpu::start(self, spans)
+    }
+
+    fn finish_background_hash(&mut self) -> Option<[u8; 32]> {
+        let digest = super::measure_cpu::finish()?;
+        let _ = writeln!(
+            self.console,
+            "hyp-stub: background hash took {} us on the hypervisor's CPU",
+            super::measure_cpu::last_job_us()
+        );
+        Some(digest)
+    }
+
     fn hash_ram(&mut self, pa: PhysAddr, len: u64, sink: &mut sha256::Sha256) {
         // SAFETY: the core checked that the range is guest RAM, mapped at
         // EL2; the only vCPU is stopped in the hypervisor while we read.

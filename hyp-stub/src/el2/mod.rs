@@ -5,6 +5,7 @@
 mod board;
 pub mod console;
 mod entry;
+mod measure_cpu;
 mod mmu;
 mod sha256_ce;
 mod sha256_words;
@@ -16,8 +17,8 @@ use core::ptr::addr_of_mut;
 use hyp_stub::addr::{Ipa, IpaRange, PhysAddr};
 use hyp_stub::boot::{self, KernelImage, Manifest};
 use hyp_stub::esr::Esr;
-use hyp_stub::fdt::{self, Edits, Fdt, NodeProp};
-use hyp_stub::hyp::{Hyp, Layout, Platform};
+use hyp_stub::fdt::{self, Edits, Fdt, NodeProp, RemoveNode};
+use hyp_stub::hyp::{cpu_slot, Hyp, Layout, Platform};
 use hyp_stub::service::Registry;
 use hyp_stub::services::kernel_protect::{AssetExtents, KernelProtect};
 use hyp_stub::services::mmio_guard::{self, MmioGuard};
@@ -110,6 +111,34 @@ extern "C" fn hyp_main() -> ! {
         refuse_to_boot(format_args!("kernel does not fit in guest RAM"));
     }
 
+    // A CPU kept for the hypervisor's background work (the last one in
+    // QEMU's tree) is left out of the guest's, with the CPU map that
+    // names it.
+    let services = manifest.services();
+    let boot_mpidr = read_sysreg!("mpidr_el1") & 0xff_00ff_ffff;
+    let kept_cpu = match fdt.last_cpu() {
+        _ if services & boot::RESERVE_CPU == 0 => None,
+        Ok(Some((name, mpidr))) if mpidr != boot_mpidr && cpu_slot(mpidr).is_some() => {
+            Some((name, mpidr))
+        }
+        _ => {
+            println!("no spare CPU to keep: measurements run on the guest's CPU");
+            None
+        }
+    };
+    let removals = kept_cpu.map(|(name, _)| {
+        [
+            RemoveNode {
+                parent: "cpus",
+                name,
+            },
+            RemoveNode {
+                parent: "cpus",
+                name: b"cpu-map",
+            },
+        ]
+    });
+
     // The guest's device tree: only guest memory, plus the initramfs.
     let initrd_start = manifest.initrd_ipa.to_be_bytes();
     let initrd_end = (manifest.initrd_ipa + manifest.initrd_size).to_be_bytes();
@@ -139,6 +168,7 @@ extern "C" fn hyp_main() -> ! {
         } else {
             &props[..1]
         },
+        remove: removals.as_ref().map_or(&[], |r| &r[..]),
     };
     // SAFETY: boot is single-threaded; DTB_BUF is used only here.
     let buf = unsafe { &mut *addr_of_mut!(DTB_BUF) };
@@ -175,7 +205,6 @@ extern "C" fn hyp_main() -> ! {
         mmio_window: IpaRange::new(Ipa(0), boot::RAM_BASE)
             .unwrap_or_else(|| refuse_to_boot(format_args!("no device window"))),
     };
-    let services = manifest.services();
     let mut registry = Registry::new();
     if services & boot::SERVICE_MMIO_GUARD != 0 {
         static GUARD: StaticCell<MmioGuard> = StaticCell::new();
@@ -211,6 +240,15 @@ extern "C" fn hyp_main() -> ! {
     let mut hyp = Hyp::new(layout, registry, s2);
     if let Err((name, e)) = hyp.start_services(&mut Board::new()) {
         refuse_to_boot(format_args!("service {name} failed to start: {e}"));
+    }
+    if let Some((_, mpidr)) = kept_cpu {
+        if hyp.reserve_cpu(mpidr) {
+            measure_cpu::reserve(mpidr);
+            println!(
+                "CPU {:#x} kept for background measurements (not in the guest's device tree)",
+                mpidr
+            );
+        }
     }
     *HYP.lock() = Some(hyp);
 
@@ -248,6 +286,9 @@ extern "C" fn hyp_main() -> ! {
 extern "C" fn secondary_main(slot: usize) -> ! {
     // SAFETY: the boot CPU built the EL2 tables before any CPU_ON.
     unsafe { mmu::enable_el2_mmu_secondary() };
+    if measure_cpu::slot() == Some(slot) {
+        measure_cpu::run();
+    }
     let (vtcr, vttbr) = *STAGE2_REGS.lock();
     let boot = HYP.lock().as_mut().and_then(|hyp| hyp.secondary_boot(slot));
     let Some((guest_entry, context)) = boot else {

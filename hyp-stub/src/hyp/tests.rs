@@ -19,6 +19,9 @@ struct FakePlatform {
     console: String,
     ram: std::collections::BTreeMap<u64, u8>,
     insns: Vec<(PhysAddr, u32)>,
+    /// Whether it has a CPU of the hypervisor's own to hash on.
+    hyp_cpu: bool,
+    background: Option<Vec<(PhysAddr, u64)>>,
 }
 
 impl Tlb for FakePlatform {
@@ -32,6 +35,21 @@ impl Platform for FakePlatform {
             .map(|i| self.ram.get(&(pa.get() + i)).copied().unwrap_or(0))
             .collect();
         sink.update(&bytes);
+    }
+    fn start_background_hash(&mut self, spans: &[(PhysAddr, u64)]) -> bool {
+        if self.hyp_cpu && self.background.is_none() {
+            self.background = Some(spans.to_vec());
+            return true;
+        }
+        false
+    }
+    fn finish_background_hash(&mut self) -> Option<[u8; 32]> {
+        let spans = self.background.take()?;
+        let mut h = crate::sha256::Sha256::new(crate::sha256::compress_soft);
+        for (pa, len) in spans {
+            self.hash_ram(pa, len, &mut h);
+        }
+        Some(h.finalize())
     }
     fn start_cpu(&mut self, mpidr: u64, slot: usize) -> u64 {
         self.firmware.push((0xc400_0003, [mpidr, slot as u64, 0]));
@@ -548,4 +566,102 @@ fn cpu_on_is_checked_forwarded_with_the_hypervisors_entry_and_completed() {
     assert_eq!(hyp.secondary_boot(1), None, "only once");
     assert_eq!(on(&mut hyp, &mut plat, 1, 0x4020_0000), psci::ALREADY_ON);
     assert_eq!(hyp.secondary_boot(5), None);
+    // A CPU kept for the hypervisor does not exist for the guest.
+    assert!(!hyp.reserve_cpu(0), "not the boot CPU");
+    assert!(!hyp.reserve_cpu(1), "not a running vCPU");
+    assert!(!hyp.reserve_cpu(0x100), "not an MPIDR the core knows");
+    assert!(hyp.reserve_cpu(3));
+    assert!(!hyp.reserve_cpu(3), "only once");
+    let before = plat.firmware.len();
+    assert_eq!(
+        on(&mut hyp, &mut plat, 3, 0x4020_0000),
+        psci::INVALID_PARAMETERS
+    );
+    assert_eq!(hyp.secondary_boot(3), None);
+    assert_eq!(plat.firmware.len(), before, "nothing reached the firmware");
+}
+
+/// Asks for a background hash of `[x1, x1 + x2)` on each call, and takes
+/// the digest when the guest powers off.
+#[derive(Default)]
+struct BackgroundHasher {
+    started: Vec<Result<bool, OpsError>>,
+    digest: Option<[u8; 32]>,
+    finished: bool,
+}
+
+impl Service for BackgroundHasher {
+    fn name(&self) -> &'static str {
+        "hasher"
+    }
+    fn function_ids(&self) -> &'static [u32] {
+        &[0xc600_0020]
+    }
+    fn init(&mut self, _: &mut dyn HypOps) -> Result<(), ServiceError> {
+        Ok(())
+    }
+    fn call(&mut self, call: &Call, ops: &mut dyn HypOps) -> CallResult {
+        let [start, len, count, ..] = call.args;
+        let r = IpaRange::new(Ipa(start), len).unwrap();
+        let spans = vec![r; count as usize];
+        self.started.push(ops.hash_guest_in_background(&spans));
+        [0; 4]
+    }
+    fn finish(&mut self, ops: &mut dyn HypOps) {
+        self.finished = true;
+        self.digest = ops.background_hash();
+    }
+}
+
+#[test]
+fn background_hashes_are_checked_and_finished_before_power_off() {
+    let mut hasher = BackgroundHasher::default();
+    let mut reg = Registry::new();
+    reg.register(&mut hasher).unwrap();
+    let mut hyp = hyp_with(reg);
+    let mut plat = FakePlatform::default();
+    plat.ram.insert(0x4000_0010, 0xab);
+    let mut ask = |plat: &mut FakePlatform, start: u64, len: u64, count: u64| {
+        let mut v = vcpu_with(&[0xc600_0020, start, len, count]);
+        hyp.handle_sync(Esr(HVC), 0, 0, &mut v, plat);
+    };
+    ask(&mut plat, 0x4000_0000, 0x1000, 1);
+    plat.hyp_cpu = true;
+    ask(&mut plat, 0x7e00_0000, 0x1000, 1);
+    ask(&mut plat, 0x3fff_f000, 0x2000, 1);
+    ask(
+        &mut plat,
+        0x4000_0000,
+        0x1000,
+        MAX_BACKGROUND_SPANS as u64 + 1,
+    );
+    assert!(
+        plat.background.is_none(),
+        "nothing bad reached the platform"
+    );
+    ask(&mut plat, 0x4000_0000, 0x1000, 2);
+    assert_eq!(
+        plat.background,
+        Some(vec![(PhysAddr(0x4000_0000), 0x1000); 2])
+    );
+    let mut v = vcpu_with(&[u64::from(psci::SYSTEM_OFF)]);
+    hyp.handle_sync(Esr(HVC), 0, 0, &mut v, &mut plat);
+    drop(hyp);
+    assert_eq!(
+        hasher.started,
+        [
+            Ok(false),
+            Err(OpsError::NotGuestRam),
+            Err(OpsError::NotGuestRam),
+            Err(OpsError::TooManySpans),
+            Ok(true)
+        ]
+    );
+    assert!(hasher.finished);
+    let mut page = [0u8; 0x1000];
+    page[0x10] = 0xab;
+    let mut want = crate::sha256::Sha256::new(crate::sha256::compress_soft);
+    want.update(&page);
+    want.update(&page);
+    assert_eq!(hasher.digest, Some(want.finalize()));
 }

@@ -62,6 +62,17 @@ enum State {
     Protected(Layout),
 }
 
+/// Which CPU hashed the baseline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MeasuredOn {
+    /// Not measured yet.
+    Nothing,
+    /// The guest's, inside its enable call.
+    GuestCpu,
+    /// The hypervisor's own, while the guest went on.
+    HypervisorCpu,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Site {
     ipa: u64,
@@ -91,6 +102,11 @@ pub struct KernelProtect {
     ram: (u64, u64),
     collector: Collector,
     baseline: [u8; 32],
+    /// The baseline is being hashed on the hypervisor's own CPU: until it
+    /// is taken, nothing may change TEXT or RODATA.
+    baseline_pending: bool,
+    /// Where the baseline was hashed.
+    measured_on: MeasuredOn,
     patch_log: [u8; 32],
     sites: heapless::Vec<Site, MAX_PATCH_SITES>,
     counters: Counters,
@@ -119,6 +135,8 @@ impl KernelProtect {
             ram: (0, 0),
             collector: Collector::new(),
             baseline: [0; 32],
+            baseline_pending: false,
+            measured_on: MeasuredOn::Nothing,
             patch_log: [0; 32],
             sites: heapless::Vec::new(),
             counters: Counters {
@@ -260,6 +278,26 @@ impl KernelProtect {
         Ok(h.finalize())
     }
 
+    /// Takes the baseline from the hypervisor's CPU if it is still being
+    /// hashed (waiting for it). Everything that changes TEXT or needs the
+    /// baseline comes through here first.
+    fn settle(&mut self, layout: &Layout, ops: &mut dyn HypOps) {
+        if !self.baseline_pending {
+            return;
+        }
+        self.baseline_pending = false;
+        self.baseline = match ops.background_hash() {
+            Some(d) => d,
+            // Not expected: the hash was started. TEXT and RODATA are
+            // unchanged since enable (nothing was patched while pending),
+            // so measuring now gives the same baseline.
+            None => {
+                self.measured_on = MeasuredOn::GuestCpu;
+                self.measure(layout, ops).unwrap_or([0; 32])
+            }
+        };
+    }
+
     /// Whether every patched site still holds what the hypervisor wrote.
     fn sites_hold(&self, ops: &mut dyn HypOps) -> bool {
         self.sites.iter().all(|s| {
@@ -268,9 +306,14 @@ impl KernelProtect {
         })
     }
 
+    /// The enable call's answer: x1 = intact, x2 = patches performed,
+    /// x3 = the first 64 bits of the baseline (0 while it is still being
+    /// hashed in the background).
     fn verdict(&self, intact: bool) -> CallResult {
         let mut prefix = [0u8; 8];
-        prefix.copy_from_slice(&self.baseline[..8]);
+        if !self.baseline_pending {
+            prefix.copy_from_slice(&self.baseline[..8]);
+        }
         [
             abi::RET_OK,
             u64::from(intact),
@@ -289,10 +332,10 @@ impl KernelProtect {
         match self.state {
             State::Inactive | State::Active => ret(KpError::ObjectState),
             State::Reported(layout) => {
-                self.baseline = match self.measure(&layout, ops) {
-                    Ok(d) => d,
-                    Err(_) => return ret(KpError::AddrInvalid),
-                };
+                // Permissions first: from here on TEXT and RODATA change
+                // only through this service, so the measurement taken
+                // next (here or on the hypervisor's CPU) is of the kernel
+                // as it was at this call.
                 let plan = [
                     (layout.text(), TEXT),
                     (layout.rodata(), Perms::R_EL0X),
@@ -311,6 +354,27 @@ impl KernelProtect {
                     }
                 }
                 self.state = State::Protected(layout);
+                let spans = [layout.text(), layout.rodata()]
+                    .map(|s| IpaRange::new(Ipa(s.start()), s.size()));
+                let background = match spans {
+                    [Some(text), Some(rodata)] => ops.hash_guest_in_background(&[text, rodata]),
+                    _ => Err(OpsError::NotGuestRam),
+                };
+                if background == Ok(true) {
+                    self.baseline_pending = true;
+                    self.measured_on = MeasuredOn::HypervisorCpu;
+                } else {
+                    self.measured_on = MeasuredOn::GuestCpu;
+                    match self.measure(&layout, ops) {
+                        Ok(d) => self.baseline = d,
+                        // The ranges were just protected, so they are
+                        // guest RAM; stay protected regardless.
+                        Err(e) => {
+                            ops.log(format_args!("kernel protect: cannot measure: {e:?}"));
+                            return ret(KpError::AddrInvalid);
+                        }
+                    }
+                }
                 ops.log(format_args!(
                     "kernel protect: enabled; TEXT {:#x}..{:#x} RODATA {:#x}..{:#x} DATA {:#x}..{:#x} BSS {:#x}..{:#x}",
                     layout.text().start(),
@@ -325,6 +389,7 @@ impl KernelProtect {
                 self.verdict(true)
             }
             State::Protected(layout) => {
+                self.settle(&layout, ops);
                 self.counters.self_checks += 1;
                 let intact = self.sites_hold(ops)
                     && self.measure(&layout, ops).is_ok_and(|d| d == self.baseline);
@@ -368,6 +433,8 @@ impl KernelProtect {
         if let Err(why) = patch::validate(old, new, ipa, layout.text()) {
             return refuse(self, ops, format_args!("{why}"));
         }
+        // TEXT must not change under a baseline still being hashed.
+        self.settle(layout, ops);
         let slot = match self.sites.binary_search_by_key(&ipa, |s| s.ipa) {
             Ok(i) => i,
             Err(i) => {
@@ -486,6 +553,12 @@ impl Service for KernelProtect {
         }
     }
 
+    fn finish(&mut self, ops: &mut dyn HypOps) {
+        if let State::Protected(layout) = self.state {
+            self.settle(&layout, ops);
+        }
+    }
+
     fn write_stats(&self, out: &mut dyn Write) -> fmt::Result {
         let c = &self.counters;
         let state = match self.state {
@@ -507,9 +580,19 @@ impl Service for KernelProtect {
         writeln!(out, "kp_exec_blocked={}", c.exec_blocked)?;
         writeln!(out, "kp_self_checks={}", c.self_checks)?;
         writeln!(out, "kp_self_check_failures={}", c.self_check_failures)?;
+        let measured_on = match self.measured_on {
+            MeasuredOn::Nothing => "-",
+            MeasuredOn::GuestCpu => "guest-cpu",
+            MeasuredOn::HypervisorCpu => "hypervisor-cpu",
+        };
+        writeln!(out, "kp_measured_on={measured_on}")?;
         write!(out, "kp_measurement=")?;
-        for b in self.baseline {
-            write!(out, "{b:02x}")?;
+        if self.baseline_pending {
+            write!(out, "pending")?;
+        } else {
+            for b in self.baseline {
+                write!(out, "{b:02x}")?;
+            }
         }
         write!(out, "\nkp_patch_log=")?;
         for b in self.patch_log {

@@ -20,10 +20,14 @@ const BSS: (u64, u64) = (0x4058_0000, 0x4060_0000);
 const FIXMAP: u64 = 0xffff_7fff_fe7f_d000;
 const RECORD_IPA: u64 = 0x4055_0000;
 
-/// 8 MiB of fake guest RAM at RAM.
+/// 8 MiB of fake guest RAM at RAM, and optionally a hypervisor CPU for
+/// background hashing. Its hash is computed only when the digest is
+/// taken, so anything written while it is "running" would show.
 struct Ops {
     mem: Vec<u8>,
     perms: Vec<(IpaRange, Perms)>,
+    hyp_cpu: bool,
+    background: Option<Vec<IpaRange>>,
 }
 
 impl Ops {
@@ -31,6 +35,14 @@ impl Ops {
         Self {
             mem: vec![0; 8 << 20],
             perms: Vec::new(),
+            hyp_cpu: false,
+            background: None,
+        }
+    }
+    fn with_hyp_cpu() -> Self {
+        Self {
+            hyp_cpu: true,
+            ..Self::new()
         }
     }
     fn at(&mut self, ipa: u64) -> &mut [u8] {
@@ -73,6 +85,24 @@ impl HypOps for Ops {
         }
         sink.update(&self.at(ipa.get())[..len as usize]);
         Ok(())
+    }
+    fn hash_guest_in_background(&mut self, spans: &[IpaRange]) -> Result<bool, OpsError> {
+        assert!(self.background.is_none(), "one background hash at a time");
+        if spans.iter().any(|r| !self.guest_ram().covers(r)) {
+            return Err(OpsError::NotGuestRam);
+        }
+        if self.hyp_cpu {
+            self.background = Some(spans.to_vec());
+        }
+        Ok(self.hyp_cpu)
+    }
+    fn background_hash(&mut self) -> Option<[u8; 32]> {
+        let spans = self.background.take()?;
+        let mut h = crate::sha256::Sha256::new(crate::sha256::compress_soft);
+        for r in spans {
+            h.update(&self.at(r.start().get())[..r.size() as usize]);
+        }
+        Some(h.finalize())
     }
     fn write_guest_insn(&mut self, ipa: Ipa, insn: u32) -> Result<(), OpsError> {
         self.at(ipa.get())[..4].copy_from_slice(&insn.to_le_bytes());
@@ -360,7 +390,17 @@ fn fault<'a>(
 
 #[test]
 fn jump_label_patches_through_the_fixmap_are_performed() {
-    let mut ops = Ops::new();
+    jump_label_patches(Ops::new());
+}
+
+#[test]
+fn patches_wait_for_a_baseline_hashed_in_the_background() {
+    // The fake hashes when the digest is taken: a patch written before
+    // that would be in the baseline and the self-check would fail.
+    jump_label_patches(Ops::with_hyp_cpu());
+}
+
+fn jump_label_patches(mut ops: Ops) {
     let site = TEXT.0 + 0x1234 * 4;
     let b = encode_b(site, site + 0x80).unwrap();
     // A jump-label site (a NOP) in TEXT when protection is enabled.
@@ -441,4 +481,74 @@ fn self_check_detects_a_change_made_behind_its_back() {
     let r = call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
     assert_eq!(r[..2], [0, 0], "not intact");
     assert_eq!(kp.counters.self_check_failures, 1);
+}
+
+fn stats(kp: &KernelProtect) -> std::string::String {
+    let mut out = std::string::String::new();
+    kp.write_stats(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn baseline_hashed_on_the_hypervisor_cpu_is_the_same_measurement() {
+    let fill = |ops: &mut Ops| {
+        for (i, b) in ops.at(TEXT.0)[..(RODATA.1 - TEXT.0) as usize]
+            .iter_mut()
+            .enumerate()
+        {
+            *b = (i * 131 + i / 4096) as u8;
+        }
+    };
+    let mut sync_ops = Ops::new();
+    fill(&mut sync_ops);
+    let mut sync = service(&mut sync_ops);
+    assert_eq!(submit(&mut sync, &mut sync_ops, &record()), 0);
+    let r = call(
+        &mut sync,
+        &mut sync_ops,
+        abi::ENABLE_VM_PROTECTION,
+        [0, 0, 0],
+    );
+    assert_ne!(r[3], 0, "measured inside the call");
+    assert!(stats(&sync).contains("kp_measured_on=guest-cpu\n"));
+
+    let mut ops = Ops::with_hyp_cpu();
+    fill(&mut ops);
+    let mut kp = service(&mut ops);
+    assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+    let r = call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
+    assert_eq!(
+        r,
+        [0, 1, 0, 0],
+        "protected; the measurement is not ready yet"
+    );
+    assert!(
+        ops.perms.len() == 4 && ops.background.is_some(),
+        "permissions applied before the hash started"
+    );
+    assert!(stats(&kp).contains("kp_measurement=pending\n"));
+    // Power-off takes the digest so the stats show it.
+    kp.finish(&mut ops);
+    assert_eq!(kp.baseline, sync.baseline);
+    assert!(stats(&kp).contains("kp_measured_on=hypervisor-cpu\n"));
+    assert!(!stats(&kp).contains("pending"));
+    // A self-check compares against it.
+    let r = call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
+    assert_eq!(r[..2], [0, 1]);
+    assert_eq!(
+        r[3],
+        u64::from_be_bytes(kp.baseline[..8].try_into().unwrap())
+    );
+}
+
+#[test]
+fn self_check_waits_for_the_background_baseline() {
+    let mut ops = Ops::with_hyp_cpu();
+    let mut kp = service(&mut ops);
+    assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+    call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
+    let r = call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
+    assert_eq!(r[..2], [0, 1], "intact");
+    assert_ne!(r[3], 0);
+    assert!(ops.background.is_none(), "the digest was taken");
 }

@@ -19,6 +19,12 @@ impl HypOps for Ops {
     ) -> Result<(), OpsError> {
         Err(OpsError::NotGuestRam)
     }
+    fn hash_guest_in_background(&mut self, _: &[IpaRange]) -> Result<bool, OpsError> {
+        Ok(false)
+    }
+    fn background_hash(&mut self) -> Option<[u8; 32]> {
+        None
+    }
     fn write_guest_insn(&mut self, _: Ipa, _: u32) -> Result<(), OpsError> {
         Err(OpsError::NotGuestRam)
     }

@@ -1,0 +1,144 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+//! A CPU the hypervisor keeps for itself (absent from the guest's device
+//! tree) to hash guest memory while the guest goes on running: the
+//! kernel-protect baseline need not hold up the guest's boot.
+//!
+//! It is off until there is work: [`start`] queues a job and starts the CPU
+//! with PSCI CPU_ON; it hashes, posts the digest and turns itself off
+//! again. [`finish`] waits for the digest.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use hyp_stub::addr::PhysAddr;
+use hyp_stub::hyp::{cpu_slot, Platform, MAX_BACKGROUND_SPANS};
+use hyp_stub::sha256::Sha256;
+use hyp_stub::smccc::psci;
+use spin::Mutex;
+
+use super::board::Board;
+use super::sysreg::read_sysreg;
+
+/// No CPU reserved.
+const NONE: u64 = u64::MAX;
+
+/// The reserved CPU's MPIDR, or [`NONE`].
+static MPIDR: AtomicU64 = AtomicU64::new(NONE);
+
+type Spans = heapless::Vec<(PhysAddr, u64), MAX_BACKGROUND_SPANS>;
+
+enum Job {
+    Idle,
+    Queued(Spans),
+    Running,
+    Done { digest: [u8; 32], ticks: u64 },
+}
+
+static JOB: Mutex<Job> = Mutex::new(Job::Idle);
+
+/// Counter ticks the last job took on the reserved CPU.
+static LAST_TICKS: AtomicU64 = AtomicU64::new(0);
+
+/// Keeps CPU `mpidr` for background hashing (the core must already refuse
+/// it to the guest).
+pub fn reserve(mpidr: u64) {
+    MPIDR.store(mpidr, Ordering::Relaxed);
+}
+
+/// The reserved CPU's vCPU slot (its stack), if one is reserved.
+pub fn slot() -> Option<usize> {
+    match MPIDR.load(Ordering::Relaxed) {
+        NONE => None,
+        mpidr => cpu_slot(mpidr),
+    }
+}
+
+/// Queues a hash of `spans` (guest RAM the core checked) and starts the
+/// reserved CPU on it. False if there is none, it is busy, or it would not
+/// start.
+pub fn start(board: &mut Board, spans: &[(PhysAddr, u64)]) -> bool {
+    let mpidr = MPIDR.load(Ordering::Relaxed);
+    let Some(slot) = slot() else {
+        return false;
+    };
+    let Ok(spans) = Spans::from_slice(spans) else {
+        return false;
+    };
+    {
+        let mut job = JOB.lock();
+        if !matches!(*job, Job::Idle) {
+            return false;
+        }
+        *job = Job::Queued(spans);
+    }
+    if board.start_cpu(mpidr, slot) != 0 {
+        // Still on from the last job, or the firmware refused.
+        *JOB.lock() = Job::Idle;
+        return false;
+    }
+    true
+}
+
+/// Waits for the queued hash and returns its digest; `None` if nothing was
+/// queued.
+pub fn finish() -> Option<[u8; 32]> {
+    loop {
+        {
+            let mut job = JOB.lock();
+            match *job {
+                Job::Idle => return None,
+                Job::Done { digest, ticks } => {
+                    *job = Job::Idle;
+                    LAST_TICKS.store(ticks, Ordering::Relaxed);
+                    return Some(digest);
+                }
+                Job::Queued(_) | Job::Running => {}
+            }
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// Microseconds the last finished job took on the reserved CPU.
+pub fn last_job_us() -> u64 {
+    let freq = read_sysreg!("cntfrq_el0").max(1);
+    LAST_TICKS.load(Ordering::Relaxed).saturating_mul(1_000_000) / freq
+}
+
+/// The reserved CPU, just started (MMU on): runs the queued job, posts
+/// the digest, and turns itself off.
+pub fn run() -> ! {
+    let spans = {
+        let mut job = JOB.lock();
+        match core::mem::replace(&mut *job, Job::Running) {
+            Job::Queued(spans) => Some(spans),
+            other => {
+                // Started with nothing queued: put the state back.
+                *job = other;
+                None
+            }
+        }
+    };
+    if let Some(spans) = spans {
+        let start = read_sysreg!("cntpct_el0");
+        let mut board = Board::new();
+        let mut h = Sha256::new(board.sha256_compress());
+        for (pa, len) in spans {
+            board.hash_ram(pa, len, &mut h);
+        }
+        let digest = h.finalize();
+        let ticks = read_sysreg!("cntpct_el0").wrapping_sub(start);
+        *JOB.lock() = Job::Done { digest, ticks };
+    }
+    turn_off()
+}
+
+fn turn_off() -> ! {
+    let r = Board::new().firmware_call(psci::CPU_OFF, [0; 3]);
+    // CPU_OFF returns only if the firmware refuses: say so and sleep
+    // (nothing routes interrupts here), rather than spin on a host core.
+    super::console::println!("the measurement CPU could not turn off ({:#x})", r[0]);
+    loop {
+        // SAFETY: waiting for an interrupt has no effect on memory.
+        unsafe { core::arch::asm!("wfi", options(nomem, nostack)) };
+    }
+}
