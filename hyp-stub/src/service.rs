@@ -52,8 +52,10 @@ pub trait HypOps {
     /// # Errors
     /// [`OpsError::NotGuestRam`] if the range is not inside guest RAM.
     fn read_guest(&mut self, ipa: Ipa, buf: &mut [u8]) -> Result<(), OpsError>;
-    /// Feeds `len` bytes of guest RAM at `ipa` to `sink` without copying
-    /// (the guest is stopped while a service runs).
+    /// Feeds `len` bytes of guest RAM at `ipa` to `sink` without copying.
+    /// Only the calling vCPU is stopped while a service runs: the caller
+    /// must hash only memory the guest cannot write (read-only at stage
+    /// 2).
     ///
     /// # Errors
     /// [`OpsError::NotGuestRam`] if the range is not inside guest RAM.

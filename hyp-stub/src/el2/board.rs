@@ -91,17 +91,19 @@ impl Platform for Board {
 
     fn finish_background_hash(&mut self) -> Option<[u8; 32]> {
         let digest = super::measure_cpu::finish()?;
+        let (start, hash, wait) = super::measure_cpu::last_job_us();
         let _ = writeln!(
             self.console,
-            "hyp-stub: background hash took {} us on the hypervisor's CPU",
-            super::measure_cpu::last_job_us()
+            "hyp-stub: background hash took {hash} us on the hypervisor's CPU ({start} us to start it; waited {wait} us for it)"
         );
         Some(digest)
     }
 
     fn hash_ram(&mut self, pa: PhysAddr, len: u64, sink: &mut sha256::Sha256) {
         // SAFETY: the core checked that the range is guest RAM, mapped at
-        // EL2; the only vCPU is stopped in the hypervisor while we read.
+        // EL2. Nothing writes it while we read: kernel protect hashes only
+        // TEXT and RODATA, which are read-only at stage 2 by then, and it
+        // performs no text patch until a background hash is finished.
         let ram = unsafe { core::slice::from_raw_parts(pa.get() as *const u8, len as usize) };
         sink.update(ram);
     }

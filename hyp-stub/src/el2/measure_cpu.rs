@@ -37,6 +37,10 @@ static JOB: Mutex<Job> = Mutex::new(Job::Idle);
 
 /// Counter ticks the last job took on the reserved CPU.
 static LAST_TICKS: AtomicU64 = AtomicU64::new(0);
+/// Counter ticks [`finish`] last waited for it.
+static LAST_WAIT: AtomicU64 = AtomicU64::new(0);
+/// Counter value when the last job was started.
+static STARTED_AT: AtomicU64 = AtomicU64::new(0);
 
 /// Keeps CPU `mpidr` for background hashing (the core must already refuse
 /// it to the guest).
@@ -70,6 +74,7 @@ pub fn start(board: &mut Board, spans: &[(PhysAddr, u64)]) -> bool {
         }
         *job = Job::Queued(spans);
     }
+    STARTED_AT.store(read_sysreg!("cntpct_el0"), Ordering::Relaxed);
     if board.start_cpu(mpidr, slot) != 0 {
         // Still on from the last job, or the firmware refused.
         *JOB.lock() = Job::Idle;
@@ -81,6 +86,7 @@ pub fn start(board: &mut Board, spans: &[(PhysAddr, u64)]) -> bool {
 /// Waits for the queued hash and returns its digest; `None` if nothing was
 /// queued.
 pub fn finish() -> Option<[u8; 32]> {
+    let start = read_sysreg!("cntpct_el0");
     loop {
         {
             let mut job = JOB.lock();
@@ -89,6 +95,10 @@ pub fn finish() -> Option<[u8; 32]> {
                 Job::Done { digest, ticks } => {
                     *job = Job::Idle;
                     LAST_TICKS.store(ticks, Ordering::Relaxed);
+                    LAST_WAIT.store(
+                        read_sysreg!("cntpct_el0").wrapping_sub(start),
+                        Ordering::Relaxed,
+                    );
                     return Some(digest);
                 }
                 Job::Queued(_) | Job::Running => {}
@@ -98,10 +108,18 @@ pub fn finish() -> Option<[u8; 32]> {
     }
 }
 
-/// Microseconds the last finished job took on the reserved CPU.
-pub fn last_job_us() -> u64 {
-    let freq = read_sysreg!("cntfrq_el0").max(1);
-    LAST_TICKS.load(Ordering::Relaxed).saturating_mul(1_000_000) / freq
+fn us(ticks: u64) -> u64 {
+    ticks.saturating_mul(1_000_000) / read_sysreg!("cntfrq_el0").max(1)
+}
+
+/// Microseconds the last finished job took on the reserved CPU, from
+/// CPU_ON to its digest, and how long [`finish`] waited for it.
+pub fn last_job_us() -> (u64, u64, u64) {
+    (
+        us(STARTED_AT.load(Ordering::Relaxed)),
+        us(LAST_TICKS.load(Ordering::Relaxed)),
+        us(LAST_WAIT.load(Ordering::Relaxed)),
+    )
 }
 
 /// The reserved CPU, just started (MMU on): runs the queued job, posts
@@ -120,6 +138,8 @@ pub fn run() -> ! {
     };
     if let Some(spans) = spans {
         let start = read_sysreg!("cntpct_el0");
+        let delay = start.wrapping_sub(STARTED_AT.load(Ordering::Relaxed));
+        STARTED_AT.store(delay, Ordering::Relaxed);
         let mut board = Board::new();
         let mut h = Sha256::new(board.sha256_compress());
         for (pa, len) in spans {
