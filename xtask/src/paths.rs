@@ -23,9 +23,13 @@ pub fn cache() -> PathBuf {
     home.join(".cache").join("pvguard")
 }
 
-/// The hypervisor ELF.
+/// The hypervisor ELF, where cargo puts it (`CARGO_TARGET_DIR` is
+/// honoured, as cargo does).
 pub fn hyp_elf() -> PathBuf {
-    repo().join("target/aarch64-unknown-none-softfloat/release/hyp-stub")
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map_or_else(|| repo().join("target"), |t| repo().join(t));
+    target.join("aarch64-unknown-none-softfloat/release/hyp-stub")
 }
 
 /// Prints a progress line.
