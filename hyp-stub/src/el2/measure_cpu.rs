@@ -137,6 +137,8 @@ pub fn run() -> ! {
         }
     };
     if let Some(spans) = spans {
+        // The block function may use the SHA-256 instructions.
+        super::untrap_fp_simd();
         let start = read_sysreg!("cntpct_el0");
         let delay = start.wrapping_sub(STARTED_AT.load(Ordering::Relaxed));
         STARTED_AT.store(delay, Ordering::Relaxed);

@@ -320,6 +320,17 @@ const HCR_ENSCXT: u64 = 1 << 53;
 const CPTR_NVHE_RES1: u64 = (1 << 13) | (1 << 9) | 0xff;
 const SCTLR_EL1_RES1_MMU_OFF: u64 = 0x30d0_0800;
 
+/// Stops trapping FP/SIMD, SVE and SME at EL2 and below on this CPU (the
+/// reset value of CPTR_EL2 is UNKNOWN).
+fn untrap_fp_simd() {
+    // SAFETY: only changes which instructions trap to EL2; no effect on
+    // memory.
+    unsafe {
+        write_sysreg!("cptr_el2", CPTR_NVHE_RES1);
+        isb();
+    }
+}
+
 fn field(reg: u64, shift: u32) -> u64 {
     (reg >> shift) & 0xf
 }
@@ -344,8 +355,7 @@ unsafe fn configure_el2(vtcr: u64, vttbr: u64) {
     // treated; none affects the hypervisor's own memory.
     unsafe {
         // No FP/SIMD, SVE or SME traps; EL1 gets the largest vector lengths.
-        write_sysreg!("cptr_el2", CPTR_NVHE_RES1);
-        isb();
+        untrap_fp_simd();
         if field(pfr0, 32) != 0 {
             write_sysreg!("s3_4_c1_c2_0", 0x1ffu64); // ZCR_EL2
         }
