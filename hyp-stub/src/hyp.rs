@@ -248,6 +248,10 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
         }
     }
 
+    fn is_hypervisor_cpu(&self, mpidr: u64) -> bool {
+        cpu_slot(mpidr).is_some_and(|slot| self.cpus[slot] == CpuState::Hypervisor)
+    }
+
     /// Called on a secondary CPU started for vCPU `slot`: where it enters
     /// the guest and with which context ID, if a CPU_ON is pending.
     pub fn secondary_boot(&mut self, slot: usize) -> Option<(u64, u64)> {
@@ -465,6 +469,10 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
                     self.cpus[slot] = CpuState::Off;
                 }
                 plat.firmware_call(call.fid, [a0, a1, a2])
+            }
+            // The hypervisor's own CPU does not exist for the guest.
+            psci::AFFINITY_INFO_64 | psci::AFFINITY_INFO_32 if self.is_hypervisor_cpu(a0) => {
+                [psci::INVALID_PARAMETERS, 0, 0, 0]
             }
             psci::FEATURES => match a0 as u32 {
                 smccc::SMCCC_VERSION => [0, 0, 0, 0],

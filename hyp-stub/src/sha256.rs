@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0 OR MIT
 //! Streaming SHA-256 (FIPS 180-4) over a pluggable block function, so the
 //! hypervisor can measure guest memory with the CPU's SHA-256 instructions
-//! where they are faster. Tests compare every path with the `sha2` crate.
+//! where they are faster. Host tests compare the portable block function
+//! with the `sha2` crate; the hypervisor checks the block functions it
+//! will use against it at boot ([`known_answer`]).
 
 /// Compresses whole 64-byte blocks into the state.
 pub type CompressFn = fn(&mut [u32; 8], &[[u8; 64]]);
@@ -174,17 +176,26 @@ impl Sha256 {
 /// Whether `compress` computes SHA-256 (a known-answer test, run before
 /// trusting a hardware block function).
 pub fn known_answer(compress: CompressFn) -> bool {
-    let mut data = [0u8; 200];
-    for (i, b) in data.iter_mut().enumerate() {
+    #[repr(C, align(8))]
+    struct Aligned([u8; 264]);
+    let mut buf = Aligned([0; 264]);
+    for (i, b) in buf.0.iter_mut().enumerate() {
         *b = (i * 7 + 3) as u8;
     }
-    let digest = |c: CompressFn| {
+    let digest = |c: CompressFn, data: &[u8]| {
         let mut h = Sha256::new(c);
         h.update(&data[..1]);
         h.update(&data[1..]);
-        h.finalize()
+        let first = h.finalize();
+        let mut h = Sha256::new(c);
+        h.update(data);
+        (first, h.finalize())
     };
-    digest(compress) == digest(compress_soft)
+    // Word-aligned data and not, whole blocks and not, in one piece and
+    // through the partial-block buffer.
+    [&buf.0[..256], &buf.0[1..201], &buf.0[8..264]]
+        .iter()
+        .all(|d| digest(compress, d) == digest(compress_soft, d))
 }
 
 #[cfg(test)]

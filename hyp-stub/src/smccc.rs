@@ -44,6 +44,9 @@ pub mod psci {
     };
 
     pub use smccc::psci::PSCI_CPU_OFF as CPU_OFF;
+    pub use smccc::psci::{
+        PSCI_AFFINITY_INFO_32 as AFFINITY_INFO_32, PSCI_AFFINITY_INFO_64 as AFFINITY_INFO_64,
+    };
 
     /// PSCI INVALID_PARAMETERS (-2).
     pub const INVALID_PARAMETERS: u64 = -2i64 as u64;

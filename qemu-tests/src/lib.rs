@@ -82,7 +82,8 @@ pub struct Boot {
     /// Number of CPUs the guest gets.
     pub cpus: u32,
     /// Under hyp-stub: one more CPU, which hyp-stub keeps for itself to
-    /// measure the guest in the background (`boot::RESERVE_CPU`).
+    /// measure the guest in the background (`boot::RESERVE_CPU`); not with
+    /// `hyp::MAX_CPUS` guest CPUs, as hyp-stub cannot run more.
     pub hyp_cpu: bool,
     /// Hard time limit.
     pub timeout: Duration,
@@ -169,7 +170,8 @@ pub fn command(a: &Artifacts, b: &Boot, tag: &str) -> Result<Command, String> {
         "virt,gic-version=3"
     };
     cmd.args(["-machine", machine, "-cpu", "max", "-m", "1G"]);
-    let hyp_cpu = b.hyp && b.hyp_cpu;
+    // With as many guest CPUs as hyp-stub runs, there is none left to keep.
+    let hyp_cpu = b.hyp && b.hyp_cpu && (b.cpus as usize) < hyp_stub::hyp::MAX_CPUS;
     cmd.arg("-smp")
         .arg((b.cpus + u32::from(hyp_cpu)).to_string());
     cmd.args([

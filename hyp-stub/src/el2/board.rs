@@ -37,12 +37,15 @@ impl Board {
         let Some(hw) = super::sha256_ce::detect() else {
             return false;
         };
+        // Word-aligned, like the guest pages they will hash.
+        #[repr(C, align(8))]
+        struct Blocks([[u8; 64]; 64]);
         let time = |f: CompressFn| {
-            let blocks = [[0x5au8; 64]; 64];
+            let blocks = Blocks([[0x5a; 64]; 64]);
             let mut state = [0u32; 8];
             let start = read_sysreg!("cntpct_el0");
             for _ in 0..4 {
-                f(&mut state, &blocks);
+                f(&mut state, &blocks.0);
             }
             read_sysreg!("cntpct_el0").wrapping_sub(start)
         };
@@ -110,7 +113,9 @@ impl Platform for Board {
 
     fn read_ram(&mut self, pa: PhysAddr, buf: &mut [u8]) {
         // SAFETY: the core checked that the range is guest RAM, which the
-        // hypervisor maps at EL2; the guest is stopped while we read.
+        // hypervisor maps at EL2, and `buf` is ours. Another vCPU may write
+        // that RAM meanwhile: that changes only the bytes copied (callers
+        // validate the copy), never the hypervisor's memory.
         unsafe {
             core::ptr::copy_nonoverlapping(pa.get() as *const u8, buf.as_mut_ptr(), buf.len())
         };

@@ -30,7 +30,13 @@ enum Job {
     Idle,
     Queued(Spans),
     Running,
-    Done { digest: [u8; 32], ticks: u64 },
+    Done {
+        digest: [u8; 32],
+        ticks: u64,
+    },
+    /// [`finish`] gave up on it; whatever the reserved CPU still posts is
+    /// dropped.
+    Abandoned,
 }
 
 static JOB: Mutex<Job> = Mutex::new(Job::Idle);
@@ -39,8 +45,13 @@ static JOB: Mutex<Job> = Mutex::new(Job::Idle);
 static LAST_TICKS: AtomicU64 = AtomicU64::new(0);
 /// Counter ticks [`finish`] last waited for it.
 static LAST_WAIT: AtomicU64 = AtomicU64::new(0);
-/// Counter value when the last job was started.
+/// Set when a job is started (the counter value at CPU_ON); the reserved
+/// CPU replaces it with the ticks it took to start.
 static STARTED_AT: AtomicU64 = AtomicU64::new(0);
+
+/// How long [`finish`] waits, in seconds, before it gives up on the
+/// reserved CPU (the hash takes well under 100 ms even under emulation).
+const FINISH_LIMIT_S: u64 = 2;
 
 /// Keeps CPU `mpidr` for background hashing (the core must already refuse
 /// it to the guest).
@@ -84,9 +95,13 @@ pub fn start(board: &mut Board, spans: &[(PhysAddr, u64)]) -> bool {
 }
 
 /// Waits for the queued hash and returns its digest; `None` if nothing was
-/// queued.
+/// queued, or if the reserved CPU has not delivered within
+/// [`FINISH_LIMIT_S`] (the caller then measures on its own CPU). A job
+/// given up on is never delivered later: the slot stays busy, and later
+/// hashes are refused to the reserved CPU.
 pub fn finish() -> Option<[u8; 32]> {
     let start = read_sysreg!("cntpct_el0");
+    let limit = FINISH_LIMIT_S.saturating_mul(read_sysreg!("cntfrq_el0"));
     loop {
         {
             let mut job = JOB.lock();
@@ -101,7 +116,17 @@ pub fn finish() -> Option<[u8; 32]> {
                     );
                     return Some(digest);
                 }
-                Job::Queued(_) | Job::Running => {}
+                Job::Abandoned => return None,
+                Job::Queued(_) | Job::Running => {
+                    if read_sysreg!("cntpct_el0").wrapping_sub(start) > limit {
+                        *job = Job::Abandoned;
+                        super::console::println!(
+                            "the measurement CPU gave no digest within {} s: measuring here",
+                            FINISH_LIMIT_S
+                        );
+                        return None;
+                    }
+                }
             }
         }
         core::hint::spin_loop();
@@ -112,8 +137,8 @@ fn us(ticks: u64) -> u64 {
     ticks.saturating_mul(1_000_000) / read_sysreg!("cntfrq_el0").max(1)
 }
 
-/// Microseconds the last finished job took on the reserved CPU, from
-/// CPU_ON to its digest, and how long [`finish`] waited for it.
+/// Microseconds the last finished job took: from CPU_ON until the reserved
+/// CPU ran, hashing there, and how long [`finish`] waited for it.
 pub fn last_job_us() -> (u64, u64, u64) {
     (
         us(STARTED_AT.load(Ordering::Relaxed)),
@@ -149,7 +174,10 @@ pub fn run() -> ! {
         }
         let digest = h.finalize();
         let ticks = read_sysreg!("cntpct_el0").wrapping_sub(start);
-        *JOB.lock() = Job::Done { digest, ticks };
+        let mut job = JOB.lock();
+        if matches!(*job, Job::Running) {
+            *job = Job::Done { digest, ticks };
+        }
     }
     turn_off()
 }

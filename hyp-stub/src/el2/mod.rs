@@ -253,6 +253,13 @@ extern "C" fn hyp_main() -> ! {
     *HYP.lock() = Some(hyp);
 
     println!("services {:#x}", services);
+    // The portable block function measures by default; it has no host
+    // test of its own (it is bare-metal code).
+    if !hyp_stub::sha256::known_answer(sha256_words::compress) {
+        refuse_to_boot(format_args!(
+            "the SHA-256 block function fails its known-answer test"
+        ));
+    }
     let sha = if Board::detect_sha256() {
         "CPU instructions"
     } else {

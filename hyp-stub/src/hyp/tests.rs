@@ -578,7 +578,17 @@ fn cpu_on_is_checked_forwarded_with_the_hypervisors_entry_and_completed() {
         psci::INVALID_PARAMETERS
     );
     assert_eq!(hyp.secondary_boot(3), None);
+    let mut v = vcpu_with(&[u64::from(psci::AFFINITY_INFO_64), 3, 0]);
+    hyp.handle_sync(Esr(HVC), 0, 0, &mut v, &mut plat);
+    assert_eq!(v.regs.x[0], psci::INVALID_PARAMETERS, "not even its state");
     assert_eq!(plat.firmware.len(), before, "nothing reached the firmware");
+    let mut v = vcpu_with(&[u64::from(psci::AFFINITY_INFO_64), 1, 0]);
+    hyp.handle_sync(Esr(HVC), 0, 0, &mut v, &mut plat);
+    assert_eq!(
+        plat.firmware.len(),
+        before + 1,
+        "other CPUs' states are forwarded"
+    );
 }
 
 /// Asks for a background hash of `[x1, x1 + x2)` on each call, and takes

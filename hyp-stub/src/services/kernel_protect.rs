@@ -3,10 +3,10 @@
 //! boot path here) gives the VM its asset extents; the guest reports the
 //! layout of its kernel (one compact `kernel_asset_info` or region by
 //! region) and asks for protection once boot-time patching is over. The
-//! hypervisor then measures TEXT+RODATA (SHA-256) and enforces stage-2
-//! permissions: TEXT read+execute (EL1 only), RODATA read-only and never
-//! executable at EL1 (its vDSO runs at EL0), DATA and BSS read+write and
-//! never executable.
+//! hypervisor then enforces stage-2 permissions (TEXT read+execute at EL1
+//! only, RODATA read-only and never executable at EL1 as its vDSO runs at
+//! EL0, DATA and BSS read+write and never executable) and measures
+//! TEXT+RODATA (SHA-256), inside the call or on a CPU of its own.
 //!
 //! Faults on protected memory go to one handler per kind (RX, RO, RW). A
 //! write fault whose VA lies in the guest's FIXMAP_TEXT_POKE0 slot is the
@@ -107,6 +107,9 @@ pub struct KernelProtect {
     baseline_pending: bool,
     /// Where the baseline was hashed.
     measured_on: MeasuredOn,
+    /// The baseline could not be taken (not expected: the ranges were
+    /// checked when they were protected); every self-check fails.
+    baseline_lost: bool,
     patch_log: [u8; 32],
     sites: heapless::Vec<Site, MAX_PATCH_SITES>,
     counters: Counters,
@@ -137,6 +140,7 @@ impl KernelProtect {
             baseline: [0; 32],
             baseline_pending: false,
             measured_on: MeasuredOn::Nothing,
+            baseline_lost: false,
             patch_log: [0; 32],
             sites: heapless::Vec::new(),
             counters: Counters {
@@ -293,9 +297,20 @@ impl KernelProtect {
             // so measuring now gives the same baseline.
             None => {
                 self.measured_on = MeasuredOn::GuestCpu;
-                self.measure(layout, ops).unwrap_or([0; 32])
+                self.measure_baseline(layout, ops)
             }
         };
+    }
+
+    /// Measures the baseline now; if that fails, says so and marks it lost.
+    fn measure_baseline(&mut self, layout: &Layout, ops: &mut dyn HypOps) -> [u8; 32] {
+        self.measure(layout, ops).unwrap_or_else(|e| {
+            ops.log(format_args!(
+                "kernel protect: cannot measure TEXT+RODATA ({e:?}); self-checks will fail"
+            ));
+            self.baseline_lost = true;
+            [0; 32]
+        })
     }
 
     /// Whether every patched site still holds what the hypervisor wrote.
@@ -365,15 +380,7 @@ impl KernelProtect {
                     self.measured_on = MeasuredOn::HypervisorCpu;
                 } else {
                     self.measured_on = MeasuredOn::GuestCpu;
-                    match self.measure(&layout, ops) {
-                        Ok(d) => self.baseline = d,
-                        // The ranges were just protected, so they are
-                        // guest RAM; stay protected regardless.
-                        Err(e) => {
-                            ops.log(format_args!("kernel protect: cannot measure: {e:?}"));
-                            return ret(KpError::AddrInvalid);
-                        }
-                    }
+                    self.baseline = self.measure_baseline(&layout, ops);
                 }
                 ops.log(format_args!(
                     "kernel protect: enabled; TEXT {:#x}..{:#x} RODATA {:#x}..{:#x} DATA {:#x}..{:#x} BSS {:#x}..{:#x}",
@@ -386,12 +393,14 @@ impl KernelProtect {
                     layout.bss().start(),
                     layout.bss().end()
                 ));
-                self.verdict(true)
+                // Protected either way; without a baseline, not intact.
+                self.verdict(!self.baseline_lost)
             }
             State::Protected(layout) => {
                 self.settle(&layout, ops);
                 self.counters.self_checks += 1;
-                let intact = self.sites_hold(ops)
+                let intact = !self.baseline_lost
+                    && self.sites_hold(ops)
                     && self.measure(&layout, ops).is_ok_and(|d| d == self.baseline);
                 if !intact {
                     self.counters.self_check_failures += 1;
@@ -589,6 +598,8 @@ impl Service for KernelProtect {
         write!(out, "kp_measurement=")?;
         if self.baseline_pending {
             write!(out, "pending")?;
+        } else if self.baseline_lost {
+            write!(out, "lost")?;
         } else {
             for b in self.baseline {
                 write!(out, "{b:02x}")?;

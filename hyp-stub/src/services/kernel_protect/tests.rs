@@ -28,6 +28,10 @@ struct Ops {
     perms: Vec<(IpaRange, Perms)>,
     hyp_cpu: bool,
     background: Option<Vec<IpaRange>>,
+    /// The hypervisor's CPU never delivers its digest.
+    lose_background: bool,
+    /// Hashing guest RAM fails.
+    fail_hash: bool,
 }
 
 impl Ops {
@@ -37,6 +41,8 @@ impl Ops {
             perms: Vec::new(),
             hyp_cpu: false,
             background: None,
+            lose_background: false,
+            fail_hash: false,
         }
     }
     fn with_hyp_cpu() -> Self {
@@ -80,7 +86,7 @@ impl HypOps for Ops {
         sink: &mut crate::sha256::Sha256,
     ) -> Result<(), OpsError> {
         let r = IpaRange::new(ipa, len).ok_or(OpsError::NotGuestRam)?;
-        if !self.guest_ram().covers(&r) {
+        if self.fail_hash || !self.guest_ram().covers(&r) {
             return Err(OpsError::NotGuestRam);
         }
         sink.update(&self.at(ipa.get())[..len as usize]);
@@ -98,6 +104,9 @@ impl HypOps for Ops {
     }
     fn background_hash(&mut self) -> Option<[u8; 32]> {
         let spans = self.background.take()?;
+        if self.lose_background {
+            return None;
+        }
         let mut h = crate::sha256::Sha256::new(crate::sha256::compress_soft);
         for r in spans {
             h.update(&self.at(r.start().get())[..r.size() as usize]);
@@ -394,9 +403,10 @@ fn jump_label_patches_through_the_fixmap_are_performed() {
 }
 
 #[test]
-fn patches_wait_for_a_baseline_hashed_in_the_background() {
-    // The fake hashes when the digest is taken: a patch written before
-    // that would be in the baseline and the self-check would fail.
+fn jump_label_patches_with_a_baseline_hashed_in_the_background() {
+    // (That the first patch waits for the digest is checked by
+    // `a_patch_waits_for_the_background_baseline`: here the two patches
+    // cancel out before the self-check.)
     jump_label_patches(Ops::with_hyp_cpu());
 }
 
@@ -551,4 +561,62 @@ fn self_check_waits_for_the_background_baseline() {
     assert_eq!(r[..2], [0, 1], "intact");
     assert_ne!(r[3], 0);
     assert!(ops.background.is_none(), "the digest was taken");
+}
+
+#[test]
+fn a_patch_waits_for_the_background_baseline() {
+    // One patch, then a self-check: had the patch been written before the
+    // fake hashed, the baseline would hold the new branch while the
+    // self-check restores the original NOP, and they would differ.
+    let site = TEXT.0 + 0x40 * 4;
+    let b = encode_b(site, site + 0x40).unwrap();
+    let setup = |ops: &mut Ops| {
+        ops.at(site)[..4].copy_from_slice(&NOP.to_le_bytes());
+        let mut kp = service(ops);
+        assert_eq!(submit(&mut kp, ops, &record()), 0);
+        call(&mut kp, ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
+        kp
+    };
+    let mut sync_ops = Ops::new();
+    let sync = setup(&mut sync_ops);
+    let mut ops = Ops::with_hyp_cpu();
+    let mut kp = setup(&mut ops);
+    assert!(ops.background.is_some());
+    let mut regs = GuestRegs::default();
+    regs.x[2] = u64::from(b);
+    let f = fault(site, FIXMAP + (site & 0xfff), store(2, 2), &regs, false);
+    assert_eq!(kp.guest_fault(&f, &mut ops), FaultAction::Emulated);
+    assert!(ops.background.is_none(), "the digest was taken first");
+    assert_eq!(ops.word(site), b);
+    assert_eq!(kp.baseline, sync.baseline, "the baseline is pre-patch");
+    let r = call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
+    assert_eq!(r[..3], [0, 1, 1], "intact, one patch");
+}
+
+#[test]
+fn a_baseline_that_cannot_be_taken_fails_every_self_check() {
+    for hyp_cpu in [false, true] {
+        let mut ops = if hyp_cpu {
+            Ops::with_hyp_cpu()
+        } else {
+            Ops::new()
+        };
+        ops.lose_background = true;
+        ops.fail_hash = true;
+        let mut kp = service(&mut ops);
+        assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+        let r = call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
+        assert_eq!(ops.perms.len(), 4, "protected regardless");
+        assert!(stats(&kp).contains("kp_state=protected\n"));
+        if !hyp_cpu {
+            assert_eq!(r[..2], [0, 0], "protected, not intact");
+        }
+        // The first self-check takes (or fails to take) the baseline.
+        let r = call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
+        assert_eq!(r[..2], [0, 0]);
+        ops.fail_hash = false;
+        let r = call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
+        assert_eq!(r[..2], [0, 0], "never intact without a baseline");
+        assert!(stats(&kp).contains("kp_measurement=lost\n"));
+    }
 }
