@@ -261,14 +261,21 @@ pub fn run_with(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("qemu-system-aarch64: {e} (install qemu-system-arm)"))?;
+    // One channel carries the console output and QEMU's exit, so the
+    // harness sleeps until something happens instead of polling.
+    enum Event {
+        Output(Vec<u8>),
+        Exited(Option<i32>),
+    }
     let (tx, rx) = mpsc::channel();
     let mut out = child.stdout.take().ok_or("no stdout")?;
     let mut err = child.stderr.take().ok_or("no stderr")?;
     let tx2 = tx.clone();
+    let tx3 = tx.clone();
     thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while let Ok(n) = out.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+            if n == 0 || tx.send(Event::Output(buf[..n].to_vec())).is_err() {
                 break;
             }
         }
@@ -276,37 +283,44 @@ pub fn run_with(
     thread::spawn(move || {
         let mut s = Vec::new();
         let _ = err.read_to_end(&mut s);
-        let _ = tx2.send(s);
+        let _ = tx2.send(Event::Output(s));
+    });
+    let pid = child.id();
+    let waiter = thread::spawn(move || {
+        let status = child.wait().ok().and_then(|st| st.code());
+        let _ = tx3.send(Event::Exited(status));
     });
     let mut console = Vec::new();
     let deadline = start + b.timeout;
     let status = loop {
-        while let Ok(chunk) = rx.try_recv() {
-            echo(&chunk);
-            console.extend_from_slice(&chunk);
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Event::Output(chunk)) => {
+                echo(&chunk);
+                console.extend_from_slice(&chunk);
+            }
+            Ok(Event::Exited(status)) => break status,
+            Err(_) => {
+                // Killed by PID: the waiter thread owns the child.
+                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                let _ = waiter.join();
+                console.extend_from_slice(
+                    format!("\n[qemu-tests: killed after {:?}]\n", b.timeout).as_bytes(),
+                );
+                break None;
+            }
         }
-        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
-            break st.code();
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            console.extend_from_slice(
-                format!("\n[qemu-tests: killed after {:?}]\n", b.timeout).as_bytes(),
-            );
-            break None;
-        }
-        thread::sleep(Duration::from_millis(2));
     };
     let elapsed = start.elapsed();
     // Drain what the readers still hold.
     let drain_until = Instant::now() + Duration::from_millis(500);
     while Instant::now() < drain_until {
         match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(chunk) => {
+            Ok(Event::Output(chunk)) => {
                 echo(&chunk);
                 console.extend_from_slice(&chunk);
             }
+            Ok(Event::Exited(_)) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
