@@ -139,11 +139,15 @@ impl<'a> Fdt<'a> {
         }
     }
 
-    /// Calls `f(depth, node_name, prop_name, value)` for every property.
-    fn for_each_prop(&self, mut f: impl FnMut(usize, &[u8], &[u8], &[u8])) -> Result<(), FdtError> {
+    /// Calls `f(path, prop_name, value)` for every property, where `path`
+    /// names the nodes from the root (`""`) down to the property's own.
+    fn for_each_prop(
+        &self,
+        mut f: impl FnMut(&[&'a [u8]], &'a [u8], &'a [u8]),
+    ) -> Result<(), FdtError> {
         let mut off = 0;
         let mut depth = 0usize;
-        let mut names: [&[u8]; 16] = [b""; 16];
+        let mut names: [&'a [u8]; 16] = [b""; 16];
         loop {
             let (tok, next) = self.token(off)?;
             off = next;
@@ -156,8 +160,7 @@ impl<'a> Fdt<'a> {
                 }
                 Token::End => depth = depth.checked_sub(1).ok_or(FdtError::BadToken)?,
                 Token::Prop { name, value } => {
-                    let node = names.get(depth.wrapping_sub(1)).copied().unwrap_or(b"");
-                    f(depth, node, name, value);
+                    f(&names[..depth.min(names.len())], name, value);
                 }
                 Token::Nop => {}
                 Token::Finish => return Ok(()),
@@ -167,8 +170,8 @@ impl<'a> Fdt<'a> {
 
     fn cells(&self) -> Result<(usize, usize), FdtError> {
         let (mut addr, mut size) = (2, 1);
-        self.for_each_prop(|depth, _, name, value| {
-            if depth == 1 && value.len() == 4 {
+        self.for_each_prop(|path, name, value| {
+            if path.len() == 1 && value.len() == 4 {
                 let v = u32::from_be_bytes([value[0], value[1], value[2], value[3]]) as usize;
                 match name {
                     b"#address-cells" => addr = v,
@@ -190,19 +193,18 @@ impl<'a> Fdt<'a> {
     pub fn memory(&self) -> Result<(u64, u64), FdtError> {
         let (ac, sc) = self.cells()?;
         let mut found = None;
-        self.for_each_prop(|depth, node, name, value| {
-            if found.is_none()
-                && depth == 2
-                && is_memory_node(node)
-                && name == b"reg"
-                && value.len() >= (ac + sc) * 4
-            {
-                let read = |cells: &[u8]| {
-                    cells.chunks(4).fold(0u64, |acc, c| {
-                        (acc << 32) | u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-                    })
-                };
-                found = Some((read(&value[..ac * 4]), read(&value[ac * 4..(ac + sc) * 4])));
+        self.for_each_prop(|path, name, value| {
+            if let [_, node] = path {
+                if found.is_none()
+                    && is_memory_node(node)
+                    && name == b"reg"
+                    && value.len() >= (ac + sc) * 4
+                {
+                    found = Some((
+                        read_cells(&value[..ac * 4]),
+                        read_cells(&value[ac * 4..(ac + sc) * 4]),
+                    ));
+                }
             }
         })?;
         found.ok_or(FdtError::NoMemory)
@@ -223,38 +225,20 @@ impl<'a> Fdt<'a> {
     /// A parse error.
     pub fn last_cpu(&self) -> Result<Option<(&'a [u8], u64)>, FdtError> {
         let mut found: Option<(&'a [u8], u64)> = None;
-        let mut off = 0;
-        let mut depth = 0usize;
-        let mut names: [&'a [u8]; 4] = [b""; 4];
-        loop {
-            let (tok, next) = self.token(off)?;
-            off = next;
-            match tok {
-                Token::Begin(name) => {
-                    if let Some(slot) = names.get_mut(depth) {
-                        *slot = name;
-                    }
-                    depth += 1;
-                }
-                Token::End => depth = depth.checked_sub(1).ok_or(FdtError::BadToken)?,
-                Token::Prop { name, value }
-                    if depth == 3
-                        && names[1] == b"cpus"
-                        && names[2].starts_with(b"cpu@")
-                        && name == b"reg"
-                        && (value.len() == 4 || value.len() == 8) =>
+        self.for_each_prop(|path, name, value| {
+            if let [_, b"cpus", cpu] = path {
+                if cpu.starts_with(b"cpu@")
+                    && name == b"reg"
+                    && (value.len() == 4 || value.len() == 8)
                 {
-                    let reg = value.chunks(4).fold(0u64, |acc, c| {
-                        (acc << 32) | u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-                    });
+                    let reg = read_cells(value);
                     if found.is_none_or(|(_, r)| reg > r) {
-                        found = Some((names[2], reg));
+                        found = Some((cpu, reg));
                     }
                 }
-                Token::Finish => return Ok(found),
-                _ => {}
             }
-        }
+        })?;
+        Ok(found)
     }
 
     /// The value of `/<node>/<prop>` for a top-level node, if present.
@@ -289,6 +273,15 @@ impl<'a> Fdt<'a> {
             }
         }
     }
+}
+
+/// A big-endian number of 32-bit cells.
+fn read_cells(cells: &[u8]) -> u64 {
+    cells.chunks(4).fold(0u64, |acc, c| {
+        let mut w = [0u8; 4];
+        w[..c.len()].copy_from_slice(c);
+        (acc << 32) | u64::from(u32::from_be_bytes(w))
+    })
 }
 
 fn find_string_in(strings: &[u8], name: &[u8]) -> Option<usize> {

@@ -278,31 +278,42 @@ pub fn run() -> Result<(), String> {
         )
     };
     let _ = writeln!(doc);
-    let _ = writeln!(
-        doc,
-        "- **protected / unprotected, hyp-stub with its own CPU: {}**; target <= 1.05",
-        ratio(c_prot_cpu, c_hyp_cpu)
-    );
-    let _ = writeln!(
-        doc,
-        "- protected / unprotected, hyp-stub without a CPU of its own: {}",
-        ratio(c_prot, c_hyp)
-    );
-    let _ = writeln!(
-        doc,
-        "- hyp-stub / plain QEMU (pvguard off, no extra CPU): {}",
-        ratio(c_hyp, c_plain)
-    );
-    let _ = writeln!(
-        doc,
-        "- the extra CPU itself, never started (pvguard off, with / without it): {}",
-        ratio(c_hyp_cpu, c_hyp)
-    );
-    let _ = writeln!(
-        doc,
-        "- protected with the extra CPU / unprotected without it: {}\n",
-        ratio(c_prot_cpu, c_hyp)
-    );
+    let lines = [
+        (
+            "**protected / unprotected, hyp-stub with its own CPU",
+            c_prot_cpu,
+            c_hyp_cpu,
+            "**; target <= 1.05",
+        ),
+        (
+            "protected / unprotected, hyp-stub without a CPU of its own",
+            c_prot,
+            c_hyp,
+            "",
+        ),
+        (
+            "hyp-stub / plain QEMU (pvguard off, no extra CPU)",
+            c_hyp,
+            c_plain,
+            "",
+        ),
+        (
+            "the extra CPU itself, never started (pvguard off, with / without it)",
+            c_hyp_cpu,
+            c_hyp,
+            "",
+        ),
+        (
+            "protected with the extra CPU / unprotected without it",
+            c_prot_cpu,
+            c_hyp,
+            "",
+        ),
+    ];
+    for (what, x, y, tail) in lines {
+        let _ = writeln!(doc, "- {what}: {}{tail}", ratio(x, y));
+    }
+    let _ = writeln!(doc);
     let _ = writeln!(
         doc,
         "The enable call applies the stage-2 permissions and, without a CPU of the\n\
