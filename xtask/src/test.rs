@@ -39,7 +39,10 @@ impl Totals {
 /// Runs `cargo test ...`, echoing its output and adding up its results.
 fn cargo_test(args: &[&str], envs: &[(&str, String)], totals: &mut Totals) -> Result<bool, String> {
     let mut cmd = sh::cargo();
+    // Every test binary runs even when one fails, so the summary counts
+    // them all.
     cmd.arg("test")
+        .arg("--no-fail-fast")
         .args(args)
         .current_dir(paths::repo())
         .stdout(Stdio::piped());
