@@ -26,10 +26,15 @@ static MPIDR: AtomicU64 = AtomicU64::new(NONE);
 
 type Spans = heapless::Vec<(PhysAddr, u64), MAX_BACKGROUND_SPANS>;
 
+/// The one job slot, shared by the guest-facing CPUs and the reserved one.
 enum Job {
+    /// Nothing to do; a job may be queued.
     Idle,
+    /// Queued, the reserved CPU being started.
     Queued(Spans),
+    /// Being hashed on the reserved CPU.
     Running,
+    /// Hashed; waiting for [`finish`] to take it.
     Done {
         digest: [u8; 32],
         ticks: u64,
