@@ -35,10 +35,7 @@ enum Job {
     /// Being hashed on the reserved CPU.
     Running,
     /// Hashed; waiting for [`finish`] to take it.
-    Done {
-        digest: [u8; 32],
-        ticks: u64,
-    },
+    Done { digest: [u8; 32], ticks: u64 },
     /// [`finish`] gave up on it; whatever the reserved CPU still posts is
     /// dropped.
     Abandoned,
