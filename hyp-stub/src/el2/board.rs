@@ -93,13 +93,16 @@ impl Platform for Board {
     }
 
     fn finish_background_hash(&mut self) -> Option<[u8; 32]> {
-        let digest = super::measure_cpu::finish()?;
-        let (start, hash, wait) = super::measure_cpu::last_job_us();
+        let done = super::measure_cpu::finish()?;
+        let us = super::measure_cpu::us;
         let _ = writeln!(
             self.console,
-            "hyp-stub: background hash took {hash} us on the hypervisor's CPU ({start} us to start it; waited {wait} us for it)"
+            "hyp-stub: background hash took {} us on the hypervisor's CPU ({} us to start it; waited {} us for it)",
+            us(done.hash_ticks),
+            us(done.start_ticks),
+            us(done.wait_ticks)
         );
-        Some(digest)
+        Some(done.digest)
     }
 
     fn hash_ram(&mut self, pa: PhysAddr, len: u64, sink: &mut sha256::Sha256) {

@@ -30,12 +30,12 @@ type Spans = heapless::Vec<(PhysAddr, u64), MAX_BACKGROUND_SPANS>;
 enum Job {
     /// Nothing to do; a job may be queued.
     Idle,
-    /// Queued, the reserved CPU being started.
-    Queued(Spans),
+    /// Queued at counter value `at`, the reserved CPU being started.
+    Queued { spans: Spans, at: u64 },
     /// Being hashed on the reserved CPU.
     Running,
     /// Hashed; waiting for [`finish`] to take it.
-    Done { digest: [u8; 32], ticks: u64 },
+    Done(Finished),
     /// [`finish`] gave up on it; whatever the reserved CPU still posts is
     /// dropped.
     Abandoned,
@@ -43,13 +43,18 @@ enum Job {
 
 static JOB: Mutex<Job> = Mutex::new(Job::Idle);
 
-/// Counter ticks the last job took on the reserved CPU.
-static LAST_TICKS: AtomicU64 = AtomicU64::new(0);
-/// Counter ticks [`finish`] last waited for it.
-static LAST_WAIT: AtomicU64 = AtomicU64::new(0);
-/// Set when a job is started (the counter value at CPU_ON); the reserved
-/// CPU replaces it with the ticks it took to start.
-static STARTED_AT: AtomicU64 = AtomicU64::new(0);
+/// A delivered hash, and where the time went (counter ticks).
+#[derive(Clone, Copy)]
+pub struct Finished {
+    /// The SHA-256 of the spans, in order.
+    pub digest: [u8; 32],
+    /// From CPU_ON until the reserved CPU ran.
+    pub start_ticks: u64,
+    /// Hashing, on the reserved CPU.
+    pub hash_ticks: u64,
+    /// How long [`finish`] waited for it.
+    pub wait_ticks: u64,
+}
 
 /// How long [`finish`] waits, in seconds, before it gives up on the
 /// reserved CPU (the hash takes well under 100 ms even under emulation).
@@ -85,9 +90,11 @@ pub fn start(board: &mut Board, spans: &[(PhysAddr, u64)]) -> bool {
         if !matches!(*job, Job::Idle) {
             return false;
         }
-        *job = Job::Queued(spans);
+        *job = Job::Queued {
+            spans,
+            at: read_sysreg!("cntpct_el0"),
+        };
     }
-    STARTED_AT.store(read_sysreg!("cntpct_el0"), Ordering::Relaxed);
     if board.start_cpu(mpidr, slot) != 0 {
         // Still on from the last job, or the firmware refused.
         *JOB.lock() = Job::Idle;
@@ -101,7 +108,7 @@ pub fn start(board: &mut Board, spans: &[(PhysAddr, u64)]) -> bool {
 /// [`FINISH_LIMIT_S`] (the caller then measures on its own CPU). A job
 /// given up on is never delivered later: the slot stays busy, and later
 /// hashes are refused to the reserved CPU.
-pub fn finish() -> Option<[u8; 32]> {
+pub fn finish() -> Option<Finished> {
     let start = read_sysreg!("cntpct_el0");
     let limit = FINISH_LIMIT_S.saturating_mul(read_sysreg!("cntfrq_el0"));
     loop {
@@ -109,17 +116,15 @@ pub fn finish() -> Option<[u8; 32]> {
             let mut job = JOB.lock();
             match *job {
                 Job::Idle => return None,
-                Job::Done { digest, ticks } => {
+                Job::Done(done) => {
                     *job = Job::Idle;
-                    LAST_TICKS.store(ticks, Ordering::Relaxed);
-                    LAST_WAIT.store(
-                        read_sysreg!("cntpct_el0").wrapping_sub(start),
-                        Ordering::Relaxed,
-                    );
-                    return Some(digest);
+                    return Some(Finished {
+                        wait_ticks: read_sysreg!("cntpct_el0").wrapping_sub(start),
+                        ..done
+                    });
                 }
                 Job::Abandoned => return None,
-                Job::Queued(_) | Job::Running => {
+                Job::Queued { .. } | Job::Running => {
                     if read_sysreg!("cntpct_el0").wrapping_sub(start) > limit {
                         *job = Job::Abandoned;
                         super::console::println!(
@@ -135,27 +140,18 @@ pub fn finish() -> Option<[u8; 32]> {
     }
 }
 
-fn us(ticks: u64) -> u64 {
+/// Counter ticks in microseconds.
+pub fn us(ticks: u64) -> u64 {
     ticks.saturating_mul(1_000_000) / read_sysreg!("cntfrq_el0").max(1)
-}
-
-/// Microseconds the last finished job took: from CPU_ON until the reserved
-/// CPU ran, hashing there, and how long [`finish`] waited for it.
-pub fn last_job_us() -> (u64, u64, u64) {
-    (
-        us(STARTED_AT.load(Ordering::Relaxed)),
-        us(LAST_TICKS.load(Ordering::Relaxed)),
-        us(LAST_WAIT.load(Ordering::Relaxed)),
-    )
 }
 
 /// The reserved CPU, just started (MMU on): runs the queued job, posts
 /// the digest, and turns itself off.
 pub fn run() -> ! {
-    let spans = {
+    let queued = {
         let mut job = JOB.lock();
         match core::mem::replace(&mut *job, Job::Running) {
-            Job::Queued(spans) => Some(spans),
+            Job::Queued { spans, at } => Some((spans, at)),
             other => {
                 // Started with nothing queued: put the state back.
                 *job = other;
@@ -163,22 +159,25 @@ pub fn run() -> ! {
             }
         }
     };
-    if let Some(spans) = spans {
+    if let Some((spans, queued_at)) = queued {
         // The block function may use the SHA-256 instructions.
         super::untrap_fp_simd();
         let start = read_sysreg!("cntpct_el0");
-        let delay = start.wrapping_sub(STARTED_AT.load(Ordering::Relaxed));
-        STARTED_AT.store(delay, Ordering::Relaxed);
         let mut board = Board::new();
         let mut h = Sha256::new(board.sha256_compress());
         for (pa, len) in spans {
             board.hash_ram(pa, len, &mut h);
         }
         let digest = h.finalize();
-        let ticks = read_sysreg!("cntpct_el0").wrapping_sub(start);
+        let done = Finished {
+            digest,
+            start_ticks: start.wrapping_sub(queued_at),
+            hash_ticks: read_sysreg!("cntpct_el0").wrapping_sub(start),
+            wait_ticks: 0,
+        };
         let mut job = JOB.lock();
         if matches!(*job, Job::Running) {
-            *job = Job::Done { digest, ticks };
+            *job = Job::Done(done);
         }
     }
     turn_off()

@@ -65,12 +65,25 @@ enum State {
 /// Which CPU hashed the baseline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum MeasuredOn {
-    /// Not measured yet.
-    Nothing,
-    /// The guest's, inside its enable call.
+    /// The guest's, inside one of its calls.
     GuestCpu,
     /// The hypervisor's own, while the guest went on.
     HypervisorCpu,
+}
+
+/// The measurement of TEXT+RODATA taken when protection was enabled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Baseline {
+    /// Protection is not enabled yet.
+    NotTaken,
+    /// Being hashed on the hypervisor's own CPU: until it is taken,
+    /// nothing may change TEXT or RODATA.
+    Pending,
+    /// Taken.
+    Taken { digest: [u8; 32], on: MeasuredOn },
+    /// Could not be taken (not expected: the ranges were checked when they
+    /// were protected); every self-check fails.
+    Lost,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -101,18 +114,15 @@ pub struct KernelProtect {
     extents: Option<AssetExtents>,
     ram: (u64, u64),
     collector: Collector,
-    baseline: [u8; 32],
-    /// The baseline is being hashed on the hypervisor's own CPU: until it
-    /// is taken, nothing may change TEXT or RODATA.
-    baseline_pending: bool,
-    /// Where the baseline was hashed.
-    measured_on: MeasuredOn,
-    /// The baseline could not be taken (not expected: the ranges were
-    /// checked when they were protected); every self-check fails.
-    baseline_lost: bool,
+    baseline: Baseline,
     patch_log: [u8; 32],
     sites: heapless::Vec<Site, MAX_PATCH_SITES>,
     counters: Counters,
+}
+
+/// A reported region as the core's range type.
+fn ipa_range(span: IpaSpan) -> Option<IpaRange> {
+    IpaRange::new(Ipa(span.start()), span.size())
 }
 
 fn ret(e: KpError) -> CallResult {
@@ -137,10 +147,7 @@ impl KernelProtect {
             extents: None,
             ram: (0, 0),
             collector: Collector::new(),
-            baseline: [0; 32],
-            baseline_pending: false,
-            measured_on: MeasuredOn::Nothing,
-            baseline_lost: false,
+            baseline: Baseline::NotTaken,
             patch_log: [0; 32],
             sites: heapless::Vec::new(),
             counters: Counters {
@@ -286,31 +293,44 @@ impl KernelProtect {
     /// hashed (waiting for it). Everything that changes TEXT or needs the
     /// baseline comes through here first.
     fn settle(&mut self, layout: &Layout, ops: &mut dyn HypOps) {
-        if !self.baseline_pending {
+        if self.baseline != Baseline::Pending {
             return;
         }
-        self.baseline_pending = false;
         self.baseline = match ops.background_hash() {
-            Some(d) => d,
+            Some(digest) => Baseline::Taken {
+                digest,
+                on: MeasuredOn::HypervisorCpu,
+            },
             // Not expected: the hash was started. TEXT and RODATA are
             // unchanged since enable (nothing was patched while pending),
             // so measuring now gives the same baseline.
-            None => {
-                self.measured_on = MeasuredOn::GuestCpu;
-                self.measure_baseline(layout, ops)
-            }
+            None => self.measure_baseline(layout, ops),
         };
     }
 
-    /// Measures the baseline now; if that fails, says so and marks it lost.
-    fn measure_baseline(&mut self, layout: &Layout, ops: &mut dyn HypOps) -> [u8; 32] {
-        self.measure(layout, ops).unwrap_or_else(|e| {
-            ops.log(format_args!(
-                "kernel protect: cannot measure TEXT+RODATA ({e:?}); self-checks will fail"
-            ));
-            self.baseline_lost = true;
-            [0; 32]
-        })
+    /// Measures the baseline now, on the calling CPU; if that fails, says
+    /// so.
+    fn measure_baseline(&self, layout: &Layout, ops: &mut dyn HypOps) -> Baseline {
+        match self.measure(layout, ops) {
+            Ok(digest) => Baseline::Taken {
+                digest,
+                on: MeasuredOn::GuestCpu,
+            },
+            Err(e) => {
+                ops.log(format_args!(
+                    "kernel protect: cannot measure TEXT+RODATA ({e:?}); self-checks will fail"
+                ));
+                Baseline::Lost
+            }
+        }
+    }
+
+    /// The baseline's digest, once taken.
+    fn digest(&self) -> Option<[u8; 32]> {
+        match self.baseline {
+            Baseline::Taken { digest, .. } => Some(digest),
+            _ => None,
+        }
     }
 
     /// Whether every patched site still holds what the hypervisor wrote.
@@ -326,8 +346,8 @@ impl KernelProtect {
     /// hashed in the background).
     fn verdict(&self, intact: bool) -> CallResult {
         let mut prefix = [0u8; 8];
-        if !self.baseline_pending {
-            prefix.copy_from_slice(&self.baseline[..8]);
+        if let Some(digest) = self.digest() {
+            prefix.copy_from_slice(&digest[..8]);
         }
         [
             abi::RET_OK,
@@ -358,7 +378,7 @@ impl KernelProtect {
                     (layout.bss(), Perms::RW),
                 ];
                 for (span, perms) in plan {
-                    let Some(range) = IpaRange::new(Ipa(span.start()), span.size()) else {
+                    let Some(range) = ipa_range(span) else {
                         return ret(KpError::ArgumentSize);
                     };
                     if let Err(e) = ops.set_perms(range, perms) {
@@ -369,19 +389,16 @@ impl KernelProtect {
                     }
                 }
                 self.state = State::Protected(layout);
-                let spans = [layout.text(), layout.rodata()]
-                    .map(|s| IpaRange::new(Ipa(s.start()), s.size()));
+                let spans = [layout.text(), layout.rodata()].map(ipa_range);
                 let background = match spans {
                     [Some(text), Some(rodata)] => ops.hash_guest_in_background(&[text, rodata]),
                     _ => Err(OpsError::NotGuestRam),
                 };
-                if background == Ok(true) {
-                    self.baseline_pending = true;
-                    self.measured_on = MeasuredOn::HypervisorCpu;
+                self.baseline = if background == Ok(true) {
+                    Baseline::Pending
                 } else {
-                    self.measured_on = MeasuredOn::GuestCpu;
-                    self.baseline = self.measure_baseline(&layout, ops);
-                }
+                    self.measure_baseline(&layout, ops)
+                };
                 ops.log(format_args!(
                     "kernel protect: enabled; TEXT {:#x}..{:#x} RODATA {:#x}..{:#x} DATA {:#x}..{:#x} BSS {:#x}..{:#x}",
                     layout.text().start(),
@@ -394,14 +411,14 @@ impl KernelProtect {
                     layout.bss().end()
                 ));
                 // Protected either way; without a baseline, not intact.
-                self.verdict(!self.baseline_lost)
+                self.verdict(self.baseline != Baseline::Lost)
             }
             State::Protected(layout) => {
                 self.settle(&layout, ops);
                 self.counters.self_checks += 1;
-                let intact = !self.baseline_lost
-                    && self.sites_hold(ops)
-                    && self.measure(&layout, ops).is_ok_and(|d| d == self.baseline);
+                let intact = self.digest().is_some_and(|baseline| {
+                    self.sites_hold(ops) && self.measure(&layout, ops).is_ok_and(|d| d == baseline)
+                });
                 if !intact {
                     self.counters.self_check_failures += 1;
                 }
@@ -589,20 +606,30 @@ impl Service for KernelProtect {
         writeln!(out, "kp_exec_blocked={}", c.exec_blocked)?;
         writeln!(out, "kp_self_checks={}", c.self_checks)?;
         writeln!(out, "kp_self_check_failures={}", c.self_check_failures)?;
-        let measured_on = match self.measured_on {
-            MeasuredOn::Nothing => "-",
-            MeasuredOn::GuestCpu => "guest-cpu",
-            MeasuredOn::HypervisorCpu => "hypervisor-cpu",
+        let measured_on = match self.baseline {
+            Baseline::NotTaken => "-",
+            Baseline::Pending
+            | Baseline::Taken {
+                on: MeasuredOn::HypervisorCpu,
+                ..
+            } => "hypervisor-cpu",
+            // A lost baseline was last tried on the guest's CPU.
+            Baseline::Taken {
+                on: MeasuredOn::GuestCpu,
+                ..
+            }
+            | Baseline::Lost => "guest-cpu",
         };
         writeln!(out, "kp_measured_on={measured_on}")?;
         write!(out, "kp_measurement=")?;
-        if self.baseline_pending {
-            write!(out, "pending")?;
-        } else if self.baseline_lost {
-            write!(out, "lost")?;
-        } else {
-            for b in self.baseline {
-                write!(out, "{b:02x}")?;
+        match self.baseline {
+            Baseline::Pending => write!(out, "pending")?,
+            Baseline::Lost => write!(out, "lost")?,
+            // All zeros until protection is enabled.
+            Baseline::NotTaken | Baseline::Taken { .. } => {
+                for b in self.digest().unwrap_or([0; 32]) {
+                    write!(out, "{b:02x}")?;
+                }
             }
         }
         write!(out, "\nkp_patch_log=")?;

@@ -164,6 +164,16 @@ fn call(kp: &mut KernelProtect, ops: &mut Ops, fid: u32, a: [u64; 3]) -> CallRes
     )
 }
 
+/// enable_vm_protection on the guest itself.
+fn enable(kp: &mut KernelProtect, ops: &mut Ops) -> CallResult {
+    call(
+        kp,
+        ops,
+        abi::ENABLE_VM_PROTECTION,
+        [abi::SELF_ADDRSPACE, 0, 0],
+    )
+}
+
 fn err(e: KpError) -> u64 {
     e.as_raw()
 }
@@ -177,15 +187,7 @@ fn protected() -> (KernelProtect, Ops) {
     let mut ops = Ops::new();
     let mut kp = service(&mut ops);
     assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
-    assert_eq!(
-        call(
-            &mut kp,
-            &mut ops,
-            abi::ENABLE_VM_PROTECTION,
-            [abi::SELF_ADDRSPACE, 0, 0]
-        )[..2],
-        [0, 1]
-    );
+    assert_eq!(enable(&mut kp, &mut ops)[..2], [0, 1]);
     (kp, ops)
 }
 
@@ -209,12 +211,7 @@ fn compact_report_once_then_protection_with_the_right_permissions() {
     );
     assert_eq!(kp.counters.compact, 1);
     // A self-check re-measures and finds it intact.
-    let r = call(
-        &mut kp,
-        &mut ops,
-        abi::ENABLE_VM_PROTECTION,
-        [abi::SELF_ADDRSPACE, 0, 0],
-    );
+    let r = enable(&mut kp, &mut ops);
     assert_eq!(r[..3], [0, 1, 0]);
 }
 
@@ -257,15 +254,7 @@ fn roles_are_enforced() {
         ),
         None
     );
-    assert_eq!(
-        call(
-            &mut kp,
-            &mut ops,
-            abi::ENABLE_VM_PROTECTION,
-            [abi::SELF_ADDRSPACE, 0, 0]
-        )[0],
-        err(KpError::ObjectState)
-    );
+    assert_eq!(enable(&mut kp, &mut ops)[0], err(KpError::ObjectState));
     assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
     assert_eq!(
         call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [7, 0, 0])[0],
@@ -368,10 +357,7 @@ fn per_region_reports_add_up_to_a_layout() {
         0
     );
     assert!(matches!(kp.state, State::Reported(_)));
-    assert_eq!(
-        call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0])[..2],
-        [0, 1]
-    );
+    assert_eq!(enable(&mut kp, &mut ops)[..2], [0, 1]);
 }
 
 /// The syndrome of a store from register `reg` of 2^`log_width` bytes
@@ -417,10 +403,7 @@ fn jump_label_patches(mut ops: Ops) {
     ops.at(site)[..4].copy_from_slice(&NOP.to_le_bytes());
     let mut kp = service(&mut ops);
     assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
-    assert_eq!(
-        call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0])[1],
-        1
-    );
+    assert_eq!(enable(&mut kp, &mut ops)[1], 1);
     let mut regs = GuestRegs::default();
     regs.x[3] = u64::from(b);
     let va = FIXMAP + (site & 0xfff);
@@ -432,7 +415,7 @@ fn jump_label_patches(mut ops: Ops) {
     assert_eq!(kp.guest_fault(&f, &mut ops), FaultAction::Emulated);
     assert_eq!(ops.word(site), NOP);
     assert_eq!(kp.counters.patches_accepted, 2);
-    let r = call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
+    let r = enable(&mut kp, &mut ops);
     assert_eq!(r[..3], [0, 1, 2], "intact, with two accepted patches");
 }
 
@@ -488,7 +471,7 @@ fn other_writes_and_executes_are_refused_and_counted() {
 fn self_check_detects_a_change_made_behind_its_back() {
     let (mut kp, mut ops) = protected();
     ops.at(RODATA.0 + 64)[0] ^= 0xff;
-    let r = call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
+    let r = enable(&mut kp, &mut ops);
     assert_eq!(r[..2], [0, 0], "not intact");
     assert_eq!(kp.counters.self_check_failures, 1);
 }
@@ -513,12 +496,7 @@ fn baseline_hashed_on_the_hypervisor_cpu_is_the_same_measurement() {
     fill(&mut sync_ops);
     let mut sync = service(&mut sync_ops);
     assert_eq!(submit(&mut sync, &mut sync_ops, &record()), 0);
-    let r = call(
-        &mut sync,
-        &mut sync_ops,
-        abi::ENABLE_VM_PROTECTION,
-        [0, 0, 0],
-    );
+    let r = enable(&mut sync, &mut sync_ops);
     assert_ne!(r[3], 0, "measured inside the call");
     assert!(stats(&sync).contains("kp_measured_on=guest-cpu\n"));
 
@@ -526,7 +504,7 @@ fn baseline_hashed_on_the_hypervisor_cpu_is_the_same_measurement() {
     fill(&mut ops);
     let mut kp = service(&mut ops);
     assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
-    let r = call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
+    let r = enable(&mut kp, &mut ops);
     assert_eq!(
         r,
         [0, 1, 0, 0],
@@ -539,15 +517,16 @@ fn baseline_hashed_on_the_hypervisor_cpu_is_the_same_measurement() {
     assert!(stats(&kp).contains("kp_measurement=pending\n"));
     // Power-off takes the digest so the stats show it.
     kp.finish(&mut ops);
-    assert_eq!(kp.baseline, sync.baseline);
+    assert_eq!(kp.digest(), sync.digest());
+    assert!(kp.digest().is_some());
     assert!(stats(&kp).contains("kp_measured_on=hypervisor-cpu\n"));
     assert!(!stats(&kp).contains("pending"));
     // A self-check compares against it.
-    let r = call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
+    let r = enable(&mut kp, &mut ops);
     assert_eq!(r[..2], [0, 1]);
     assert_eq!(
         r[3],
-        u64::from_be_bytes(kp.baseline[..8].try_into().unwrap())
+        u64::from_be_bytes(kp.digest().unwrap()[..8].try_into().unwrap())
     );
 }
 
@@ -556,8 +535,8 @@ fn self_check_waits_for_the_background_baseline() {
     let mut ops = Ops::with_hyp_cpu();
     let mut kp = service(&mut ops);
     assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
-    call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
-    let r = call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
+    enable(&mut kp, &mut ops);
+    let r = enable(&mut kp, &mut ops);
     assert_eq!(r[..2], [0, 1], "intact");
     assert_ne!(r[3], 0);
     assert!(ops.background.is_none(), "the digest was taken");
@@ -574,7 +553,7 @@ fn a_patch_waits_for_the_background_baseline() {
         ops.at(site)[..4].copy_from_slice(&NOP.to_le_bytes());
         let mut kp = service(ops);
         assert_eq!(submit(&mut kp, ops, &record()), 0);
-        call(&mut kp, ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
+        enable(&mut kp, ops);
         kp
     };
     let mut sync_ops = Ops::new();
@@ -588,8 +567,9 @@ fn a_patch_waits_for_the_background_baseline() {
     assert_eq!(kp.guest_fault(&f, &mut ops), FaultAction::Emulated);
     assert!(ops.background.is_none(), "the digest was taken first");
     assert_eq!(ops.word(site), b);
-    assert_eq!(kp.baseline, sync.baseline, "the baseline is pre-patch");
-    let r = call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
+    assert_eq!(kp.digest(), sync.digest(), "the baseline is pre-patch");
+    assert!(kp.digest().is_some());
+    let r = enable(&mut kp, &mut ops);
     assert_eq!(r[..3], [0, 1, 1], "intact, one patch");
 }
 
@@ -605,17 +585,17 @@ fn a_baseline_that_cannot_be_taken_fails_every_self_check() {
         ops.fail_hash = true;
         let mut kp = service(&mut ops);
         assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
-        let r = call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
+        let r = enable(&mut kp, &mut ops);
         assert_eq!(ops.perms.len(), 4, "protected regardless");
         assert!(stats(&kp).contains("kp_state=protected\n"));
         if !hyp_cpu {
             assert_eq!(r[..2], [0, 0], "protected, not intact");
         }
         // The first self-check takes (or fails to take) the baseline.
-        let r = call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
+        let r = enable(&mut kp, &mut ops);
         assert_eq!(r[..2], [0, 0]);
         ops.fail_hash = false;
-        let r = call(&mut kp, &mut ops, abi::ENABLE_VM_PROTECTION, [0, 0, 0]);
+        let r = enable(&mut kp, &mut ops);
         assert_eq!(r[..2], [0, 0], "never intact without a baseline");
         assert!(stats(&kp).contains("kp_measurement=lost\n"));
     }
