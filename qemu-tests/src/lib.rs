@@ -159,8 +159,20 @@ fn initramfs_for(a: &Artifacts, b: &Boot, tag: &str) -> Result<PathBuf, String> 
     Ok(path)
 }
 
+/// Where QEMU writes the guest's serial console.
+#[derive(Clone, Debug)]
+pub enum Console {
+    /// QEMU's standard output (to the terminal, or a pipe the harness
+    /// reads as the boot goes).
+    Stdio,
+    /// A file, read once QEMU has exited. QEMU writes the console a
+    /// character at a time; into a pipe, each one wakes the reader, and on
+    /// a 2-core machine those wake-ups compete with the vCPU threads.
+    File(PathBuf),
+}
+
 /// The QEMU command line for a boot.
-pub fn command(a: &Artifacts, b: &Boot, tag: &str) -> Result<Command, String> {
+pub fn command(a: &Artifacts, b: &Boot, tag: &str, console: &Console) -> Result<Command, String> {
     let initrd = initramfs_for(a, b, tag)?;
     let mut cmd = Command::new("qemu-system-aarch64");
     let append = format!("console=ttyAMA0 panic=-1 {}", b.append);
@@ -174,15 +186,12 @@ pub fn command(a: &Artifacts, b: &Boot, tag: &str) -> Result<Command, String> {
     let hyp_cpu = b.hyp && b.hyp_cpu && (b.cpus as usize) < hyp_stub::hyp::MAX_CPUS;
     cmd.arg("-smp")
         .arg((b.cpus + u32::from(hyp_cpu)).to_string());
-    cmd.args([
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-monitor",
-        "none",
-        "-no-reboot",
-    ]);
+    let serial = match console {
+        Console::Stdio => "stdio".to_string(),
+        Console::File(p) => format!("file:{}", p.display()),
+    };
+    cmd.args(["-display", "none", "-serial", &serial]);
+    cmd.args(["-monitor", "none", "-no-reboot"]);
     if b.hyp {
         let kernel_size = file_size(&a.kernel)?;
         let initrd_size = file_size(&initrd)?;
@@ -224,16 +233,26 @@ fn file_size(p: &Path) -> Result<u64, String> {
 }
 
 /// Boots once and returns what the console showed. `tag` names the
-/// per-boot files (unique per concurrent boot).
+/// per-boot files (unique per concurrent boot). The console goes to a
+/// file, so nothing on the host wakes up while the guest runs.
 ///
 /// # Errors
 /// QEMU could not be started.
 pub fn run(a: &Artifacts, b: &Boot, tag: &str) -> Result<Outcome, String> {
-    run_with(a, b, tag, |_| {})
+    fs::create_dir_all(&a.scratch).map_err(|e| format!("{}: {e}", a.scratch.display()))?;
+    let path = a.scratch.join(format!("console-{tag}.txt"));
+    let _ = fs::remove_file(&path);
+    let mut o = launch(a, b, tag, &Console::File(path.clone()), |_| {})?;
+    // What QEMU printed on its own (stderr, a kill note) goes after the
+    // guest's console, as it would have arrived.
+    let serial = fs::read(&path).unwrap_or_default();
+    let _ = fs::remove_file(&path);
+    o.console = String::from_utf8_lossy(&serial).replace('\r', "") + &o.console;
+    Ok(o)
 }
 
-/// As [`run`], handing each chunk of console output to `echo` as it
-/// arrives.
+/// As [`run`], but with the console on QEMU's standard output, handing
+/// each chunk to `echo` as it arrives.
 ///
 /// # Errors
 /// QEMU could not be started.
@@ -241,9 +260,19 @@ pub fn run_with(
     a: &Artifacts,
     b: &Boot,
     tag: &str,
+    echo: impl FnMut(&[u8]),
+) -> Result<Outcome, String> {
+    launch(a, b, tag, &Console::Stdio, echo)
+}
+
+fn launch(
+    a: &Artifacts,
+    b: &Boot,
+    tag: &str,
+    console: &Console,
     mut echo: impl FnMut(&[u8]),
 ) -> Result<Outcome, String> {
-    let mut cmd = command(a, b, tag)?;
+    let mut cmd = command(a, b, tag, console)?;
     let start = Instant::now();
     if b.interactive {
         let status = cmd

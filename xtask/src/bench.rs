@@ -19,7 +19,8 @@ use qemu_tests::{Artifacts, Boot, Outcome};
 
 use crate::{build_all, paths};
 
-const BOOTS: usize = 40;
+/// Boots of each boot-time configuration, unless `--boots` says otherwise.
+pub const BOOTS: usize = 40;
 const FLIP_BOOTS: usize = 5;
 const FLIPS: u64 = 2000;
 
@@ -110,7 +111,7 @@ fn ns_per_flip(console: &str) -> Option<f64> {
 }
 
 /// Runs the benchmarks and writes `docs/benchmarks.md`.
-pub fn run() -> Result<(), String> {
+pub fn run(boots: usize) -> Result<(), String> {
     let a = build_all()?;
     let plain = Boot {
         hyp: false,
@@ -144,10 +145,10 @@ pub fn run() -> Result<(), String> {
         ),
     ];
     paths::step(&format!(
-        "boot time: {BOOTS} boots of each of {} configurations, interleaved",
+        "boot time: {boots} boots of each of {} configurations, interleaved",
         configs.len()
     ));
-    for i in 0..BOOTS {
+    for i in 0..boots {
         let mut round = Vec::new();
         for (n, c) in configs.iter_mut().enumerate() {
             let o = boot(&a, &c.boot, &format!("bench-boot-{n}"))?;
@@ -226,7 +227,7 @@ pub fn run() -> Result<(), String> {
     );
     let _ = writeln!(
         doc,
-        "## Boot time ({BOOTS} boots each, QEMU start to power off)\n"
+        "## Boot time ({boots} boots each, QEMU start to power off)\n"
     );
     let _ = writeln!(
         doc,

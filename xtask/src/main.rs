@@ -33,6 +33,7 @@ commands:
                --shell          interactive guest shell
   test       host unit tests and QEMU system tests; ends with 'N passed, N failed'
   bench      benchmarks (boot time, static key flips, MMIO guard hypercalls) -> docs/benchmarks.md
+               --boots N        boots of each boot-time configuration (default 40)
   kernel     build the guest kernel (patched Linux 6.12, Rust enabled)
   hyp        build hyp-stub
   initramfs  build the guest's userland
@@ -48,7 +49,7 @@ fn main() -> ExitCode {
         Some("initramfs") => deps::ensure().and_then(|()| initramfs::build().map(drop)),
         Some("run") => run(&args[1..]),
         Some("test") => test::run(),
-        Some("bench") => bench::run(),
+        Some("bench") => bench_args(&args[1..]).and_then(bench::run),
         Some("-h") | Some("--help") | Some("help") => {
             print!("{USAGE}");
             Ok(())
@@ -96,6 +97,17 @@ pub fn build_all() -> Result<Artifacts, String> {
         kernel_build: kernel.build_dir,
         scratch: paths::cache().join("scratch"),
     })
+}
+
+fn bench_args(args: &[String]) -> Result<usize, String> {
+    match args {
+        [] => Ok(bench::BOOTS),
+        [flag, n] if flag == "--boots" => match n.parse() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("--boots {n}: expected a positive number")),
+        },
+        _ => Err(format!("bad bench options {args:?}\n{USAGE}")),
+    }
 }
 
 fn run(args: &[String]) -> Result<(), String> {
