@@ -328,8 +328,9 @@ impl<M: TableMemory> Stage2<M> {
     /// blocks that are only partly covered (break-before-make for each
     /// split). The leaf changes themselves are permission or validity
     /// changes, which need no break-before-make: they are all written,
-    /// then the guest's translations are invalidated once. (The guest's
-    /// only vCPU is stopped in the hypervisor meanwhile.)
+    /// then the guest's translations are invalidated once. Other vCPUs
+    /// of the guest may use the old permissions until that invalidation,
+    /// which completes before this returns.
     fn update(
         &mut self,
         range: IpaRange,

@@ -321,12 +321,12 @@ pub fn run(boots: usize) -> Result<(), String> {
          hypervisor's own, hashes TEXT+RODATA (about 3 MB) before returning. With\n\
          one, the call returns after the permissions and the same hash runs there\n\
          while the guest boots on: its CPU time is not saved, only moved off the\n\
-         guest's path. Under QEMU the extra CPU slows the boot even though it is\n\
-         never started (the \"extra CPU itself\" line; presumably QEMU's cost of\n\
-         keeping a second vCPU thread in step, e.g. for the guest's broadcast TLB\n\
-         invalidations); a powered-off core has no such cost on hardware.\n\
-         Wall-clock times under TCG on a shared 2-core machine vary by tens of\n\
-         milliseconds from boot to boot, hence the paired ratios.\n"
+         guest's path, onto a host core of its own (QEMU runs each vCPU on a\n\
+         thread). QEMU writes the console to a file here, not to a pipe: a reader\n\
+         woken for every character would take a host core from the vCPUs, and\n\
+         the benchmark would measure the harness. Wall-clock times under TCG on a\n\
+         shared 2-core machine vary by tens of milliseconds from boot to boot,\n\
+         hence the paired ratios.\n"
     );
     let _ = writeln!(doc, "## Static key flip ({FLIP_BOOTS} boots each, {FLIPS} enable+disable flips timed in the guest)\n");
     let _ = writeln!(doc, "| configuration | median ns per flip |");
