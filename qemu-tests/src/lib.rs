@@ -245,9 +245,12 @@ pub fn run(a: &Artifacts, b: &Boot, tag: &str) -> Result<Outcome, String> {
     let mut o = launch(a, b, tag, &Console::File(path.clone()), |_| {})?;
     // What QEMU printed on its own (stderr, a kill note) goes after the
     // guest's console, as it would have arrived.
-    let serial = fs::read(&path).unwrap_or_default();
+    let serial = match fs::read(&path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).replace('\r', ""),
+        Err(e) => format!("[qemu-tests: no console file {}: {e}]\n", path.display()),
+    };
     let _ = fs::remove_file(&path);
-    o.console = String::from_utf8_lossy(&serial).replace('\r', "") + &o.console;
+    o.console = serial + &o.console;
     Ok(o)
 }
 
