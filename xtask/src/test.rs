@@ -51,11 +51,21 @@ fn cargo_test(args: &[&str], envs: &[(&str, String)], totals: &mut Totals) -> Re
     }
     let mut child = cmd.spawn().map_err(|e| format!("cargo test: {e}"))?;
     let out = child.stdout.take().ok_or("cargo test: no stdout")?;
+    let failed_before = totals.failed;
     for line in BufReader::new(out).lines().map_while(Result::ok) {
         println!("{line}");
         totals.add_line(&line);
     }
     let status = child.wait().map_err(|e| e.to_string())?;
+    if !status.success() && totals.failed == failed_before {
+        // A build error, or a test binary that died before its summary:
+        // no "test result" line counted it, so count it here.
+        println!(
+            "cargo test {} ... FAILED ({status}, no failing test reported)",
+            args.join(" ")
+        );
+        totals.failed += 1;
+    }
     Ok(status.success())
 }
 
