@@ -239,7 +239,7 @@ fn file_size(p: &Path) -> Result<u64, String> {
 /// # Errors
 /// QEMU could not be started.
 pub fn run(a: &Artifacts, b: &Boot, tag: &str) -> Result<Outcome, String> {
-    fs::create_dir_all(&a.scratch).map_err(|e| format!("{}: {e}", a.scratch.display()))?;
+    // `command` creates the scratch directory before QEMU opens the file.
     let path = a.scratch.join(format!("console-{tag}.txt"));
     let _ = fs::remove_file(&path);
     let mut o = launch(a, b, tag, &Console::File(path.clone()), |_| {})?;
