@@ -2,8 +2,9 @@
 //! Streaming SHA-256 (FIPS 180-4) over a pluggable block function, so the
 //! hypervisor can measure guest memory with the CPU's SHA-256 instructions
 //! where they are faster. Host tests compare the portable block function
-//! with the `sha2` crate; the hypervisor checks the block functions it
-//! will use against it at boot ([`known_answer`]).
+//! with the `sha2` crate; the hypervisor checks each block function
+//! against it before using it ([`known_answer`]): the portable one at
+//! boot, the CPU's instructions when the first measurement chooses.
 
 /// Compresses whole 64-byte blocks into the state.
 pub type CompressFn = fn(&mut [u32; 8], &[[u8; 64]]);

@@ -3,7 +3,7 @@
 //! access through the hypervisor's identity map, EL1 system registers.
 
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicU8, Ordering};
 
 use hyp_stub::addr::{Ipa, PhysAddr};
 use hyp_stub::esr::Width;
@@ -15,8 +15,14 @@ use hyp_stub::vcpu::{El1Context, El1Exception};
 use super::console::Console;
 use super::sysreg::{read_sysreg, write_sysreg};
 
-/// Whether the SHA-256 instructions passed their known-answer test.
-static HW_SHA256: AtomicBool = AtomicBool::new(false);
+/// Which SHA-256 block function measures guest memory. Chosen by the first
+/// measurement ([`Board::sha256_compress`]), not at boot: timing the two
+/// takes about 3 ms under emulation, which a boot that never measures
+/// should not pay.
+static SHA256: AtomicU8 = AtomicU8::new(UNDECIDED);
+const UNDECIDED: u8 = 0;
+const PORTABLE: u8 = 1;
+const CPU_INSTRUCTIONS: u8 = 2;
 
 /// QEMU `virt` with the hypervisor at EL2.
 pub struct Board {
@@ -29,11 +35,10 @@ impl Board {
         Self { console: Console }
     }
 
-    /// Picks the SHA-256 block function (once, at boot): the CPU's
-    /// instructions if they pass their known-answer test and run faster
-    /// than the portable code on the same data (under QEMU's emulation
-    /// they may not). Returns whether the instructions are used.
-    pub fn detect_sha256() -> bool {
+    /// Whether the CPU's SHA-256 instructions pass their known-answer test
+    /// and run faster than the portable code on the same data (under
+    /// QEMU's emulation they may not).
+    fn sha256_instructions_faster() -> bool {
         let Some(hw) = super::sha256_ce::detect() else {
             return false;
         };
@@ -51,9 +56,7 @@ impl Board {
         };
         // Warm both up first (translation, caches), then compare.
         let _ = (time(hw), time(super::sha256_words::compress));
-        let faster = time(hw) < time(super::sha256_words::compress);
-        HW_SHA256.store(faster, Ordering::Relaxed);
-        faster
+        time(hw) < time(super::sha256_words::compress)
     }
 }
 
@@ -80,8 +83,35 @@ impl Platform for Board {
         read_sysreg!("mpidr_el1")
     }
 
+    /// Chooses the block function the first time (on a CPU that serves
+    /// the guest: the measurement CPU is handed it with its job).
     fn sha256_compress(&self) -> CompressFn {
-        if HW_SHA256.load(Ordering::Relaxed) {
+        let mut choice = SHA256.load(Ordering::Acquire);
+        if choice == UNDECIDED {
+            let mine = if Self::sha256_instructions_faster() {
+                CPU_INSTRUCTIONS
+            } else {
+                PORTABLE
+            };
+            // Two CPUs may both time them; the first to decide wins.
+            choice =
+                match SHA256.compare_exchange(UNDECIDED, mine, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => {
+                        super::console::println!(
+                            "SHA-256 measurements use {}",
+                            if mine == CPU_INSTRUCTIONS {
+                                "CPU instructions"
+                            } else {
+                                "portable code (faster here)"
+                            }
+                        );
+                        mine
+                    }
+                    Err(first) => first,
+                };
+        }
+        if choice == CPU_INSTRUCTIONS {
             super::sha256_ce::compress
         } else {
             super::sha256_words::compress

@@ -260,12 +260,6 @@ extern "C" fn hyp_main() -> ! {
             "the SHA-256 block function fails its known-answer test"
         ));
     }
-    let sha = if Board::detect_sha256() {
-        "CPU instructions"
-    } else {
-        "portable code (faster here)"
-    };
-    println!("SHA-256 measurements use {}", sha);
     println!(
         "guest RAM {:#x}..{:#x}, kernel at {:#x}, initramfs {:#x}+{:#x}, dtb at {:#x}",
         guest_ram.start().get(),
