@@ -35,6 +35,45 @@ impl Board {
         Self { console: Console }
     }
 
+    /// The block function measurements use, chosen by the first call;
+    /// true if this call chose. Two CPUs may both time the candidates:
+    /// the first to decide wins.
+    pub fn choose_sha256() -> (CompressFn, bool) {
+        let mut chose = false;
+        let mut choice = SHA256.load(Ordering::Acquire);
+        if choice == UNDECIDED {
+            let mine = if Self::sha256_instructions_faster() {
+                CPU_INSTRUCTIONS
+            } else {
+                PORTABLE
+            };
+            choice =
+                match SHA256.compare_exchange(UNDECIDED, mine, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => {
+                        chose = true;
+                        mine
+                    }
+                    Err(first) => first,
+                };
+        }
+        let compress: CompressFn = if choice == CPU_INSTRUCTIONS {
+            super::sha256_ce::compress
+        } else {
+            super::sha256_words::compress
+        };
+        (compress, chose)
+    }
+
+    /// What measurements use, for the console.
+    fn sha256_in_use() -> &'static str {
+        match SHA256.load(Ordering::Acquire) {
+            CPU_INSTRUCTIONS => "the CPU's SHA-256 instructions",
+            PORTABLE => "portable SHA-256 code (faster here)",
+            _ => "nothing yet",
+        }
+    }
+
     /// Whether the CPU's SHA-256 instructions pass their known-answer test
     /// and run faster than the portable code on the same data (under
     /// QEMU's emulation they may not).
@@ -83,39 +122,13 @@ impl Platform for Board {
         read_sysreg!("mpidr_el1")
     }
 
-    /// Chooses the block function the first time (on a CPU that serves
-    /// the guest: the measurement CPU is handed it with its job).
+    /// Chooses the block function the first time, and says which.
     fn sha256_compress(&self) -> CompressFn {
-        let mut choice = SHA256.load(Ordering::Acquire);
-        if choice == UNDECIDED {
-            let mine = if Self::sha256_instructions_faster() {
-                CPU_INSTRUCTIONS
-            } else {
-                PORTABLE
-            };
-            // Two CPUs may both time them; the first to decide wins.
-            choice =
-                match SHA256.compare_exchange(UNDECIDED, mine, Ordering::AcqRel, Ordering::Acquire)
-                {
-                    Ok(_) => {
-                        super::console::println!(
-                            "SHA-256 measurements use {}",
-                            if mine == CPU_INSTRUCTIONS {
-                                "CPU instructions"
-                            } else {
-                                "portable code (faster here)"
-                            }
-                        );
-                        mine
-                    }
-                    Err(first) => first,
-                };
+        let (compress, chose) = Self::choose_sha256();
+        if chose {
+            super::console::println!("measurements use {}", Self::sha256_in_use());
         }
-        if choice == CPU_INSTRUCTIONS {
-            super::sha256_ce::compress
-        } else {
-            super::sha256_words::compress
-        }
+        compress
     }
 
     fn start_background_hash(&mut self, spans: &[(PhysAddr, u64)]) -> bool {
@@ -127,8 +140,9 @@ impl Platform for Board {
         let us = super::measure_cpu::us;
         let _ = writeln!(
             self.console,
-            "hyp-stub: background hash took {} us on the hypervisor's CPU ({} us to start it; waited {} us for it)",
+            "hyp-stub: background hash took {} us on the hypervisor's CPU with {} ({} us to start it; waited {} us for it)",
             us(done.hash_ticks),
+            Self::sha256_in_use(),
             us(done.start_ticks),
             us(done.wait_ticks)
         );

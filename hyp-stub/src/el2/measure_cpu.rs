@@ -11,7 +11,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use hyp_stub::addr::PhysAddr;
 use hyp_stub::hyp::{cpu_slot, Platform, MAX_BACKGROUND_SPANS};
-use hyp_stub::sha256::{CompressFn, Sha256};
+use hyp_stub::sha256::Sha256;
 use hyp_stub::smccc::psci;
 use spin::Mutex;
 
@@ -30,13 +30,8 @@ type Spans = heapless::Vec<(PhysAddr, u64), MAX_BACKGROUND_SPANS>;
 enum Job {
     /// Nothing to do; a job may be queued.
     Idle,
-    /// Queued at counter value `at`, the reserved CPU being started;
-    /// `compress` is the block function the guest's CPU chose.
-    Queued {
-        spans: Spans,
-        compress: CompressFn,
-        at: u64,
-    },
+    /// Queued at counter value `at`, the reserved CPU being started.
+    Queued { spans: Spans, at: u64 },
     /// Being hashed on the reserved CPU.
     Running,
     /// Hashed; waiting for [`finish`] to take it.
@@ -90,8 +85,6 @@ pub fn start(board: &mut Board, spans: &[(PhysAddr, u64)]) -> bool {
     let Ok(spans) = Spans::from_slice(spans) else {
         return false;
     };
-    // Chosen here, on the guest's CPU, where it may say what it chose.
-    let compress = board.sha256_compress();
     {
         let mut job = JOB.lock();
         if !matches!(*job, Job::Idle) {
@@ -99,7 +92,6 @@ pub fn start(board: &mut Board, spans: &[(PhysAddr, u64)]) -> bool {
         }
         *job = Job::Queued {
             spans,
-            compress,
             at: read_sysreg!("cntpct_el0"),
         };
     }
@@ -159,11 +151,7 @@ pub fn run() -> ! {
     let queued = {
         let mut job = JOB.lock();
         match core::mem::replace(&mut *job, Job::Running) {
-            Job::Queued {
-                spans,
-                compress,
-                at,
-            } => Some((spans, compress, at)),
+            Job::Queued { spans, at } => Some((spans, at)),
             other => {
                 // Started with nothing queued: put the state back.
                 *job = other;
@@ -171,9 +159,13 @@ pub fn run() -> ! {
             }
         }
     };
-    if let Some((spans, compress, queued_at)) = queued {
+    if let Some((spans, queued_at)) = queued {
         // The block function may use the SHA-256 instructions.
         super::untrap_fp_simd();
+        // Chosen here if this is the first measurement (off the guest's
+        // path); `finish` says which, as this CPU must not print over
+        // the guest's console.
+        let (compress, _) = Board::choose_sha256();
         let start = read_sysreg!("cntpct_el0");
         let mut board = Board::new();
         let mut h = Sha256::new(compress);
