@@ -7,9 +7,9 @@
 use core::fmt::{self, Write};
 
 use crate::cmdline::Mode;
-use crate::guest_kp::abi::{self, KpError, RegionType};
+use crate::guest_kp::abi::{KpError, RegionType};
 use crate::guest_kp::builder::Builder;
-use crate::guest_kp::guest::{self, Hypercall, ReportPath};
+use crate::guest_kp::guest::{self, Hypercall, ReportPath, SelfCheck};
 use crate::guest_kp::record::{KernelAssetInfo, RecordError};
 
 /// Where kernel protect stands.
@@ -29,17 +29,6 @@ pub enum Status {
     Protected,
 }
 
-/// The result of the last self-check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SelfCheck {
-    /// TEXT+RODATA match the measurement taken at enable time.
-    pub intact: bool,
-    /// Text patches the hypervisor has accepted since.
-    pub patches: u64,
-    /// First 64 bits of the SHA-256 measurement.
-    pub measurement: u64,
-}
-
 /// The guest's kernel-protect state.
 pub struct KpState {
     mode: Mode,
@@ -53,15 +42,6 @@ impl Default for KpState {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn decode(ret: [u64; 4]) -> Result<SelfCheck, KpError> {
-    KpError::from_raw(ret[0])?;
-    Ok(SelfCheck {
-        intact: ret[1] == 1,
-        patches: ret[2],
-        measurement: ret[3],
-    })
 }
 
 impl KpState {
@@ -129,17 +109,16 @@ impl KpState {
         if !matches!(self.status, Status::Reported(_)) {
             return self.status;
         }
-        self.status =
-            match decode(hv.call(abi::ENABLE_VM_PROTECTION, [abi::SELF_ADDRSPACE, 0, 0, 0])) {
-                Ok(check) => {
-                    // The measurement may still be being taken on a CPU
-                    // of the hypervisor's own (x3 = 0): then there is no
-                    // verdict to show until the first self-check.
-                    self.last = (check.measurement != 0).then_some(check);
-                    Status::Protected
-                }
-                Err(e) => Status::Refused(e),
-            };
+        self.status = match guest::enable_protection(hv) {
+            Ok(check) => {
+                // The measurement may still be being taken on a CPU of the
+                // hypervisor's own (x3 = 0): then there is no verdict to
+                // show until the first self-check.
+                self.last = (check.measurement != 0).then_some(check);
+                Status::Protected
+            }
+            Err(e) => Status::Refused(e),
+        };
         self.status
     }
 
@@ -151,7 +130,7 @@ impl KpState {
         if self.status != Status::Protected {
             return Err(KpError::ObjectState);
         }
-        let check = decode(hv.call(abi::ENABLE_VM_PROTECTION, [abi::SELF_ADDRSPACE, 0, 0, 0]))?;
+        let check = guest::enable_protection(hv)?;
         self.checks += 1;
         self.last = Some(check);
         Ok(check)

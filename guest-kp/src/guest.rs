@@ -71,17 +71,35 @@ pub fn report<H: Hypercall + ?Sized>(
     Ok(ReportPath::PerRegion)
 }
 
+/// The hypervisor's answer to ENABLE_VM_PROTECTION.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SelfCheck {
+    /// TEXT+RODATA match the measurement taken at enable time (x1 = 1).
+    pub intact: bool,
+    /// Text patches the hypervisor has accepted since (x2).
+    pub patches: u64,
+    /// First 64 bits of the SHA-256 measurement (x3); 0 while the
+    /// hypervisor is still taking it.
+    pub measurement: u64,
+}
+
 /// Asks the hypervisor to enable protection of this guest's kernel and
 /// run its integrity check (ENABLE_VM_PROTECTION with the guest itself,
-/// [`SELF_ADDRSPACE`], as target).
+/// [`SELF_ADDRSPACE`], as target), and returns its answer.
 ///
 /// # Errors
 /// Any [`KpError`] the hypervisor returns, e.g.
 /// [`KpError::ObjectState`] before the layout was reported,
 /// [`KpError::Denied`] if self-checks are not allowed, or
 /// [`KpError::Unimplemented`] without kernel protect.
-pub fn enable_protection<H: Hypercall + ?Sized>(hv: &mut H) -> Result<(), KpError> {
-    status(hv, ENABLE_VM_PROTECTION, [SELF_ADDRSPACE, 0, 0, 0])
+pub fn enable_protection<H: Hypercall + ?Sized>(hv: &mut H) -> Result<SelfCheck, KpError> {
+    let [x0, x1, x2, x3] = hv.call(ENABLE_VM_PROTECTION, [SELF_ADDRSPACE, 0, 0, 0]);
+    KpError::from_raw(x0)?;
+    Ok(SelfCheck {
+        intact: x1 == 1,
+        patches: x2,
+        measurement: x3,
+    })
 }
 
 #[cfg(test)]

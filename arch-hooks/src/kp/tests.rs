@@ -5,6 +5,7 @@ use std::string::String;
 use std::vec::Vec;
 
 use super::*;
+use crate::guest_kp::abi;
 
 const TEXT: (u64, u64) = (0x4021_0000, 0x40a0_0000);
 const RODATA: (u64, u64) = (0x40a0_0000, 0x40d0_0000);

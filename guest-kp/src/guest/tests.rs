@@ -295,8 +295,8 @@ fn enable_protection_self_check() {
     assert_eq!(enable_protection(&mut hv), Err(KpError::ObjectState));
     hv.store(RECORD_IPA, &rec);
     report(&mut hv, &rec, RECORD_IPA).unwrap();
-    assert_eq!(enable_protection(&mut hv), Ok(()));
-    assert_eq!(enable_protection(&mut hv), Ok(()));
+    assert_eq!(enable_protection(&mut hv).map(drop), Ok(()));
+    assert_eq!(enable_protection(&mut hv).map(drop), Ok(()));
     assert_eq!(hv.checks, 2);
     assert_eq!(
         hv.log.last(),
@@ -364,8 +364,16 @@ fn every_enable_error_is_returned() {
         enable_protection(&mut hv),
         Err(KpError::Unknown(c)) if c.get() == 77
     ));
+    // On success x1..x3 are the answer, whatever the fake put there.
     let mut hv = Scripted::new(0, 0, 0);
-    assert_eq!(enable_protection(&mut hv), Ok(()));
+    assert_eq!(
+        enable_protection(&mut hv),
+        Ok(SelfCheck {
+            intact: false,
+            patches: 0xbeef,
+            measurement: 0xf00d
+        })
+    );
 }
 
 #[test]
@@ -375,5 +383,5 @@ fn works_through_a_trait_object() {
     fake.store(RECORD_IPA, &rec);
     let hv: &mut dyn Hypercall = &mut fake;
     assert_eq!(report(hv, &rec, RECORD_IPA), Ok(ReportPath::Compact));
-    assert_eq!(enable_protection(hv), Ok(()));
+    assert_eq!(enable_protection(hv).map(drop), Ok(()));
 }
