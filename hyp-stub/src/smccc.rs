@@ -12,15 +12,10 @@ pub const NOT_SUPPORTED: u64 = -1i64 as u64;
 /// SMCCC INVALID_PARAMETER (-3).
 pub const INVALID_PARAMETER: u64 = -3i64 as u64;
 
-/// Vendor-specific hypervisor service call UID query.
-pub const VENDOR_HYP_UID: u32 = 0x8600_ff01;
-/// KVM's vendor-hyp features bitmap query (function 0).
-pub const VENDOR_HYP_KVM_FEATURES: u32 = 0x8600_0000;
+/// KVM discovery, shared with the guest's MMIO guard.
+pub use mmio_guard::abi::{KVM_UID, VENDOR_HYP_KVM_FEATURES, VENDOR_HYP_UID};
 /// Bit of the features bitmap for the features call itself.
 pub const KVM_FUNC_FEATURES: u32 = 0;
-
-/// KVM's UID 28b46fb6-2ec5-11e9-a9ca-4b564d003a74, as r0..r3.
-pub const KVM_UID: [u64; 4] = [0xb66f_b428, 0xe911_c52e, 0x564b_caa9, 0x743a_004d];
 
 /// The vendor-hyp function number of `fid` (the bit it occupies in the
 /// features bitmap), if `fid` is a fast vendor-hyp call below 128.

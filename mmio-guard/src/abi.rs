@@ -5,6 +5,15 @@
 //! requires before it uses MAP, and pvguard's ranged MAP/UNMAP (10, 11) so
 //! a guest spends one hypercall per `ioremap` instead of one per granule.
 
+/// SMCCC's vendor-specific hypervisor UID query: how a guest finds a
+/// KVM-compatible hypervisor before it uses any of the calls below.
+pub const VENDOR_HYP_UID: u32 = 0x8600_ff01;
+/// KVM's vendor-hyp features bitmap query (function 0): bit N set means
+/// vendor-hyp function N is offered.
+pub const VENDOR_HYP_KVM_FEATURES: u32 = 0x8600_0000;
+/// KVM's UID 28b46fb6-2ec5-11e9-a9ca-4b564d003a74, as r0..r3.
+pub const KVM_UID: [u64; 4] = [0xb66f_b428, 0xe911_c52e, 0x564b_caa9, 0x743a_004d];
+
 /// HYP_MEMINFO: x0 = the hypervisor's memory granule.
 pub const HYP_MEMINFO: u32 = 0xc600_0002;
 /// MEM_SHARE (x1 = IPA of one granule). The stub does not model memory

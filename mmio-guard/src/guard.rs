@@ -15,11 +15,6 @@ pub trait Hypervisor {
     fn call(&mut self, fid: u32, args: [u64; 3]) -> [u64; 4];
 }
 
-/// KVM's vendor-hyp UID, r0..r3.
-pub const KVM_UID: [u64; 4] = [0xb66f_b428, 0xe911_c52e, 0x564b_caa9, 0x743a_004d];
-const VENDOR_HYP_UID: u32 = 0x8600_ff01;
-const VENDOR_HYP_FEATURES: u32 = 0x8600_0000;
-
 /// Why the guard is not available.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unavailable {
@@ -45,10 +40,10 @@ pub struct Discovery {
 /// # Errors
 /// [`Unavailable`] saying why not.
 pub fn discover(hv: &mut dyn Hypervisor) -> Result<Discovery, Unavailable> {
-    if hv.call(VENDOR_HYP_UID, [0; 3]) != KVM_UID {
+    if hv.call(abi::VENDOR_HYP_UID, [0; 3]) != abi::KVM_UID {
         return Err(Unavailable::NotKvm);
     }
-    let bits = hv.call(VENDOR_HYP_FEATURES, [0; 3]);
+    let bits = hv.call(abi::VENDOR_HYP_KVM_FEATURES, [0; 3]);
     let has = |fid| abi::advertised(bits, fid);
     if !(has(abi::INFO) && has(abi::ENROLL) && has(abi::MAP) && has(abi::UNMAP)) {
         return Err(Unavailable::NoService);

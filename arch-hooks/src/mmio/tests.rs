@@ -18,7 +18,7 @@ impl Hypervisor for Hyp {
     fn call(&mut self, fid: u32, a: [u64; 3]) -> [u64; 4] {
         let ok = [0, 0, 0, 0];
         match fid {
-            0x8600_ff01 => guard::KVM_UID,
+            0x8600_ff01 => abi::KVM_UID,
             0x8600_0000 if self.offers => [
                 1 | 1 << 5 | 1 << 6 | 1 << 7 | 1 << 8 | 1 << 10 | 1 << 11,
                 0,

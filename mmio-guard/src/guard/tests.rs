@@ -23,7 +23,7 @@ impl Hypervisor for FakeHyp {
         let bad = [abi::RET_INVALID_PARAMETER, 0, 0, 0];
         let granules = |s: u64, n: u64| (0..n / abi::GRANULE).map(move |i| s + i * abi::GRANULE);
         match fid {
-            0x8600_ff01 => KVM_UID,
+            0x8600_ff01 => abi::KVM_UID,
             0x8600_0000 => {
                 let mut bits = 1 | 1 << 5 | 1 << 6 | 1 << 7 | 1 << 8;
                 if !self.no_ranges {
