@@ -74,7 +74,10 @@ fn unpack(tar: &Path) -> Result<(), String> {
     fs::rename(&tmp, &src).map_err(|e| format!("{}: {e}", src.display()))
 }
 
-fn series() -> Result<Vec<(String, Vec<u8>)>, String> {
+/// The patch series: each file of `patches/*.patch`, by name, in order.
+type Series = Vec<(String, Vec<u8>)>;
+
+fn series() -> Result<Series, String> {
     let dir = paths::repo().join("patches");
     let mut names: Vec<String> = fs::read_dir(&dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?
@@ -96,7 +99,7 @@ fn applied_dir() -> PathBuf {
     src_dir().join(".pvguard-applied")
 }
 
-fn applied() -> Vec<(String, Vec<u8>)> {
+fn applied() -> Series {
     let mut names: Vec<String> = fs::read_dir(applied_dir())
         .map(|d| {
             d.filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -120,8 +123,8 @@ fn patch(file: &Path, reverse: bool) -> Result<(), String> {
     sh::output(&mut cmd, &format!("patch {}", file.display())).map(drop)
 }
 
-/// Makes the source tree carry exactly the current series.
-fn apply_series(tar: &Path) -> Result<(), String> {
+/// Makes the source tree carry exactly the series `want`.
+fn apply_series(tar: &Path, want: &Series) -> Result<(), String> {
     let tar_id = format!(
         "{}:{}",
         tar.display(),
@@ -132,9 +135,8 @@ fn apply_series(tar: &Path) -> Result<(), String> {
         unpack(tar)?;
         fs::write(&tar_stamp, &tar_id).map_err(|e| e.to_string())?;
     }
-    let want = series()?;
     let have = applied();
-    if want == have {
+    if *want == have {
         return Ok(());
     }
     paths::step(&format!("applying {} patches", want.len()));
@@ -151,7 +153,7 @@ fn apply_series(tar: &Path) -> Result<(), String> {
     let _ = fs::remove_dir_all(applied_dir());
     fs::create_dir_all(applied_dir()).map_err(|e| e.to_string())?;
     let dir = paths::repo().join("patches");
-    for (name, content) in &want {
+    for (name, content) in want {
         patch(&dir.join(name), false).map_err(|e| {
             format!(
                 "{e}\n(the series in patches/ does not apply to {})",
@@ -240,14 +242,16 @@ fn make(build: &Path, args: &[&str], log: &str) -> Result<(), String> {
     )
 }
 
-fn configure(build: &Path) -> Result<(), String> {
+/// Configures the kernel unless the config fragment and the series
+/// `want` are what it was last configured with.
+fn configure(build: &Path, want: &Series) -> Result<(), String> {
     let fragment_path = paths::repo().join("patches/pvguard.config");
     let fragment = fs::read_to_string(&fragment_path)
         .map_err(|e| format!("{}: {e}", fragment_path.display()))?;
     let mut id = fragment.clone();
-    for (name, content) in series()? {
+    for (name, content) in want {
         id.push_str(&format!("\n{name}:{}", content.len()));
-        id.push_str(&String::from_utf8_lossy(&content));
+        id.push_str(&String::from_utf8_lossy(content));
     }
     let stamp_path = build.join(".pvguard-config");
     if build.join(".config").is_file() && stamp(&stamp_path) == id {
@@ -300,10 +304,11 @@ fn configure(build: &Path) -> Result<(), String> {
 /// Builds the kernel (incrementally).
 pub fn build() -> Result<KernelBuild, String> {
     let tar = tarball()?;
-    apply_series(&tar)?;
+    let series = series()?;
+    apply_series(&tar, &series)?;
     sync_rust_sources()?;
     let build = build_dir();
-    configure(&build)?;
+    configure(&build, &series)?;
     let jobs = std::thread::available_parallelism()
         .map(|n| n.get() + 1)
         .unwrap_or(3);
