@@ -206,12 +206,14 @@ impl TryFrom<u64> for RegionType {
     }
 }
 
-/// What stage 2 allows on a region the guest reported.
+/// What stage 2 allows on a region the guest reported; the hypervisor
+/// derives its permissions from this.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Protection {
-    /// Read and execute; never writable (TEXT).
+    /// Read, and executed by the kernel; never writable (TEXT).
     ReadExecute,
-    /// Read only; never writable or executable (RODATA).
+    /// Read only; never writable, never executed by the kernel (RODATA).
+    /// User space may execute it: the vDSO lies there.
     ReadOnly,
     /// Read and write; never executable (DATA, BSS).
     ReadWrite,
@@ -223,7 +225,7 @@ impl Protection {
         matches!(self, Protection::ReadWrite)
     }
 
-    /// Whether stage 2 allows instruction fetches.
+    /// Whether stage 2 lets the kernel (EL1) fetch instructions.
     pub const fn executable(self) -> bool {
         matches!(self, Protection::ReadExecute)
     }

@@ -109,6 +109,17 @@ impl IpaRange {
     }
 }
 
+impl From<guest_kp::record::IpaSpan> for IpaRange {
+    /// A span the guest reported: already checked to be non-empty and not
+    /// to wrap.
+    fn from(span: guest_kp::record::IpaSpan) -> Self {
+        Self {
+            start: Ipa(span.start()),
+            end: Ipa(span.end()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

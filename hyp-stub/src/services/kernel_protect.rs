@@ -16,9 +16,9 @@
 
 use core::fmt::{self, Write};
 
-use guest_kp::abi::{self, KpError, RegionType};
+use guest_kp::abi::{self, KpError, Protection, RegionType};
 use guest_kp::patch;
-use guest_kp::record::{Collector, IpaSpan, KernelAssetInfo, Layout, RecordError};
+use guest_kp::record::{Collector, KernelAssetInfo, Layout, RecordError};
 
 use crate::addr::{Ipa, IpaRange};
 use crate::esr::Width;
@@ -42,13 +42,21 @@ pub struct AssetExtents {
 /// How many distinct patched instructions are remembered.
 pub const MAX_PATCH_SITES: usize = 2048;
 
-/// TEXT at stage 2: read and execute at EL1 only.
-const TEXT: Perms = Perms {
-    read: true,
-    write: false,
-    exec_el1: true,
-    exec_el0: false,
-};
+/// The stage-2 permissions of each protection the ABI defines. RODATA's
+/// stay executable at EL0 only: the vDSO lies in it and user space runs
+/// it (FEAT_XNX splits execute-never by exception level).
+const fn stage2_perms(p: Protection) -> Perms {
+    match p {
+        Protection::ReadExecute => Perms {
+            read: true,
+            write: false,
+            exec_el1: true,
+            exec_el0: false,
+        },
+        Protection::ReadOnly => Perms::R_EL0X,
+        Protection::ReadWrite => Perms::RW,
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -120,11 +128,6 @@ pub struct KernelProtect {
     counters: Counters,
 }
 
-/// A reported region as the core's range type.
-fn ipa_range(span: IpaSpan) -> Option<IpaRange> {
-    IpaRange::new(Ipa(span.start()), span.size())
-}
-
 fn ret(e: KpError) -> CallResult {
     [e.as_raw(), 0, 0, 0]
 }
@@ -183,12 +186,10 @@ impl KernelProtect {
 
     fn within_extents(&self, layout: &Layout) -> bool {
         let Some(x) = self.extents else { return false };
-        let inside =
-            |r: &IpaRange, s: IpaSpan| s.start() >= r.start().get() && s.end() <= r.end().get();
-        inside(&x.rx, layout.text())
-            && inside(&x.ro, layout.rodata())
-            && inside(&x.rw, layout.data())
-            && inside(&x.rw, layout.bss())
+        x.rx.covers(&layout.text().into())
+            && x.ro.covers(&layout.rodata().into())
+            && x.rw.covers(&layout.data().into())
+            && x.rw.covers(&layout.bss().into())
     }
 
     fn accept_layout(&mut self, layout: Layout) -> CallResult {
@@ -371,17 +372,11 @@ impl KernelProtect {
                 // only through this service, so the measurement taken
                 // next (here or on the hypervisor's CPU) is of the kernel
                 // as it was at this call.
-                let plan = [
-                    (layout.text(), TEXT),
-                    (layout.rodata(), Perms::R_EL0X),
-                    (layout.data(), Perms::RW),
-                    (layout.bss(), Perms::RW),
-                ];
-                for (span, perms) in plan {
-                    let Some(range) = ipa_range(span) else {
-                        return ret(KpError::ArgumentSize);
+                for ty in RegionType::IPA {
+                    let (Some(span), Some(protection)) = (layout.span(ty), ty.protection()) else {
+                        continue;
                     };
-                    if let Err(e) = ops.set_perms(range, perms) {
+                    if let Err(e) = ops.set_perms(span.into(), stage2_perms(protection)) {
                         ops.log(format_args!(
                             "kernel protect: cannot set stage-2 permissions: {e:?}"
                         ));
@@ -389,12 +384,8 @@ impl KernelProtect {
                     }
                 }
                 self.state = State::Protected(layout);
-                let spans = [layout.text(), layout.rodata()].map(ipa_range);
-                let background = match spans {
-                    [Some(text), Some(rodata)] => ops.hash_guest_in_background(&[text, rodata]),
-                    _ => Err(OpsError::NotGuestRam),
-                };
-                self.baseline = if background == Ok(true) {
+                let spans = [layout.text().into(), layout.rodata().into()];
+                self.baseline = if ops.hash_guest_in_background(&spans) == Ok(true) {
                     Baseline::Pending
                 } else {
                     self.measure_baseline(&layout, ops)

@@ -203,7 +203,15 @@ fn compact_report_once_then_protection_with_the_right_permissions() {
     assert_eq!(
         ops.perms,
         [
-            (span(TEXT), super::TEXT),
+            (
+                span(TEXT),
+                Perms {
+                    read: true,
+                    write: false,
+                    exec_el1: true,
+                    exec_el0: false
+                }
+            ),
             (span(RODATA), Perms::R_EL0X),
             (span(DATA), Perms::RW),
             (span(BSS), Perms::RW)
