@@ -259,13 +259,13 @@ impl KernelProtect {
         for span in [layout.text(), layout.rodata()] {
             let mut at = span.start();
             while at < span.end() {
+                // `sites` is sorted by IPA and `at` is page aligned (as
+                // the reported regions are): the sites from `first` on
+                // lie on this page or later ones.
+                let first = self.sites.partition_point(|s| s.ipa < at);
                 // Pages without patched sites are hashed in place, in one
                 // run up to the next patched page.
-                let next_site = self
-                    .sites
-                    .iter()
-                    .map(|s| s.ipa & !(PAGE_SIZE - 1))
-                    .find(|&p| p >= at);
+                let next_site = self.sites.get(first).map(|s| s.ipa & !(PAGE_SIZE - 1));
                 let run_end = next_site.map_or(span.end(), |p| p.min(span.end()));
                 if run_end > at {
                     ops.hash_guest(Ipa(at), run_end - at, &mut h)?;
@@ -276,7 +276,8 @@ impl KernelProtect {
                 for s in self
                     .sites
                     .iter()
-                    .filter(|s| s.ipa >= at && s.ipa < at + PAGE_SIZE)
+                    .skip(first)
+                    .take_while(|s| s.ipa < at + PAGE_SIZE)
                 {
                     let off = (s.ipa - at) as usize;
                     if let Some(w) = page.get_mut(off..off + 4) {

@@ -428,6 +428,32 @@ fn jump_label_patches(mut ops: Ops) {
 }
 
 #[test]
+fn patched_sites_on_several_pages_are_undone_in_the_measurement() {
+    let mut ops = Ops::new();
+    // Two sites on one page, one at the start of another, one on TEXT's last page.
+    let sites = [TEXT.0 + 0x10, TEXT.0 + 0x20, TEXT.0 + 0x3000, TEXT.1 - 4];
+    for site in sites {
+        ops.at(site)[..4].copy_from_slice(&NOP.to_le_bytes());
+    }
+    let mut kp = service(&mut ops);
+    assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+    assert_eq!(enable(&mut kp, &mut ops)[1], 1);
+    let mut regs = GuestRegs::default();
+    // Patched in reverse order, so the list is not filled in IPA order.
+    for site in sites.iter().rev() {
+        regs.x[3] = u64::from(encode_b(*site, TEXT.0).unwrap());
+        let f = fault(*site, FIXMAP + (site & 0xfff), store(3, 2), &regs, false);
+        assert_eq!(kp.guest_fault(&f, &mut ops), FaultAction::Emulated);
+    }
+    let r = enable(&mut kp, &mut ops);
+    assert_eq!(r[..3], [0, 1, 4], "intact, every site undone in the hash");
+    // A change on a patched page, beside its sites, still shows.
+    ops.at(TEXT.0 + 0x18)[0] ^= 0xff;
+    let r = enable(&mut kp, &mut ops);
+    assert_eq!(r[..2], [0, 0], "not intact");
+}
+
+#[test]
 fn other_writes_and_executes_are_refused_and_counted() {
     let (mut kp, mut ops) = protected();
     let site = TEXT.0 + 0x100;
