@@ -84,7 +84,13 @@ impl MmioGuard {
     /// Whether the granule containing `ipa` is guarded.
     pub fn is_guarded(&self, ipa: Ipa) -> bool {
         let a = ipa.get();
-        self.ranges.iter().any(|&(s, e)| s <= a && a < e)
+        // Sorted and disjoint: only the last range starting at or below
+        // `a` can hold it (this runs on every trapped MMIO access).
+        let after = self.ranges.partition_point(|&(s, _)| s <= a);
+        after
+            .checked_sub(1)
+            .and_then(|i| self.ranges.get(i))
+            .is_some_and(|&(_, e)| a < e)
     }
 
     /// Number of guarded granules.

@@ -113,6 +113,27 @@ fn ranges_coalesce_and_split() {
 }
 
 #[test]
+fn is_guarded_matches_the_granules_mapped() {
+    let mut g = guard(Policy::AfterEnroll);
+    // Granule numbers from 0x0800_0000; three ranges with gaps between.
+    let mapped = [(0u64, 1u64), (3, 5), (9, 10)];
+    // Mapped last first, so the order of the calls is not the order of
+    // the ranges.
+    for &(s, e) in mapped.iter().rev() {
+        let args = [0x0800_0000 + s * 0x1000, (e - s) * 0x1000, 0];
+        assert_eq!(call(&mut g, abi::MAP_RANGE, args), 0);
+    }
+    for n in 0..12u64 {
+        let want = mapped.iter().any(|&(s, e)| s <= n && n < e);
+        for off in [0, 0xffc] {
+            let ipa = Ipa(0x0800_0000 + n * 0x1000 + off);
+            assert_eq!(g.is_guarded(ipa), want, "{ipa:?}");
+        }
+    }
+    assert!(!g.is_guarded(Ipa(0x07ff_fffc)));
+}
+
+#[test]
 fn bad_inputs_get_invalid_parameter_and_are_counted() {
     let mut g = guard(Policy::AfterEnroll);
     let bad = [
