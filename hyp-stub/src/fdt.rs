@@ -247,31 +247,14 @@ impl<'a> Fdt<'a> {
     /// A parse error.
     pub fn node_prop(&self, node: &str, prop: &str) -> Result<Option<&'a [u8]>, FdtError> {
         let mut found = None;
-        let fdt = *self;
-        let mut off = 0;
-        let mut depth = 0usize;
-        let mut in_chosen = false;
-        loop {
-            let (tok, next) = fdt.token(off)?;
-            off = next;
-            match tok {
-                Token::Begin(name) => {
-                    depth += 1;
-                    in_chosen = depth == 2 && name == node.as_bytes();
-                }
-                Token::End => {
-                    depth = depth.checked_sub(1).ok_or(FdtError::BadToken)?;
-                    in_chosen = false;
-                }
-                Token::Prop { name, value }
-                    if in_chosen && depth == 2 && name == prop.as_bytes() =>
-                {
+        self.for_each_prop(|path, name, value| {
+            if let [_, n] = path {
+                if *n == node.as_bytes() && name == prop.as_bytes() {
                     found = Some(value);
                 }
-                Token::Finish => return Ok(found),
-                _ => {}
             }
-        }
+        })?;
+        Ok(found)
     }
 }
 
