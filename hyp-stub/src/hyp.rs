@@ -67,8 +67,6 @@ pub trait Platform: Tlb {
 pub struct Layout {
     /// Guest RAM (mapped at stage 2, IPA == PA).
     pub guest_ram: IpaRange,
-    /// The hypervisor's own memory.
-    pub hyp_memory: (PhysAddr, PhysAddr),
     /// Where MMIO is trapped and may be forwarded (IPA == PA).
     pub mmio_window: IpaRange,
 }
@@ -92,9 +90,6 @@ impl<M: TableMemory> Ops<'_, M> {
 impl<M: TableMemory> HypOps for Ops<'_, M> {
     fn guest_ram(&self) -> IpaRange {
         self.layout.guest_ram
-    }
-    fn hyp_memory(&self) -> (PhysAddr, PhysAddr) {
-        self.layout.hyp_memory
     }
     fn mmio_window(&self) -> IpaRange {
         self.layout.mmio_window

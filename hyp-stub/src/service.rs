@@ -7,7 +7,7 @@
 
 use core::fmt::{self, Write};
 
-use crate::addr::{GuestVa, Ipa, IpaRange, PhysAddr};
+use crate::addr::{GuestVa, Ipa, IpaRange};
 use crate::esr::AbortSyndrome;
 use crate::stage2::Perms;
 use crate::vcpu::GuestRegs;
@@ -43,8 +43,6 @@ pub enum OpsError {
 pub trait HypOps {
     /// Guest RAM, as the guest's device tree describes it.
     fn guest_ram(&self) -> IpaRange;
-    /// The hypervisor's own memory `[start, end)`, never mapped to the guest.
-    fn hyp_memory(&self) -> (PhysAddr, PhysAddr);
     /// The IPA window in which MMIO is trapped and forwarded.
     fn mmio_window(&self) -> IpaRange;
     /// Copies guest RAM at `ipa` into `buf`.

@@ -201,7 +201,6 @@ extern "C" fn hyp_main() -> ! {
 
     let layout = Layout {
         guest_ram,
-        hyp_memory: (PhysAddr(boot::HYP_BASE), PhysAddr(boot::HYP_END)),
         mmio_window: IpaRange::new(Ipa(0), boot::RAM_BASE)
             .unwrap_or_else(|| refuse_to_boot(format_args!("no device window"))),
     };

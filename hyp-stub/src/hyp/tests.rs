@@ -117,7 +117,6 @@ fn hyp_with(reg: Registry<'_>) -> TestHyp<'_> {
 fn layout() -> Layout {
     Layout {
         guest_ram: IpaRange::new(Ipa(0x4000_0000), 0x3e00_0000).unwrap(),
-        hyp_memory: (PhysAddr(0x7e00_0000), PhysAddr(0x8000_0000)),
         mmio_window: IpaRange::new(Ipa(0), 0x4000_0000).unwrap(),
     }
 }

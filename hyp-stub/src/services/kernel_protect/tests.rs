@@ -8,7 +8,7 @@ use guest_kp::patch::{encode_b, NOP};
 use guest_kp::record::Region;
 
 use super::*;
-use crate::addr::{GuestVa, PhysAddr};
+use crate::addr::GuestVa;
 use crate::esr::AbortSyndrome;
 use crate::vcpu::GuestRegs;
 
@@ -63,9 +63,6 @@ impl Ops {
 impl HypOps for Ops {
     fn guest_ram(&self) -> IpaRange {
         IpaRange::new(Ipa(RAM), self.mem.len() as u64).unwrap()
-    }
-    fn hyp_memory(&self) -> (PhysAddr, PhysAddr) {
-        (PhysAddr(0x7e00_0000), PhysAddr(0x8000_0000))
     }
     fn mmio_window(&self) -> IpaRange {
         IpaRange::new(Ipa(0), RAM).unwrap()

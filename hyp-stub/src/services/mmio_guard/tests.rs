@@ -2,7 +2,6 @@
 //! Host tests of the MMIO guard service: every call, every bad input.
 
 use super::*;
-use crate::addr::PhysAddr;
 use crate::service::OpsError;
 use crate::stage2::Perms;
 
@@ -34,9 +33,6 @@ impl HypOps for Ops {
     fn log(&mut self, _: core::fmt::Arguments<'_>) {}
     fn guest_ram(&self) -> IpaRange {
         IpaRange::new(Ipa(0x4000_0000), 0x3e00_0000).unwrap()
-    }
-    fn hyp_memory(&self) -> (PhysAddr, PhysAddr) {
-        (PhysAddr(0x7e00_0000), PhysAddr(0x8000_0000))
     }
     fn mmio_window(&self) -> IpaRange {
         IpaRange::new(Ipa(0), 0x4000_0000).unwrap()
