@@ -217,17 +217,28 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
         &mut self,
         plat: &mut dyn Platform,
     ) -> Result<(), (&'static str, ServiceError)> {
+        let (services, mut ops) = self.services_and_ops(plat);
+        services.init_all(&mut ops)
+    }
+
+    /// The services, and the ops table they are handed: the rest of the
+    /// core's state they may use, borrowed beside them.
+    fn services_and_ops<'a>(
+        &'a mut self,
+        plat: &'a mut dyn Platform,
+    ) -> (&'a mut Registry<'s>, Ops<'a, M>) {
         let Self {
             layout,
             services,
             stage2,
             ..
         } = self;
-        services.init_all(&mut Ops {
+        let ops = Ops {
             layout: *layout,
             stage2,
             plat,
-        })
+        };
+        (services, ops)
     }
 
     /// Keeps the CPU `mpidr` for the hypervisor: the guest cannot start
@@ -357,21 +368,8 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
         let result = if imm != 0 {
             // Not an SMCCC call: the immediate names the call.
             self.stats.call(u32::from(imm));
-            let Self {
-                layout,
-                services,
-                stage2,
-                ..
-            } = self;
-            let answer = services.immediate_call(
-                imm,
-                &call,
-                &mut Ops {
-                    layout: *layout,
-                    stage2,
-                    plat,
-                },
-            );
+            let (services, mut ops) = self.services_and_ops(plat);
+            let answer = services.immediate_call(imm, &call, &mut ops);
             answer.unwrap_or_else(|| {
                 self.stats.calls_unsupported += 1;
                 [smccc::NOT_SUPPORTED, 0, 0, 0]
@@ -396,20 +394,16 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
             smccc::VENDOR_HYP_UID => smccc::KVM_UID,
             smccc::VENDOR_HYP_KVM_FEATURES => self.features(),
             f if psci::is_psci(f) => self.psci(call, plat),
-            f => match self.services.find(f) {
-                Some(service) => service.call(
-                    call,
-                    &mut Ops {
-                        layout: self.layout,
-                        stage2: &mut self.stage2,
-                        plat,
-                    },
-                ),
-                None => {
-                    self.stats.calls_unsupported += 1;
-                    [smccc::NOT_SUPPORTED, 0, 0, 0]
+            f => {
+                let (services, mut ops) = self.services_and_ops(plat);
+                match services.find(f) {
+                    Some(service) => service.call(call, &mut ops),
+                    None => {
+                        self.stats.calls_unsupported += 1;
+                        [smccc::NOT_SUPPORTED, 0, 0, 0]
+                    }
                 }
-            },
+            }
         }
     }
 
@@ -436,17 +430,8 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
             | psci::SYSTEM_RESET
             | psci::SYSTEM_RESET2_32
             | psci::SYSTEM_RESET2_64 => {
-                let Self {
-                    layout,
-                    services,
-                    stage2,
-                    ..
-                } = self;
-                services.finish_all(&mut Ops {
-                    layout: *layout,
-                    stage2,
-                    plat,
-                });
+                let (services, mut ops) = self.services_and_ops(plat);
+                services.finish_all(&mut ops);
                 let _ = self.write_stats(plat.console());
                 plat.firmware_call(call.fid, [a0, a1, a2])
             }
@@ -495,20 +480,8 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
             regs: &vcpu.regs,
             pc: vcpu.pc,
         };
-        let Self {
-            layout,
-            services,
-            stage2,
-            ..
-        } = self;
-        services.guest_fault(
-            &fault,
-            &mut Ops {
-                layout: *layout,
-                stage2,
-                plat,
-            },
-        )
+        let (services, mut ops) = self.services_and_ops(plat);
+        services.guest_fault(&fault, &mut ops)
     }
 
     fn report_ram_fault(
