@@ -28,8 +28,7 @@
 use core::fmt;
 
 use super::abi::{
-    is_page_aligned, region_index, KpError, RegionType, KP_MAGIC_VERSION, PAGE_SIZE, RECORD_SIZE,
-    REGION_SLOTS,
+    is_page_aligned, KpError, RegionType, KP_MAGIC_VERSION, PAGE_SIZE, RECORD_SIZE, REGION_SLOTS,
 };
 
 /// Guest page sizes arm64 Linux may use; the fixmap slot is one of them.
@@ -765,10 +764,9 @@ impl Collector {
         size: u64,
         ram: (u64, u64),
     ) -> Result<Option<Layout>, RecordError> {
-        let i = region_index(raw_type).ok_or(RecordError::BadRegionType(raw_type))?;
-        let ty = *RegionType::ALL
-            .get(i)
-            .ok_or(RecordError::BadRegionType(raw_type))?;
+        // Bounds-checked without speculation (through `region_index`).
+        let ty =
+            RegionType::try_from(raw_type).map_err(|_| RecordError::BadRegionType(raw_type))?;
         if self.is_reported(ty) {
             return Err(RecordError::Duplicate(ty));
         }
@@ -788,7 +786,7 @@ impl Collector {
         }
         let mut record = self.record;
         record.set_region(ty, region);
-        let reported = self.reported | (1 << i);
+        let reported = self.reported | (1 << ty.index());
         if reported.count_ones() as usize == RegionType::COUNT {
             // Every rule was checked piecewise; this cannot fail, and if
             // it did, nothing is committed.
