@@ -127,13 +127,7 @@ impl MmioState {
                 self.status = Status::Enrolled;
                 InitOutcome::Enrolled
             }
-            Err(status) => {
-                self.status = status;
-                match self.mode {
-                    Mode::Strict => InitOutcome::RefuseToBoot,
-                    _ => InitOutcome::Unguarded,
-                }
-            }
+            Err(status) => self.give_up(status),
         }
     }
 
