@@ -66,8 +66,9 @@ impl Esr {
 /// The kind of fault an abort reports (the DFSC/IFSC field).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultStatus {
-    /// Translation fault at the given level.
-    Translation(u8),
+    /// Translation fault at the given level (-1 to 3: level -1 exists
+    /// with 52-bit addresses, FEAT_LPA2).
+    Translation(i8),
     /// Access flag fault at the given level.
     AccessFlag(u8),
     /// Permission fault at the given level.
@@ -162,7 +163,8 @@ impl AbortSyndrome {
     pub fn status(self) -> FaultStatus {
         let code = (self.0 & 0x3f) as u8;
         match code {
-            0b000100..=0b000111 => FaultStatus::Translation(code & 3),
+            0b000100..=0b000111 => FaultStatus::Translation((code & 3) as i8),
+            0b101011 => FaultStatus::Translation(-1),
             0b001000..=0b001011 => FaultStatus::AccessFlag(code & 3),
             0b001100..=0b001111 => FaultStatus::Permission(code & 3),
             0b010000 => FaultStatus::External,
@@ -186,6 +188,12 @@ mod tests {
         assert_eq!(a.width(), Width::Word);
         assert_eq!(a.register(), 3);
         assert_eq!(a.status(), FaultStatus::Translation(3));
+        // Level -1 (FEAT_LPA2), as QEMU reports for some stage-1 walks.
+        assert_eq!(
+            Esr(0x8200_00ab).abort().status(),
+            FaultStatus::Translation(-1)
+        );
+        assert!(Esr(0x8200_00ab).abort().stage1_walk());
     }
 
     #[test]

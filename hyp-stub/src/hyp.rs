@@ -9,7 +9,7 @@
 use core::fmt::Write;
 
 use crate::addr::{GuestVa, Ipa, IpaRange, PhysAddr};
-use crate::esr::{AbortSyndrome, Esr, ExceptionClass, Width};
+use crate::esr::{AbortSyndrome, Esr, ExceptionClass, FaultStatus, Width};
 use crate::service::{
     Call, FaultAction, GuestFault, HypOps, MmioVerdict, OpsError, Registry, ServiceError,
 };
@@ -321,11 +321,17 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
             }
             ExceptionClass::DataAbortLower => {
                 self.stats.exit(ExitKind::DataAbort);
+                if self.raced_with_a_stage2_update(esr.abort(), fault_ipa(hpfar, far)) {
+                    return;
+                }
                 self.data_abort(esr, far, hpfar, vcpu, plat);
             }
             ExceptionClass::InstrAbortLower => {
                 self.stats.exit(ExitKind::InstrAbort);
                 let ipa = fault_ipa(hpfar, far);
+                if self.raced_with_a_stage2_update(esr.abort(), ipa) {
+                    return;
+                }
                 if self.layout.guest_ram.contains(ipa) {
                     // Execution of guest RAM that stage 2 forbids: services
                     // may count it; it is never emulated.
@@ -482,6 +488,22 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
         };
         let (services, mut ops) = self.services_and_ops(plat);
         services.guest_fault(&fault, &mut ops)
+    }
+
+    /// Whether a stage-2 abort was taken while another CPU had the guest
+    /// RAM entry invalid for break-before-make (splitting a block to
+    /// change permissions): a translation fault on guest RAM that is
+    /// mapped again now that this CPU holds the core. Guest RAM is never
+    /// unmapped, so the access is simply retried (the PC is left as it
+    /// is); anything else is handled as before. Counted.
+    fn raced_with_a_stage2_update(&mut self, abort: AbortSyndrome, ipa: Ipa) -> bool {
+        let raced = matches!(abort.status(), FaultStatus::Translation(_))
+            && self.layout.guest_ram.contains(ipa)
+            && self.stage2.translate(ipa).is_some();
+        if raced {
+            self.stats.ram_faults_retried += 1;
+        }
+        raced
     }
 
     fn report_ram_fault(

@@ -330,7 +330,9 @@ impl<M: TableMemory> Stage2<M> {
     /// changes, which need no break-before-make: they are all written,
     /// then the guest's translations are invalidated once. Other vCPUs
     /// of the guest may use the old permissions until that invalidation,
-    /// which completes before this returns.
+    /// which completes before this returns; one that touches a block
+    /// while it is split takes a translation fault, which the core
+    /// retries once the tables are whole again.
     fn update(
         &mut self,
         range: IpaRange,

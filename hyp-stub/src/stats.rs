@@ -64,6 +64,9 @@ pub struct Stats {
     pub ram_faults_emulated: u64,
     /// Stage-2 faults on guest RAM refused (abort injected).
     pub ram_faults_refused: u64,
+    /// Stage-2 faults on guest RAM taken while another CPU was changing
+    /// its mapping, and retried.
+    pub ram_faults_retried: u64,
 }
 
 impl Stats {
@@ -113,6 +116,7 @@ impl Stats {
         writeln!(out, "calls_untracked={}", self.calls_untracked)?;
         writeln!(out, "ram_faults_emulated={}", self.ram_faults_emulated)?;
         writeln!(out, "ram_faults_refused={}", self.ram_faults_refused)?;
+        writeln!(out, "ram_faults_retried={}", self.ram_faults_retried)?;
         let mut calls = self.calls.clone();
         calls.sort_unstable();
         for (fid, n) in calls {

@@ -398,6 +398,64 @@ fn mmio_that_cannot_be_emulated_aborts_the_guest() {
     assert_eq!(hyp.stats.mmio_refused, 5);
 }
 
+/// A guest CPU that touched guest RAM while another CPU had its stage-2
+/// entry invalid (break-before-make) retries the access: no abort.
+#[test]
+fn translation_faults_on_mapped_guest_ram_are_retried() {
+    let mut hyp = hyp_with(Registry::new());
+    let ram = 0x4025_aecc;
+    let iabt = |fsc: u64| Esr(0x20 << 26 | 1 << 25 | fsc);
+    let s1ptw = 1 << 7;
+    let cases = [
+        (iabt(0x07), "instruction fetch"),
+        (dabt(2, 0, false, false, false), "data read"),
+        (
+            Esr(dabt(2, 0, false, false, false).0 | s1ptw),
+            "stage-1 walk",
+        ),
+        // What QEMU reported for an instruction fetch's stage-1 walk.
+        (
+            iabt(s1ptw | 0x2b),
+            "stage-1 walk, translation fault level -1",
+        ),
+    ];
+    for (i, (esr, what)) in cases.into_iter().enumerate() {
+        let mut plat = FakePlatform::default();
+        let mut v = vcpu_with(&[]);
+        hyp.handle_sync(esr, 0xffff_8000_8005_aecc, hpfar(ram), &mut v, &mut plat);
+        assert!(plat.injected.is_none(), "{what}");
+        assert_eq!(v.pc, 0x1000, "{what}: the access is retried");
+        assert_eq!(hyp.stats.ram_faults_retried, i as u64 + 1, "{what}");
+    }
+    // A permission fault is not a race: refused as before.
+    let mut plat = FakePlatform::default();
+    let mut v = vcpu_with(&[]);
+    hyp.handle_sync(
+        iabt(0x0f),
+        0xffff_8000_8005_aecc,
+        hpfar(ram),
+        &mut v,
+        &mut plat,
+    );
+    assert!(plat.injected.is_some(), "permission fault");
+    // Nor is a translation fault on guest RAM that is still unmapped.
+    let page = IpaRange::new(Ipa(ram & !0xfff), 0x1000).unwrap();
+    hyp.stage2
+        .unmap(page, &mut FakePlatform::default())
+        .unwrap();
+    let mut plat = FakePlatform::default();
+    let mut v = vcpu_with(&[]);
+    hyp.handle_sync(
+        iabt(0x07),
+        0xffff_8000_8005_aecc,
+        hpfar(ram),
+        &mut v,
+        &mut plat,
+    );
+    assert!(plat.injected.is_some(), "unmapped");
+    assert_eq!(hyp.stats.ram_faults_retried, 4);
+}
+
 #[test]
 fn other_traps_inject_exceptions() {
     let mut hyp = hyp_with(Registry::new());
