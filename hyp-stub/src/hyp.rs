@@ -438,6 +438,7 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
             | psci::SYSTEM_RESET2_64 => {
                 let (services, mut ops) = self.services_and_ops(plat);
                 services.finish_all(&mut ops);
+                let _ = self.write_summary(plat.console());
                 let _ = self.write_stats(plat.console());
                 plat.firmware_call(call.fid, [a0, a1, a2])
             }
@@ -621,6 +622,28 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
         }
         self.stats.mmio_emulated += 1;
         vcpu.pc = vcpu.pc.wrapping_add(4);
+    }
+
+    /// Writes what happened this run for a person to read: each
+    /// service's state and what was blocked or refused. Scripts read the
+    /// stats block instead.
+    ///
+    /// # Errors
+    /// Whatever `out` returns.
+    pub fn write_summary(&self, out: &mut dyn Write) -> core::fmt::Result {
+        writeln!(out, "pvguard summary:")?;
+        for s in self.services.iter() {
+            s.write_summary(out)?;
+        }
+        let st = &self.stats;
+        writeln!(
+            out,
+            "  hypervisor:     {} exits; {} MMIO accesses refused, {} guest RAM accesses refused, {} unsupported calls",
+            st.exits_total(),
+            st.mmio_refused,
+            st.ram_faults_refused,
+            st.calls_unsupported
+        )
     }
 
     /// Writes the stats block, services' counters included.

@@ -194,6 +194,14 @@ pub trait Service: Send {
     fn write_stats(&self, _out: &mut dyn Write) -> fmt::Result {
         Ok(())
     }
+    /// Writes what the service did this run for a person to read: a few
+    /// `  label: text` lines, above the raw counters.
+    ///
+    /// # Errors
+    /// Whatever `out` returns.
+    fn write_summary(&self, _out: &mut dyn Write) -> fmt::Result {
+        Ok(())
+    }
 }
 
 /// How many services can be registered.

@@ -732,3 +732,17 @@ fn background_hashes_are_checked_and_finished_before_power_off() {
     want.update(&page);
     assert_eq!(hasher.digest, Some(want.finalize()));
 }
+
+#[test]
+fn power_off_prints_the_summary_above_the_stats_block() {
+    let mut hyp = hyp_with(Registry::new());
+    let mut plat = FakePlatform::default();
+    let mut v = vcpu_with(&[u64::from(psci::SYSTEM_OFF)]);
+    hyp.handle_sync(Esr(HVC), 0, 0, &mut v, &mut plat);
+    let summary = plat.console.find("pvguard summary:\n").unwrap();
+    let stats = plat.console.find("hyp-stub stats:\n").unwrap();
+    assert!(summary < stats, "{}", plat.console);
+    assert!(
+        plat.console[summary..stats].contains("  hypervisor:     1 exits; 0 MMIO accesses refused")
+    );
+}

@@ -630,6 +630,57 @@ impl Service for KernelProtect {
         }
         writeln!(out)
     }
+
+    fn write_summary(&self, out: &mut dyn Write) -> fmt::Result {
+        let c = &self.counters;
+        write!(out, "  kernel protect: ")?;
+        match self.state {
+            State::Inactive => return writeln!(out, "not offered to this VM"),
+            State::Active => {
+                return writeln!(out, "offered; the guest reported no layout, nothing is protected")
+            }
+            State::Reported(_) => {
+                return writeln!(out, "layout reported; protection never enabled")
+            }
+            State::Protected(_) => writeln!(
+                out,
+                "protected: text read-only, rodata read-only and not executable, data/bss not executable"
+            )?,
+        }
+        write!(out, "  measurement:    ")?;
+        match self.baseline {
+            Baseline::NotTaken => writeln!(out, "none")?,
+            Baseline::Pending => writeln!(out, "still being taken")?,
+            Baseline::Lost => writeln!(out, "LOST: the baseline could not be taken")?,
+            Baseline::Taken { digest, on } => {
+                write!(out, "SHA-256 of text+rodata ")?;
+                for b in digest {
+                    write!(out, "{b:02x}")?;
+                }
+                let on = match on {
+                    MeasuredOn::GuestCpu => "the guest's CPU",
+                    MeasuredOn::HypervisorCpu => "the hypervisor's CPU",
+                };
+                writeln!(out, " (hashed on {on})")?;
+            }
+        }
+        write!(out, "  self-check:     ")?;
+        match (c.self_checks, c.self_check_failures) {
+            (0, _) => writeln!(out, "not run")?,
+            (n, 0) => writeln!(out, "intact ({n} of {n} checks)")?,
+            (n, f) => writeln!(out, "MODIFIED ({f} of {n} checks failed)")?,
+        }
+        writeln!(
+            out,
+            "  text patches:   {} performed, {} refused",
+            c.patches_accepted, c.patches_refused
+        )?;
+        writeln!(
+            out,
+            "  blocked:        {} writes to text, {} writes to rodata, {} executions of non-text; {} calls refused, {} denied",
+            c.rx_writes_blocked, c.ro_writes_blocked, c.exec_blocked, c.refused_calls, c.denied
+        )
+    }
 }
 
 #[cfg(test)]

@@ -273,6 +273,30 @@ impl Service for MmioGuard {
         writeln!(out, "mmio_guard_full={}", c.full)?;
         writeln!(out, "mmio_guard_shares={}", c.shares)
     }
+
+    fn write_summary(&self, out: &mut dyn Write) -> fmt::Result {
+        let c = &self.counters;
+        write!(out, "  MMIO guard:     ")?;
+        match (self.enrolled, self.policy) {
+            (true, _) => write!(out, "enrolled, enforcing")?,
+            (false, Policy::FromBoot) => write!(out, "enforcing from boot (protected VM)")?,
+            (false, Policy::AfterEnroll) => {
+                return writeln!(out, "not enrolled: emulated MMIO is not guarded")
+            }
+        }
+        writeln!(
+            out,
+            "; {} ranges ({} granules) guarded, {} map/unmap calls",
+            self.ranges.len(),
+            self.granules(),
+            c.map_calls + c.unmap_calls
+        )?;
+        writeln!(
+            out,
+            "                  {} unguarded accesses blocked, {} calls refused",
+            c.blocked, c.refused
+        )
+    }
 }
 
 #[cfg(test)]

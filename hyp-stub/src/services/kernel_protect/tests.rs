@@ -631,3 +631,30 @@ fn a_baseline_that_cannot_be_taken_fails_every_self_check() {
         assert!(stats(&kp).contains("kp_measurement=lost\n"));
     }
 }
+
+fn summary(kp: &KernelProtect) -> std::string::String {
+    let mut out = std::string::String::new();
+    kp.write_summary(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn summary_says_what_is_protected_and_the_self_check_verdict() {
+    let mut ops = Ops::new();
+    let mut kp = service(&mut ops);
+    assert!(summary(&kp).contains("the guest reported no layout"));
+    assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+    assert!(summary(&kp).contains("protection never enabled"));
+    enable(&mut kp, &mut ops);
+    let s = summary(&kp);
+    assert!(s.contains("protected: text read-only"), "{s}");
+    assert!(s.contains("SHA-256 of text+rodata "), "{s}");
+    assert!(s.contains("self-check:     not run"), "{s}");
+    enable(&mut kp, &mut ops);
+    assert!(summary(&kp).contains("intact (1 of 1 checks)"));
+    ops.at(RODATA.0 + 64)[0] ^= 0xff;
+    enable(&mut kp, &mut ops);
+    let s = summary(&kp);
+    assert!(s.contains("MODIFIED (1 of 2 checks failed)"), "{s}");
+    assert!(!s.contains('='), "no key=value lines in the summary: {s}");
+}

@@ -170,3 +170,25 @@ fn state_is_bounded_and_full_is_an_error() {
     assert_eq!(call(&mut g, abi::MAP, [0x1000, 0, 0]), 0);
     assert_eq!(g.counters.full, 1);
 }
+
+fn summary(g: &MmioGuard) -> std::string::String {
+    let mut out = std::string::String::new();
+    g.write_summary(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn summary_says_whether_mmio_is_guarded() {
+    let mut g = guard(Policy::AfterEnroll);
+    assert!(summary(&g).contains("not enrolled"));
+    assert_eq!(call(&mut g, abi::ENROLL, [0; 3]), 0);
+    assert_eq!(call(&mut g, abi::MAP_RANGE, [0x0900_0000, 0x2000, 0]), 0);
+    assert_eq!(g.mmio_access(Ipa(0x0a00_0000), false), MmioVerdict::Deny);
+    let s = summary(&g);
+    assert!(
+        s.contains("enrolled, enforcing; 1 ranges (2 granules) guarded"),
+        "{s}"
+    );
+    assert!(s.contains("1 unguarded accesses blocked"), "{s}");
+    assert!(summary(&guard(Policy::FromBoot)).contains("enforcing from boot"));
+}
