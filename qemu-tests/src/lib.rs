@@ -110,8 +110,12 @@ impl Default for Boot {
 /// What a boot produced.
 #[derive(Debug)]
 pub struct Outcome {
-    /// Everything on the serial console.
+    /// Everything on the serial console, then what QEMU itself printed.
     pub console: String,
+    /// What QEMU itself printed on its standard error.
+    pub qemu_errors: String,
+    /// The QEMU command line, as a shell would show it.
+    pub command_line: String,
     /// QEMU's exit status (None: killed at the time limit).
     pub status: Option<i32>,
     /// Wall-clock time of the boot.
@@ -128,6 +132,72 @@ impl Outcome {
     pub fn stats(&self) -> Option<stats::Stats> {
         stats::Stats::parse(&self.console)
     }
+
+    /// Why QEMU failed, for a person: the command line it ran, QEMU's own
+    /// error and, where the error is a known one, the likely fix.
+    pub fn qemu_failure(&self) -> String {
+        let mut msg = format!("QEMU command line:\n    {}\n", self.command_line);
+        let said = self.qemu_errors.trim();
+        if !said.is_empty() {
+            msg += &format!("QEMU said:\n    {}\n", said.replace('\n', "\n    "));
+        }
+        if let Some(fix) = likely_fix(said) {
+            msg += &format!("likely fix: {fix}\n");
+        }
+        msg
+    }
+}
+
+/// The likely fix for an error QEMU printed, where it is a known one.
+pub fn likely_fix(qemu_errors: &str) -> Option<&'static str> {
+    const KNOWN: &[(&str, &str)] = &[
+        (
+            "failed to find romfile",
+            "a device that needs an option ROM was added to the command line; pvguard's boots use \
+             -nodefaults and need none (if you add a NIC, install Debian's ipxe-qemu)",
+        ),
+        (
+            "Could not open option rom",
+            "an option ROM is missing; pvguard's boots need none (install Debian's ipxe-qemu if you \
+             added a NIC)",
+        ),
+        (
+            "could not load kernel",
+            "the hypervisor or kernel image is missing: run `cargo xtask run` to build them",
+        ),
+        (
+            "Could not open",
+            "a file on the command line is missing or unreadable: run `cargo xtask run` to rebuild",
+        ),
+        (
+            "Unsupported machine type",
+            "this QEMU lacks the `virt` machine: install Debian's qemu-system-arm (QEMU 7.2 or later)",
+        ),
+        (
+            "cannot set up guest memory",
+            "the host is short of memory for the guest's 1 GiB: free some and retry",
+        ),
+    ];
+    KNOWN
+        .iter()
+        .find(|(needle, _)| qemu_errors.contains(needle))
+        .map(|(_, fix)| *fix)
+}
+
+/// A command line as a shell would show it (for error messages).
+fn shell_line(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| {
+            let a = a.to_string_lossy();
+            if a.is_empty() || a.contains([' ', '"', '\'', '$']) {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                a.into_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The initramfs for one boot: the base archive plus a second archive
@@ -181,6 +251,10 @@ pub fn command(a: &Artifacts, b: &Boot, tag: &str, console: &Console) -> Result<
     } else {
         "virt,gic-version=3"
     };
+    // Exactly the devices a boot uses: no default NIC (whose option ROM
+    // comes from a package the build does not need), no VGA, no
+    // monitor; the serial port is the board's PL011.
+    cmd.arg("-nodefaults");
     cmd.args(["-machine", machine, "-cpu", "max", "-m", "1G"]);
     // With as many guest CPUs as hyp-stub runs, there is none left to keep.
     let hyp_cpu = b.hyp && b.hyp_cpu && (b.cpus as usize) < hyp_stub::hyp::MAX_CPUS;
@@ -276,6 +350,7 @@ fn launch(
     mut echo: impl FnMut(&[u8]),
 ) -> Result<Outcome, String> {
     let mut cmd = command(a, b, tag, console)?;
+    let command_line = shell_line(&cmd);
     let start = Instant::now();
     if b.interactive {
         let status = cmd
@@ -283,6 +358,8 @@ fn launch(
             .map_err(|e| format!("qemu-system-aarch64: {e} (install qemu-system-arm)"))?;
         return Ok(Outcome {
             console: String::new(),
+            qemu_errors: String::new(),
+            command_line,
             status: status.code(),
             elapsed: start.elapsed(),
         });
@@ -297,6 +374,7 @@ fn launch(
     // harness sleeps until something happens instead of polling.
     enum Event {
         Output(Vec<u8>),
+        Errors(Vec<u8>),
         Exited(Option<i32>),
     }
     let (tx, rx) = mpsc::channel();
@@ -315,7 +393,7 @@ fn launch(
     thread::spawn(move || {
         let mut s = Vec::new();
         let _ = err.read_to_end(&mut s);
-        let _ = tx2.send(Event::Output(s));
+        let _ = tx2.send(Event::Errors(s));
     });
     let pid = child.id();
     let waiter = thread::spawn(move || {
@@ -323,6 +401,7 @@ fn launch(
         let _ = tx3.send(Event::Exited(status));
     });
     let mut console = Vec::new();
+    let mut errors = Vec::new();
     let deadline = start + b.timeout;
     let status = loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -331,6 +410,7 @@ fn launch(
                 echo(&chunk);
                 console.extend_from_slice(&chunk);
             }
+            Ok(Event::Errors(chunk)) => errors.extend_from_slice(&chunk),
             Ok(Event::Exited(status)) => break status,
             Err(_) => {
                 // Killed by PID: the waiter thread owns the child.
@@ -352,14 +432,20 @@ fn launch(
                 echo(&chunk);
                 console.extend_from_slice(&chunk);
             }
+            Ok(Event::Errors(chunk)) => errors.extend_from_slice(&chunk),
             Ok(Event::Exited(_)) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
     }
-    let console = String::from_utf8_lossy(&console).replace('\r', "");
+    let qemu_errors = String::from_utf8_lossy(&errors).into_owned();
+    // What QEMU printed on its own goes after the guest's console, as it
+    // would have arrived.
+    let console = String::from_utf8_lossy(&console).replace('\r', "") + &qemu_errors;
     Ok(Outcome {
         console,
+        qemu_errors,
+        command_line,
         status,
         elapsed,
     })
@@ -417,9 +503,90 @@ pub fn check(o: &Outcome, expect: &[&str], allowed: &[&str]) -> Result<(), Strin
         Ok(())
     } else {
         Err(format!(
-            "{}\n--- console ---\n{}\n--- end ---",
+            "{}\n--- console ---\n{}\n--- end ---\n{}",
             problems.join("\n"),
-            o.console
+            o.console,
+            o.qemu_failure()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_artifacts(dir: &Path) -> Artifacts {
+        fs::create_dir_all(dir).unwrap();
+        for f in ["Image", "hyp.elf", "initramfs.cpio"] {
+            fs::write(dir.join(f), b"x").unwrap();
+        }
+        Artifacts {
+            kernel: dir.join("Image"),
+            hyp: dir.join("hyp.elf"),
+            initramfs: dir.join("initramfs.cpio"),
+            kernel_build: dir.to_path_buf(),
+            scratch: dir.join("scratch"),
+        }
+    }
+
+    #[test]
+    fn qemu_gets_no_default_devices() {
+        let dir = env::temp_dir().join(format!("qemu-tests-cmd-{}", std::process::id()));
+        let a = fake_artifacts(&dir);
+        for hyp in [true, false] {
+            let b = Boot {
+                hyp,
+                ..Boot::default()
+            };
+            let cmd = command(&a, &b, "t", &Console::Stdio).unwrap();
+            let args: Vec<String> = cmd
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            assert!(args.iter().any(|a| a == "-nodefaults"), "{args:?}");
+            // Only the loader devices hyp-stub's boot needs; no NIC.
+            assert!(
+                !args.iter().any(|a| a.starts_with("-net") || a == "-nic"),
+                "{args:?}"
+            );
+            let devices: Vec<&String> = args
+                .windows(2)
+                .filter(|w| w[0] == "-device")
+                .map(|w| &w[1])
+                .collect();
+            assert!(
+                devices.iter().all(|d| d.starts_with("loader,")),
+                "{devices:?}"
+            );
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn known_qemu_errors_get_a_likely_fix() {
+        let err = "qemu-system-aarch64: failed to find romfile \"efi-virtio.rom\"";
+        assert!(likely_fix(err).unwrap().contains("ipxe-qemu"));
+        assert!(likely_fix("qemu-system-aarch64: something new").is_none());
+        let o = Outcome {
+            console: String::new(),
+            qemu_errors: format!("{err}\n"),
+            command_line: "qemu-system-aarch64 -nodefaults".into(),
+            status: Some(1),
+            elapsed: Duration::ZERO,
+        };
+        let msg = o.qemu_failure();
+        assert!(msg.contains("QEMU command line:\n    qemu-system-aarch64 -nodefaults\n"));
+        assert!(msg.contains("QEMU said:\n    qemu-system-aarch64: failed to find romfile"));
+        assert!(msg.contains("likely fix: "));
+    }
+
+    #[test]
+    fn command_lines_are_shown_as_a_shell_would_take_them() {
+        let mut cmd = Command::new("qemu-system-aarch64");
+        cmd.args(["-append", "console=ttyAMA0 pvguard=on", "-m", "1G", "it's"]);
+        assert_eq!(
+            shell_line(&cmd),
+            "qemu-system-aarch64 -append 'console=ttyAMA0 pvguard=on' -m 1G 'it'\\''s'"
+        );
     }
 }

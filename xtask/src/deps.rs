@@ -11,6 +11,8 @@ use crate::{paths, sh};
 /// Debian packages the build runs.
 const PACKAGES: &[&str] = &[
     "qemu-system-arm",
+    // checkpatch.pl, in the style tests.
+    "perl",
     "clang",
     "lld",
     "llvm",

@@ -21,9 +21,12 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  run        build everything and boot the guest under hyp-stub
+  run        build everything and boot the protected guest under hyp-stub
+             (pvguard=on); with no --exec, the guest shows its protection
+             and runs a self-check
                --exec \"CMD\"    run CMD in the guest and show its output
                --append \"ARGS\" add kernel command-line arguments
+               --unprotected    boot with pvguard=off, for comparison
                --add PATH       put a file (e.g. a module) into the guest's /pvguard/
                --services N     hyp-stub services bitmask (see hyp_stub::boot)
                --cpus N         number of guest CPUs (default 1)
@@ -110,11 +113,22 @@ fn bench_args(args: &[String]) -> Result<usize, String> {
     }
 }
 
+/// What `cargo xtask run` has the guest do when given no `--exec`: show
+/// its protection as the guest sees it, and ask for a self-check.
+const SHOW_PROTECTION: &str = r#"cd /sys/hypervisor/pvguard
+for f in mmio_guard/status kernel_protect/state; do echo "pvguard: $f: $(cat $f)"; done
+if echo 1 > kernel_protect/self_check 2>/dev/null; then
+	echo "pvguard: kernel_protect/self_check: $(cat kernel_protect/self_check | tr '\n' ' ')"
+fi"#;
+
 fn run(args: &[String]) -> Result<(), String> {
     let mut boot = Boot {
         timeout: Duration::from_secs(600),
         ..Boot::default()
     };
+    // The product's job is shown by default: the guest opts in.
+    let mut protect = "pvguard=on";
+    let mut append = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| {
@@ -124,7 +138,8 @@ fn run(args: &[String]) -> Result<(), String> {
         };
         match a.as_str() {
             "--exec" => boot.exec = Some(value("--exec")?),
-            "--append" => boot.append = value("--append")?,
+            "--append" => append.push(value("--append")?),
+            "--unprotected" => protect = "pvguard=off",
             "--add" => boot.add.push(PathBuf::from(value("--add")?)),
             "--services" => {
                 let v = value("--services")?;
@@ -144,6 +159,14 @@ fn run(args: &[String]) -> Result<(), String> {
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
     }
+    // Given after the default, a `pvguard=` in --append wins.
+    boot.append = std::iter::once(protect.to_string())
+        .chain(append)
+        .collect::<Vec<_>>()
+        .join(" ");
+    if boot.exec.is_none() && !boot.interactive {
+        boot.exec = Some(SHOW_PROTECTION.to_string());
+    }
     let artifacts = build_all()?;
     paths::step(if boot.hyp {
         "booting the guest under hyp-stub"
@@ -153,7 +176,10 @@ fn run(args: &[String]) -> Result<(), String> {
     let outcome = qemu_tests::run_visible(&artifacts, &boot, "run")?;
     match outcome.status {
         Some(0) => Ok(()),
-        Some(code) => Err(format!("QEMU exited with status {code}")),
+        Some(code) => Err(format!(
+            "QEMU exited with status {code}\n{}",
+            outcome.qemu_failure()
+        )),
         None => Err(format!(
             "the guest did not power off within {:?}",
             boot.timeout
