@@ -66,6 +66,18 @@ pub fn artifacts() -> Artifacts {
     Artifacts::from_env().unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The kernel argument with which the guest opts in to pvguard; what
+/// `cargo xtask run` gives unless told `--unprotected`.
+pub const PROTECT: &str = "pvguard=on";
+
+/// What `cargo xtask run` has the guest do when given no command: show
+/// its protection as the guest sees it, and ask for a self-check.
+pub const SHOW_PROTECTION: &str = r#"cd /sys/hypervisor/pvguard
+for f in mmio_guard/status kernel_protect/state; do echo "pvguard: $f: $(cat $f)"; done
+if echo 1 > kernel_protect/self_check 2>/dev/null; then
+	echo "pvguard: kernel_protect/self_check: $(cat kernel_protect/self_check | tr '\n' ' ')"
+fi"#;
+
 /// How to boot.
 #[derive(Clone, Debug)]
 pub struct Boot {

@@ -135,3 +135,51 @@ fn secondary_cpus_boot_through_psci_cpu_on() {
     let s = o.stats().expect("stats");
     assert_eq!(s.num("call_0xc4000003"), 1, "one CPU_ON");
 }
+
+/// What `cargo xtask run` boots with no options: the protected guest,
+/// its own view of the protection, a self-check, and the hypervisor's
+/// summary above the stats block; and, for comparison, the same run
+/// with `--unprotected`.
+#[test]
+fn default_run_shows_the_protected_guest_and_the_summary() {
+    let a = artifacts();
+    let boot = |append: &str| Boot {
+        append: append.into(),
+        exec: Some(qemu_tests::SHOW_PROTECTION.into()),
+        ..Boot::default()
+    };
+    let o = run(&a, &boot(qemu_tests::PROTECT), "boot-default-run").unwrap();
+    check(
+        &o,
+        &[
+            "Kernel command line: console=ttyAMA0 panic=-1 pvguard=on",
+            "pvguard: mmio_guard/status: enrolled",
+            "pvguard: kernel_protect/state: protected",
+            "pvguard: kernel_protect/self_check: verdict=intact",
+            "pvguard summary:",
+            "  MMIO guard:     enrolled, enforcing;",
+            "  kernel protect: protected:",
+            "  measurement:    SHA-256 of text+rodata ",
+            "  self-check:     intact (1 of 1 checks)",
+            "  hypervisor:     ",
+            "hyp-stub stats:",
+        ],
+        &[],
+    )
+    .unwrap();
+    assert!(o.clean_exit(), "QEMU status {:?}\n{}", o.status, o.console);
+
+    let o = run(&a, &boot("pvguard=off"), "boot-default-run-off").unwrap();
+    check(
+        &o,
+        &[
+            "pvguard summary:",
+            "  MMIO guard:     not enrolled",
+            "  kernel protect: offered; the guest reported no layout",
+            "hyp-stub stats:",
+        ],
+        &[],
+    )
+    .unwrap();
+    assert!(!o.console.contains("verdict=intact"), "{}", o.console);
+}

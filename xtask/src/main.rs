@@ -113,21 +113,13 @@ fn bench_args(args: &[String]) -> Result<usize, String> {
     }
 }
 
-/// What `cargo xtask run` has the guest do when given no `--exec`: show
-/// its protection as the guest sees it, and ask for a self-check.
-const SHOW_PROTECTION: &str = r#"cd /sys/hypervisor/pvguard
-for f in mmio_guard/status kernel_protect/state; do echo "pvguard: $f: $(cat $f)"; done
-if echo 1 > kernel_protect/self_check 2>/dev/null; then
-	echo "pvguard: kernel_protect/self_check: $(cat kernel_protect/self_check | tr '\n' ' ')"
-fi"#;
-
 fn run(args: &[String]) -> Result<(), String> {
     let mut boot = Boot {
         timeout: Duration::from_secs(600),
         ..Boot::default()
     };
     // The product's job is shown by default: the guest opts in.
-    let mut protect = "pvguard=on";
+    let mut protect = qemu_tests::PROTECT;
     let mut append = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -165,7 +157,7 @@ fn run(args: &[String]) -> Result<(), String> {
         .collect::<Vec<_>>()
         .join(" ");
     if boot.exec.is_none() && !boot.interactive {
-        boot.exec = Some(SHOW_PROTECTION.to_string());
+        boot.exec = Some(qemu_tests::SHOW_PROTECTION.to_string());
     }
     let artifacts = build_all()?;
     paths::step(if boot.hyp {
