@@ -206,12 +206,11 @@ pub fn run(boots: usize) -> Result<(), String> {
     let our_maps = ours.num("mmio_guard_map_calls");
 
     let mut doc = String::new();
-    let _ = writeln!(doc, "<!-- SPDX-License-Identifier: GPL-2.0 OR MIT -->");
-    let _ = writeln!(doc, "# Benchmarks\n");
     let _ = writeln!(
         doc,
-        "Reproduce with `cargo xtask bench` (it rewrites this file). QEMU TCG on this"
+        "## Boot, static keys, MMIO guard: `cargo xtask bench`\n"
     );
+    let _ = writeln!(doc, "Reproduce with `cargo xtask bench`. QEMU TCG on this");
     let _ = writeln!(
         doc,
         "machine ({} cores); configurations are interleaved in one run and",
@@ -227,7 +226,7 @@ pub fn run(boots: usize) -> Result<(), String> {
     );
     let _ = writeln!(
         doc,
-        "## Boot time ({boots} boots each, QEMU start to power off)\n"
+        "### Boot time ({boots} boots each, QEMU start to power off)\n"
     );
     let _ = writeln!(
         doc,
@@ -328,7 +327,7 @@ pub fn run(boots: usize) -> Result<(), String> {
          shared 2-core machine vary by tens of milliseconds from boot to boot,\n\
          hence the paired ratios.\n"
     );
-    let _ = writeln!(doc, "## Static key flip ({FLIP_BOOTS} boots each, {FLIPS} enable+disable flips timed in the guest)\n");
+    let _ = writeln!(doc, "### Static key flip ({FLIP_BOOTS} boots each, {FLIPS} enable+disable flips timed in the guest)\n");
     let _ = writeln!(doc, "| configuration | median ns per flip |");
     let _ = writeln!(doc, "|---|---|");
     let _ = writeln!(doc, "| unprotected | {m_off:.0} |");
@@ -337,7 +336,7 @@ pub fn run(boots: usize) -> Result<(), String> {
         "| protected (each patch trapped, validated and written by hyp-stub) | {m_on:.0} |\n"
     );
     let _ = writeln!(doc, "- protected / unprotected: **{:.2}** (target <= 3); hypervisor-performed patches per boot: {patches} (2 per flip)\n", m_on / m_off);
-    let _ = writeln!(doc, "## MMIO guard hypercalls for one boot\n");
+    let _ = writeln!(doc, "### MMIO guard hypercalls for one boot\n");
     let _ = writeln!(doc, "| guest | MMIO-guard map/unmap hypercalls |");
     let _ = writeln!(doc, "|---|---|");
     let _ = writeln!(
@@ -350,9 +349,7 @@ pub fn run(boots: usize) -> Result<(), String> {
         "- upstream / pvguard: **{:.0}x** fewer (target >= 4x)",
         up_calls as f64 / our_calls.max(1) as f64
     );
-    let out = paths::repo().join("docs/benchmarks.md");
-    std::fs::create_dir_all(out.parent().unwrap_or(&paths::repo())).map_err(|e| e.to_string())?;
-    std::fs::write(&out, &doc).map_err(|e| format!("{}: {e}", out.display()))?;
+    crate::doc::write_benchmarks_section("bench", &doc)?;
     print!("{doc}");
     Ok(())
 }

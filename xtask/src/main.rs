@@ -5,10 +5,12 @@
 
 mod bench;
 mod deps;
+mod doc;
 mod initramfs;
 mod kernel;
 mod paths;
 mod sh;
+mod soak;
 mod test;
 
 use std::path::PathBuf;
@@ -37,6 +39,9 @@ commands:
   test       host unit tests and QEMU system tests; ends with 'N passed, N failed'
   bench      benchmarks (boot time, static key flips, MMIO guard hypercalls) -> docs/benchmarks.md
                --boots N        boots of each boot-time configuration (default 40)
+  soak       SMP soak: protected 4-CPU boots flipping static keys, loading modules and
+             using guarded MMIO at once -> docs/benchmarks.md
+               --boots N        boots (default 50)
   kernel     build the guest kernel (patched Linux 6.12, Rust enabled)
   hyp        build hyp-stub
   initramfs  build the guest's userland
@@ -52,7 +57,8 @@ fn main() -> ExitCode {
         Some("initramfs") => deps::ensure().and_then(|()| initramfs::build().map(drop)),
         Some("run") => run(&args[1..]),
         Some("test") => test::run(),
-        Some("bench") => bench_args(&args[1..]).and_then(bench::run),
+        Some("bench") => boots_arg(&args[1..], bench::BOOTS).and_then(bench::run),
+        Some("soak") => boots_arg(&args[1..], soak::BOOTS).and_then(soak::run),
         Some("-h") | Some("--help") | Some("help") => {
             print!("{USAGE}");
             Ok(())
@@ -102,14 +108,14 @@ pub fn build_all() -> Result<Artifacts, String> {
     })
 }
 
-fn bench_args(args: &[String]) -> Result<usize, String> {
+fn boots_arg(args: &[String], default: usize) -> Result<usize, String> {
     match args {
-        [] => Ok(bench::BOOTS),
+        [] => Ok(default),
         [flag, n] if flag == "--boots" => match n.parse() {
             Ok(n) if n > 0 => Ok(n),
             _ => Err(format!("--boots {n}: expected a positive number")),
         },
-        _ => Err(format!("bad bench options {args:?}\n{USAGE}")),
+        _ => Err(format!("bad options {args:?}\n{USAGE}")),
     }
 }
 
