@@ -160,6 +160,31 @@ pub const MAX_CPUS: usize = 8;
 /// Most guest ranges one background hash covers.
 pub const MAX_BACKGROUND_SPANS: usize = 4;
 
+/// What the CPU does after an exit, once the core is released (the
+/// caller holds the core under a lock that every other CPU's exits wait
+/// for: nothing that waits may happen under it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Return to the guest with the registers as the core left them.
+    Guest,
+    /// PSCI standby: ask the firmware for CPU_SUSPEND with this
+    /// (validated, standby) state and no entry point, put its result in
+    /// x0, and return to the guest.
+    Standby(psci::PowerState),
+    /// PSCI power-down suspend of vCPU `slot`: ask the firmware for
+    /// CPU_SUSPEND with this state and the hypervisor's own entry point.
+    /// When the CPU wakes, there or by the call returning success (as
+    /// QEMU's does), [`Hyp::secondary_boot`] gives where the guest
+    /// resumes; if the firmware refuses, [`Hyp::suspend_failed`].
+    PowerDown {
+        slot: usize,
+        state: psci::PowerState,
+    },
+    /// PSCI CPU_OFF of vCPU `slot`: ask the firmware to turn this CPU
+    /// off. If that returns, [`Hyp::cpu_off_failed`].
+    CpuOff { slot: usize },
+}
+
 /// Where each vCPU stands in its PSCI life cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum CpuState {
@@ -170,6 +195,12 @@ enum CpuState {
         context: u64,
     },
     On,
+    /// In a power-down suspend: on wake the guest resumes at `entry` with
+    /// `context` in x0, as after CPU_ON.
+    Suspended {
+        entry: u64,
+        context: u64,
+    },
     /// The hypervisor's own CPU, not the guest's (absent from its device
     /// tree; CPU_ON is refused as for any CPU that does not exist).
     Hypervisor,
@@ -254,15 +285,12 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
         }
     }
 
-    fn is_hypervisor_cpu(&self, mpidr: u64) -> bool {
-        cpu_slot(mpidr).is_some_and(|slot| self.cpus[slot] == CpuState::Hypervisor)
-    }
-
-    /// Called on a secondary CPU started for vCPU `slot`: where it enters
-    /// the guest and with which context ID, if a CPU_ON is pending.
+    /// Called on a CPU started for vCPU `slot`, or woken from a power-down
+    /// suspend: where it enters the guest and with which context ID, if a
+    /// CPU_ON is pending or the vCPU was suspended.
     pub fn secondary_boot(&mut self, slot: usize) -> Option<(u64, u64)> {
         match self.cpus.get(slot).copied() {
-            Some(CpuState::Pending { entry, context }) => {
+            Some(CpuState::Pending { entry, context } | CpuState::Suspended { entry, context }) => {
                 self.cpus[slot] = CpuState::On;
                 Some((entry, context))
             }
@@ -270,35 +298,13 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
         }
     }
 
-    /// PSCI CPU_ON: validated, then forwarded with the hypervisor's own
-    /// entry point; the guest's entry and context wait for the CPU.
-    fn cpu_on(&mut self, target: u64, entry: u64, context: u64, plat: &mut dyn Platform) -> u64 {
-        let Some(slot) = cpu_slot(target) else {
-            return psci::INVALID_PARAMETERS;
-        };
-        if !self.layout.guest_ram.contains(Ipa(entry)) || !entry.is_multiple_of(4) {
-            return psci::INVALID_ADDRESS;
-        }
-        match self.cpus[slot] {
-            CpuState::Hypervisor => return psci::INVALID_PARAMETERS,
-            CpuState::On => return psci::ALREADY_ON,
-            CpuState::Pending { .. } => return psci::ON_PENDING,
-            CpuState::Off => {}
-        }
-        self.cpus[slot] = CpuState::Pending { entry, context };
-        let r = plat.start_cpu(target, slot);
-        if r != 0 {
-            self.cpus[slot] = CpuState::Off;
-        }
-        r
-    }
-
     /// The guest's stage-2 tables.
     pub fn stage2(&self) -> &Stage2<M> {
         &self.stage2
     }
 
-    /// Handles a synchronous exception from the guest.
+    /// Handles a synchronous exception from the guest; says what the CPU
+    /// does once the core is released.
     pub fn handle_sync(
         &mut self,
         esr: Esr,
@@ -306,39 +312,37 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
         hpfar: u64,
         vcpu: &mut Vcpu,
         plat: &mut dyn Platform,
-    ) {
+    ) -> Next {
         match esr.class() {
             ExceptionClass::Hvc64 => {
                 self.stats.exit(ExitKind::Hvc);
                 // ELR already points past the HVC.
-                self.hypercall(esr.imm16(), vcpu, plat);
+                return self.hypercall(esr.imm16(), vcpu, plat);
             }
             ExceptionClass::Smc64 => {
                 self.stats.exit(ExitKind::Smc);
                 // A trapped SMC leaves ELR at the SMC itself.
                 vcpu.pc = vcpu.pc.wrapping_add(4);
-                self.hypercall(esr.imm16(), vcpu, plat);
+                return self.hypercall(esr.imm16(), vcpu, plat);
             }
             ExceptionClass::DataAbortLower => {
                 self.stats.exit(ExitKind::DataAbort);
-                if self.raced_with_a_stage2_update(esr.abort(), fault_ipa(hpfar, far)) {
-                    return;
+                if !self.raced_with_a_stage2_update(esr.abort(), fault_ipa(hpfar, far)) {
+                    self.data_abort(esr, far, hpfar, vcpu, plat);
                 }
-                self.data_abort(esr, far, hpfar, vcpu, plat);
             }
             ExceptionClass::InstrAbortLower => {
                 self.stats.exit(ExitKind::InstrAbort);
                 let ipa = fault_ipa(hpfar, far);
-                if self.raced_with_a_stage2_update(esr.abort(), ipa) {
-                    return;
+                if !self.raced_with_a_stage2_update(esr.abort(), ipa) {
+                    if self.layout.guest_ram.contains(ipa) {
+                        // Execution of guest RAM that stage 2 forbids:
+                        // services may count it; it is never emulated.
+                        let _ = self.offer_ram_fault(ipa, far, true, esr.abort(), vcpu, plat);
+                        self.report_ram_fault(plat, "execute", ipa, far, vcpu.pc);
+                    }
+                    self.inject(vcpu, plat, Injection::InstrAbort { far });
                 }
-                if self.layout.guest_ram.contains(ipa) {
-                    // Execution of guest RAM that stage 2 forbids: services
-                    // may count it; it is never emulated.
-                    let _ = self.offer_ram_fault(ipa, far, true, esr.abort(), vcpu, plat);
-                    self.report_ram_fault(plat, "execute", ipa, far, vcpu.pc);
-                }
-                self.inject(vcpu, plat, Injection::InstrAbort { far });
             }
             ExceptionClass::SysReg => {
                 self.stats.exit(ExitKind::SysReg);
@@ -349,6 +353,7 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
                 self.inject(vcpu, plat, Injection::Undefined);
             }
         }
+        Next::Guest
     }
 
     /// Counts an asynchronous exit (IRQ, FIQ or SError taken at EL2).
@@ -365,26 +370,32 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
         plat.set_el1_exception(&e);
     }
 
-    fn hypercall(&mut self, imm: u16, vcpu: &mut Vcpu, plat: &mut dyn Platform) {
+    fn hypercall(&mut self, imm: u16, vcpu: &mut Vcpu, plat: &mut dyn Platform) -> Next {
         let x = &vcpu.regs.x;
         let call = Call {
             fid: x[0] as u32,
             args: [x[1], x[2], x[3], x[4], x[5], x[6]],
         };
-        let result = if imm != 0 {
+        let (result, next) = if imm != 0 {
             // Not an SMCCC call: the immediate names the call.
             self.stats.call(u32::from(imm));
             let (services, mut ops) = self.services_and_ops(plat);
             let answer = services.immediate_call(imm, &call, &mut ops);
-            answer.unwrap_or_else(|| {
+            let answer = answer.unwrap_or_else(|| {
                 self.stats.calls_unsupported += 1;
                 [smccc::NOT_SUPPORTED, 0, 0, 0]
-            })
+            });
+            (answer, Next::Guest)
         } else {
             self.stats.call(call.fid);
-            self.smccc_call(&call, plat)
+            if psci::is_psci(call.fid) {
+                self.psci(&call, plat)
+            } else {
+                (self.smccc_call(&call, plat), Next::Guest)
+            }
         };
         vcpu.regs.x[..4].copy_from_slice(&result);
+        next
     }
 
     fn smccc_call(&mut self, call: &Call, plat: &mut dyn Platform) -> [u64; 4] {
@@ -399,7 +410,6 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
             }
             smccc::VENDOR_HYP_UID => smccc::KVM_UID,
             smccc::VENDOR_HYP_KVM_FEATURES => self.features(),
-            f if psci::is_psci(f) => self.psci(call, plat),
             f => {
                 let (services, mut ops) = self.services_and_ops(plat);
                 match services.find(f) {
@@ -427,46 +437,6 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
             }
         }
         bits
-    }
-
-    fn psci(&mut self, call: &Call, plat: &mut dyn Platform) -> [u64; 4] {
-        let [a0, a1, a2, ..] = call.args;
-        match call.fid {
-            psci::SYSTEM_OFF
-            | psci::SYSTEM_RESET
-            | psci::SYSTEM_RESET2_32
-            | psci::SYSTEM_RESET2_64 => {
-                let (services, mut ops) = self.services_and_ops(plat);
-                services.finish_all(&mut ops);
-                let _ = self.write_summary(plat.console());
-                let _ = self.write_stats(plat.console());
-                plat.firmware_call(call.fid, [a0, a1, a2])
-            }
-            // Forwarding CPU_ON as is would start a CPU at EL2 at a
-            // guest-chosen address: the hypervisor's entry goes instead.
-            psci::CPU_ON_64 => [self.cpu_on(a0, a1, a2, plat), 0, 0, 0],
-            psci::CPU_ON_32 => [
-                self.cpu_on(a0 & 0xffff_ffff, a1 & 0xffff_ffff, a2 & 0xffff_ffff, plat),
-                0,
-                0,
-                0,
-            ],
-            psci::CPU_OFF => {
-                if let Some(slot) = cpu_slot(plat.current_mpidr()) {
-                    self.cpus[slot] = CpuState::Off;
-                }
-                plat.firmware_call(call.fid, [a0, a1, a2])
-            }
-            // The hypervisor's own CPU does not exist for the guest.
-            psci::AFFINITY_INFO_64 | psci::AFFINITY_INFO_32 if self.is_hypervisor_cpu(a0) => {
-                [psci::INVALID_PARAMETERS, 0, 0, 0]
-            }
-            psci::FEATURES => match a0 as u32 {
-                smccc::SMCCC_VERSION => [0, 0, 0, 0],
-                _ => plat.firmware_call(call.fid, [a0, a1, a2]),
-            },
-            fid => plat.firmware_call(fid, [a0, a1, a2]),
-        }
     }
 
     /// Offers a stage-2 fault on guest RAM to the services.
@@ -666,5 +636,6 @@ fn fault_ipa(hpfar: u64, far: u64) -> Ipa {
     Ipa(((hpfar & 0x0000_0fff_ffff_fff0) << 8) | (far & (PAGE_SIZE - 1)))
 }
 
+mod power;
 #[cfg(test)]
 mod tests;

@@ -67,6 +67,12 @@ pub struct Stats {
     /// Stage-2 faults on guest RAM taken while another CPU was changing
     /// its mapping, and retried.
     pub ram_faults_retried: u64,
+    /// PSCI calls answered with an error.
+    pub psci_refused: u64,
+    /// PSCI standby suspends (the CPU waited for an interrupt in place).
+    pub psci_standby: u64,
+    /// PSCI power-down suspends (the vCPU resumed at its entry point).
+    pub psci_power_downs: u64,
 }
 
 impl Stats {
@@ -117,6 +123,9 @@ impl Stats {
         writeln!(out, "ram_faults_emulated={}", self.ram_faults_emulated)?;
         writeln!(out, "ram_faults_refused={}", self.ram_faults_refused)?;
         writeln!(out, "ram_faults_retried={}", self.ram_faults_retried)?;
+        writeln!(out, "psci_refused={}", self.psci_refused)?;
+        writeln!(out, "psci_standby={}", self.psci_standby)?;
+        writeln!(out, "psci_power_downs={}", self.psci_power_downs)?;
         let mut calls = self.calls.clone();
         calls.sort_unstable();
         for (fid, n) in calls {

@@ -18,7 +18,7 @@ use hyp_stub::addr::{Ipa, IpaRange, PhysAddr};
 use hyp_stub::boot::{self, KernelImage, Manifest};
 use hyp_stub::esr::Esr;
 use hyp_stub::fdt::{self, Edits, Fdt, NodeProp, RemoveNode};
-use hyp_stub::hyp::{cpu_slot, Hyp, Layout, Platform};
+use hyp_stub::hyp::{cpu_slot, Hyp, Layout, Next, Platform};
 use hyp_stub::service::Registry;
 use hyp_stub::services::kernel_protect::{AssetExtents, KernelProtect};
 use hyp_stub::services::mmio_guard::{self, MmioGuard};
@@ -427,8 +427,26 @@ extern "C" fn handle_lower_sync(regs: &mut GuestRegs) {
         pc: read_sysreg!("elr_el2"),
         pstate: read_sysreg!("spsr_el2"),
     };
-    if let Some(hyp) = HYP.lock().as_mut() {
-        hyp.handle_sync(esr, far, hpfar, &mut vcpu, &mut Board::new());
+    let next = match HYP.lock().as_mut() {
+        Some(hyp) => hyp.handle_sync(esr, far, hpfar, &mut vcpu, &mut Board::new()),
+        None => Next::Guest,
+    };
+    // The core is released: what waits happens here.
+    match next {
+        Next::Guest => {}
+        Next::Standby(state) => {
+            let r = Board::new().firmware_call(psci::CPU_SUSPEND_64, [state.raw().into(), 0, 0]);
+            vcpu.regs.x[0] = r[0];
+        }
+        Next::PowerDown { slot, state } => power_down(slot, state, &mut vcpu),
+        Next::CpuOff { slot } => {
+            let r = Board::new().firmware_call(psci::CPU_OFF, [0; 3]);
+            // Only a refusal returns.
+            if let Some(hyp) = HYP.lock().as_mut() {
+                hyp.cpu_off_failed(slot);
+            }
+            vcpu.regs.x[0] = r[0];
+        }
     }
     *regs = vcpu.regs;
     // SAFETY: the core computed where the guest resumes; ELR/SPSR only
@@ -436,6 +454,41 @@ extern "C" fn handle_lower_sync(regs: &mut GuestRegs) {
     unsafe {
         write_sysreg!("elr_el2", vcpu.pc);
         write_sysreg!("spsr_el2", vcpu.pstate);
+    }
+}
+
+/// A power-down suspend of vCPU `slot`: the firmware gets the
+/// hypervisor's entry. If the CPU really powers down it comes back through
+/// [`secondary_main`]; if the call returns success (QEMU waits for an
+/// interrupt and returns) the vCPU resumes the same way here, at its own
+/// entry point. A refusal returns to where the guest called, with the
+/// firmware's error.
+fn power_down(slot: usize, state: psci::PowerState, vcpu: &mut Vcpu) {
+    let entry = entry::secondary_entry as *const () as u64;
+    let r = Board::new().firmware_call(
+        psci::CPU_SUSPEND_64,
+        [state.raw().into(), entry, slot as u64],
+    );
+    let mut core = HYP.lock();
+    let Some(hyp) = core.as_mut() else {
+        return;
+    };
+    if r[0] != psci::SUCCESS {
+        hyp.suspend_failed(slot);
+        vcpu.regs.x[0] = r[0];
+        return;
+    }
+    let resume = hyp.secondary_boot(slot);
+    drop(core);
+    if let Some((guest_entry, context)) = resume {
+        let (vtcr, vttbr) = *STAGE2_REGS.lock();
+        // SAFETY: as in `secondary_main`: the guest's stage-2 tables, and
+        // an entry point checked to be guest RAM when the guest suspended.
+        // This exception's frame is abandoned (a fresh stack).
+        unsafe {
+            configure_el2(vtcr, vttbr);
+            entry::enter_guest(guest_entry, context, entry::stack_top(slot))
+        }
     }
 }
 

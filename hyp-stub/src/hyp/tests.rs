@@ -22,6 +22,10 @@ struct FakePlatform {
     /// Whether it has a CPU of the hypervisor's own to hash on.
     hyp_cpu: bool,
     background: Option<Vec<(PhysAddr, u64)>>,
+    /// The MPIDR of the CPU making the calls.
+    mpidr: u64,
+    /// What the firmware answers (PSCI_VERSION 1.1 if `None`).
+    firmware_answer: Option<u64>,
 }
 
 impl Tlb for FakePlatform {
@@ -56,7 +60,7 @@ impl Platform for FakePlatform {
         0
     }
     fn current_mpidr(&self) -> u64 {
-        0x8000_0000
+        0x8000_0000 | self.mpidr
     }
     fn read_ram(&mut self, pa: PhysAddr, buf: &mut [u8]) {
         for (i, b) in buf.iter_mut().enumerate() {
@@ -68,7 +72,7 @@ impl Platform for FakePlatform {
     }
     fn firmware_call(&mut self, fid: u32, args: [u64; 3]) -> [u64; 4] {
         self.firmware.push((fid, args));
-        [0x1_0001, 0, 0, 0]
+        [self.firmware_answer.unwrap_or(0x1_0001), 0, 0, 0]
     }
     fn mmio_read(&mut self, pa: PhysAddr, width: Width) -> u64 {
         self.reads.push((pa, width));
@@ -263,23 +267,294 @@ fn unknown_calls_and_immediates_are_not_supported() {
 }
 
 #[test]
-fn psci_is_forwarded_and_power_off_prints_stats() {
+fn psci_is_answered_here_and_power_off_prints_stats() {
     let mut hyp = hyp_with(Registry::new());
     let mut plat = FakePlatform::default();
     let mut v = vcpu_with(&[u64::from(psci::VERSION)]);
     hyp.handle_sync(Esr(SMC), 0, 0, &mut v, &mut plat);
-    assert_eq!(v.regs.x[0], 0x1_0001);
-    let mut v = vcpu_with(&[u64::from(psci::FEATURES), 0x8000_0000]);
+    assert_eq!(v.regs.x[0], psci::VERSION_1_1);
+    let mut v = vcpu_with(&[u64::from(psci::FEATURES), u64::from(psci::CPU_ON_64)]);
     hyp.handle_sync(Esr(SMC), 0, 0, &mut v, &mut plat);
-    assert_eq!(v.regs.x[0], 0, "SMCCC_VERSION is advertised");
-    let mut v = vcpu_with(&[u64::from(psci::SYSTEM_OFF)]);
-    hyp.handle_sync(Esr(SMC), 0, 0, &mut v, &mut plat);
+    assert_eq!(v.regs.x[0], 0, "CPU_ON is offered");
+    let mut v = vcpu_with(&[u64::from(psci::SYSTEM_OFF), 7, 8, 9]);
+    let next = hyp.handle_sync(Esr(SMC), 0, 0, &mut v, &mut plat);
+    assert_eq!(next, Next::Guest);
     assert_eq!(
-        plat.firmware.iter().map(|f| f.0).collect::<Vec<_>>(),
-        [psci::VERSION, psci::SYSTEM_OFF]
+        plat.firmware,
+        [(psci::SYSTEM_OFF, [0; 3])],
+        "only power-off reached the firmware, without the guest's arguments"
     );
     assert!(plat.console.contains("hyp-stub stats:\nexits_total=3\n"));
     assert!(plat.console.contains("call_0x84000008=1\n"));
+}
+
+/// Issues one PSCI call by HVC from the vCPU on `plat`'s current CPU.
+fn psci_call(hyp: &mut TestHyp<'_>, plat: &mut FakePlatform, x: &[u64]) -> (u64, Next) {
+    let mut v = vcpu_with(x);
+    let next = hyp.handle_sync(Esr(HVC), 0, 0, &mut v, plat);
+    (v.regs.x[0], next)
+}
+
+#[test]
+fn every_psci_function_is_in_the_allowlist_or_not_supported() {
+    let mut hyp = hyp_with(Registry::new());
+    let mut plat = FakePlatform::default();
+    let offered = [
+        psci::VERSION,
+        psci::FEATURES,
+        psci::CPU_SUSPEND_32,
+        psci::CPU_SUSPEND_64,
+        psci::CPU_OFF,
+        psci::CPU_ON_32,
+        psci::CPU_ON_64,
+        psci::AFFINITY_INFO_32,
+        psci::AFFINITY_INFO_64,
+        psci::MIGRATE_INFO_TYPE,
+        psci::CPU_DEFAULT_SUSPEND_32,
+        psci::CPU_DEFAULT_SUSPEND_64,
+        psci::SYSTEM_SUSPEND_32,
+        psci::SYSTEM_SUSPEND_64,
+        psci::SYSTEM_OFF,
+        psci::SYSTEM_RESET,
+    ];
+    let mut refused = 0;
+    for fid in (0x8400_0000..=0x8400_001f).chain(0xc400_0000..=0xc400_001f) {
+        let (features, _) = psci_call(
+            &mut hyp,
+            &mut plat,
+            &[u64::from(psci::FEATURES), u64::from(fid)],
+        );
+        if offered.contains(&fid) {
+            assert_eq!(features, 0, "{fid:#x} is offered");
+            continue;
+        }
+        assert_eq!(features, psci::NOT_SUPPORTED, "{fid:#x} is not offered");
+        refused += 1;
+        // Arguments that would be an entry point, a CPU and a context.
+        let (x0, next) = psci_call(&mut hyp, &mut plat, &[u64::from(fid), 1, 0x4020_0000, 7]);
+        assert_eq!((x0, next), (psci::NOT_SUPPORTED, Next::Guest), "{fid:#x}");
+        refused += 1;
+    }
+    assert!(
+        plat.firmware.is_empty(),
+        "nothing unknown reached the firmware"
+    );
+    assert_eq!(hyp.stats.psci_refused, refused);
+    let (x0, _) = psci_call(
+        &mut hyp,
+        &mut plat,
+        &[
+            u64::from(psci::FEATURES),
+            1 << 32 | u64::from(psci::CPU_OFF),
+        ],
+    );
+    assert_eq!(x0, 0, "an SMC32 call ignores the upper halves");
+    let (x0, _) = psci_call(&mut hyp, &mut plat, &[u64::from(psci::MIGRATE_INFO_TYPE)]);
+    assert_eq!(x0, psci::MIGRATE_NOT_NEEDED);
+}
+
+#[test]
+fn cpu_suspend_standby_waits_in_place_and_bad_states_are_refused() {
+    let mut hyp = hyp_with(Registry::new());
+    let mut plat = FakePlatform::default();
+    for fid in [psci::CPU_SUSPEND_64, psci::CPU_SUSPEND_32] {
+        let (x0, next) = psci_call(&mut hyp, &mut plat, &[u64::from(fid), 0x2, 0x1234, 5]);
+        assert_eq!(x0, psci::SUCCESS);
+        assert_eq!(
+            next,
+            Next::Standby(psci::PowerState::Standby(2)),
+            "waits after the core is released; the entry point is not used"
+        );
+    }
+    for bad in [1 << 24, 1 << 30, 1 << 17, u64::from(u32::MAX) + 1] {
+        let (x0, next) = psci_call(
+            &mut hyp,
+            &mut plat,
+            &[u64::from(psci::CPU_SUSPEND_64), bad, 0x4020_0000, 0],
+        );
+        assert_eq!(
+            (x0, next),
+            (psci::INVALID_PARAMETERS, Next::Guest),
+            "{bad:#x}"
+        );
+    }
+    assert!(plat.firmware.is_empty());
+    assert_eq!(hyp.stats.psci_standby, 2);
+    assert_eq!(hyp.stats.psci_refused, 4);
+}
+
+#[test]
+fn power_down_suspends_keep_the_guests_entry_and_resume_there() {
+    let mut hyp = hyp_with(Registry::new());
+    let mut plat = FakePlatform::default();
+    let down = psci::PowerState::PowerDown(0x1_0000);
+    // Entry points the hypervisor must not wake at are refused, for each
+    // call that carries one.
+    for bad in [0x1000, 0x7e00_0000, 0x4020_0002, u64::MAX] {
+        for x in [
+            [u64::from(psci::CPU_SUSPEND_64), 0x1_0000, bad, 1],
+            [u64::from(psci::CPU_DEFAULT_SUSPEND_64), bad, 1, 0],
+            [u64::from(psci::SYSTEM_SUSPEND_64), bad, 1, 0],
+        ] {
+            let (x0, next) = psci_call(&mut hyp, &mut plat, &x);
+            assert_eq!((x0, next), (psci::INVALID_ADDRESS, Next::Guest), "{x:x?}");
+        }
+    }
+    assert_eq!(hyp.secondary_boot(0), None, "nothing recorded");
+    // A power-down: the firmware will get the hypervisor's entry (the
+    // caller's job); the guest's waits in the core.
+    let (x0, next) = psci_call(
+        &mut hyp,
+        &mut plat,
+        &[
+            u64::from(psci::CPU_SUSPEND_64),
+            0x1_0000,
+            0x4020_0000,
+            0xc0de,
+        ],
+    );
+    assert_eq!(
+        (x0, next),
+        (
+            psci::SUCCESS,
+            Next::PowerDown {
+                slot: 0,
+                state: down
+            }
+        )
+    );
+    let (x0, _) = psci_call(
+        &mut hyp,
+        &mut plat,
+        &[u64::from(psci::AFFINITY_INFO_64), 0, 0],
+    );
+    assert_eq!(x0, psci::AFFINITY_ON, "a suspended CPU is on");
+    assert_eq!(hyp.secondary_boot(0), Some((0x4020_0000, 0xc0de)));
+    assert_eq!(hyp.secondary_boot(0), None, "only once");
+    // The 32-bit calls keep 32 bits of each argument.
+    let (x0, next) = psci_call(
+        &mut hyp,
+        &mut plat,
+        &[
+            u64::from(psci::CPU_DEFAULT_SUSPEND_32),
+            0xffff_ffff_4030_0000,
+            0xffff_ffff_0000_0001,
+        ],
+    );
+    assert_eq!(x0, psci::SUCCESS);
+    assert_eq!(
+        next,
+        Next::PowerDown {
+            slot: 0,
+            state: psci::PowerState::CORE_POWER_DOWN
+        }
+    );
+    assert_eq!(hyp.secondary_boot(0), Some((0x4030_0000, 1)));
+    // A firmware refusal leaves the vCPU running where it was.
+    let _ = psci_call(
+        &mut hyp,
+        &mut plat,
+        &[u64::from(psci::SYSTEM_SUSPEND_64), 0x4020_0000, 3],
+    );
+    hyp.suspend_failed(0);
+    assert_eq!(hyp.secondary_boot(0), None);
+    assert!(
+        plat.firmware.is_empty(),
+        "no guest entry point reached the firmware"
+    );
+    assert_eq!(hyp.stats.psci_power_downs, 3);
+}
+
+#[test]
+fn system_suspend_is_denied_while_another_vcpu_runs() {
+    let mut hyp = hyp_with(Registry::new());
+    let mut plat = FakePlatform::default();
+    let (x0, _) = psci_call(
+        &mut hyp,
+        &mut plat,
+        &[u64::from(psci::CPU_ON_64), 1, 0x4020_0000, 0],
+    );
+    assert_eq!(x0, psci::SUCCESS);
+    let suspend = [u64::from(psci::SYSTEM_SUSPEND_64), 0x4020_0000, 0];
+    assert_eq!(
+        psci_call(&mut hyp, &mut plat, &suspend),
+        (psci::DENIED, Next::Guest),
+        "CPU 1 is pending"
+    );
+    assert!(hyp.secondary_boot(1).is_some());
+    assert_eq!(
+        psci_call(&mut hyp, &mut plat, &suspend).0,
+        psci::DENIED,
+        "CPU 1 is on"
+    );
+    // CPU 1 turns itself off: the core says so, the caller does it.
+    let mut cpu1 = FakePlatform {
+        mpidr: 1,
+        ..FakePlatform::default()
+    };
+    assert_eq!(
+        psci_call(&mut hyp, &mut cpu1, &[u64::from(psci::CPU_OFF)]),
+        (psci::SUCCESS, Next::CpuOff { slot: 1 })
+    );
+    assert!(cpu1.firmware.is_empty(), "not under the core");
+    let (x0, next) = psci_call(&mut hyp, &mut plat, &suspend);
+    assert_eq!(x0, psci::SUCCESS);
+    assert!(matches!(next, Next::PowerDown { slot: 0, .. }));
+    // A CPU the hypervisor keeps does not count.
+    assert!(hyp.reserve_cpu(3));
+    assert_eq!(hyp.secondary_boot(0), Some((0x4020_0000, 0)));
+    assert_eq!(psci_call(&mut hyp, &mut plat, &suspend).0, psci::SUCCESS);
+}
+
+#[test]
+fn cpu_off_then_on_again_and_a_refused_off() {
+    let mut hyp = hyp_with(Registry::new());
+    let mut plat = FakePlatform::default();
+    let mut cpu1 = FakePlatform {
+        mpidr: 1,
+        ..FakePlatform::default()
+    };
+    let on = [u64::from(psci::CPU_ON_64), 1, 0x4020_0000, 0];
+    assert_eq!(psci_call(&mut hyp, &mut plat, &on).0, psci::SUCCESS);
+    assert!(hyp.secondary_boot(1).is_some());
+    assert_eq!(
+        psci_call(&mut hyp, &mut cpu1, &[u64::from(psci::CPU_OFF)]).1,
+        Next::CpuOff { slot: 1 }
+    );
+    // Off in the core; the firmware says whether it has really stopped.
+    plat.firmware_answer = Some(psci::AFFINITY_ON);
+    let info = [u64::from(psci::AFFINITY_INFO_64), 1, 0];
+    assert_eq!(psci_call(&mut hyp, &mut plat, &info).0, psci::AFFINITY_ON);
+    plat.firmware_answer = Some(psci::AFFINITY_OFF);
+    assert_eq!(psci_call(&mut hyp, &mut plat, &info).0, psci::AFFINITY_OFF);
+    plat.firmware_answer = None;
+    assert_eq!(
+        psci_call(
+            &mut hyp,
+            &mut plat,
+            &[u64::from(psci::AFFINITY_INFO_64), 1, 1]
+        )
+        .0,
+        psci::INVALID_PARAMETERS,
+        "level 1"
+    );
+    assert_eq!(
+        psci_call(&mut hyp, &mut plat, &on).0,
+        psci::SUCCESS,
+        "started again"
+    );
+    assert_eq!(
+        psci_call(&mut hyp, &mut plat, &info).0,
+        psci::AFFINITY_ON_PENDING
+    );
+    assert!(hyp.secondary_boot(1).is_some());
+    let _ = psci_call(&mut hyp, &mut cpu1, &[u64::from(psci::CPU_OFF)]);
+    hyp.cpu_off_failed(1);
+    assert_eq!(
+        psci_call(&mut hyp, &mut plat, &on).0,
+        psci::ALREADY_ON,
+        "still running"
+    );
 }
 
 /// ESR of a data abort from EL1 with a valid syndrome.
@@ -641,10 +916,11 @@ fn cpu_on_is_checked_forwarded_with_the_hypervisors_entry_and_completed() {
     assert_eq!(plat.firmware.len(), before, "nothing reached the firmware");
     let mut v = vcpu_with(&[u64::from(psci::AFFINITY_INFO_64), 1, 0]);
     hyp.handle_sync(Esr(HVC), 0, 0, &mut v, &mut plat);
+    assert_eq!(v.regs.x[0], psci::AFFINITY_ON);
     assert_eq!(
         plat.firmware.len(),
-        before + 1,
-        "other CPUs' states are forwarded"
+        before,
+        "a running CPU's state is known"
     );
 }
 
