@@ -82,6 +82,12 @@ impl Hypercall for Smccc {
         // x4 is never used by the kernel-protect calls.
         Hypervisor::call(self, fid, [args[0], args[1], args[2]])
     }
+    fn pause(&mut self) {
+        // Callers hold `pvguard_lock` (a raw spinlock): a busy-wait, not
+        // a sleep.
+        // SAFETY: `__udelay` only spins on the CPU's counter.
+        unsafe { kernel::bindings::__udelay(1000) };
+    }
 }
 
 /// The guest's pvguard state: both services.

@@ -12,6 +12,11 @@ use crate::guest_kp::builder::Builder;
 use crate::guest_kp::guest::{self, Hypercall, ReportPath, SelfCheck};
 use crate::guest_kp::record::{KernelAssetInfo, RecordError};
 
+/// How often a self-check is asked again while the hypervisor answers
+/// BUSY: with the kernel's 1 ms pause, two seconds, the time the
+/// hypervisor itself allows its measurement CPU.
+pub const BUSY_RETRIES: u32 = 2000;
+
 /// Where kernel protect stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -123,14 +128,27 @@ impl KpState {
     }
 
     /// Runs an integrity self-check (enable_vm_protection on itself).
+    /// While the hypervisor is still taking its measurement it answers
+    /// BUSY rather than wait with every vCPU held up; the check is asked
+    /// again, [`BUSY_RETRIES`] times at most with a pause between.
     ///
     /// # Errors
-    /// The hypervisor's refusal, or OBJECT_STATE if not protected.
+    /// The hypervisor's refusal (BUSY if it never became ready), or
+    /// OBJECT_STATE if not protected.
     pub fn self_check(&mut self, hv: &mut dyn Hypercall) -> Result<SelfCheck, KpError> {
         if self.status != Status::Protected {
             return Err(KpError::ObjectState);
         }
-        let check = guest::enable_protection(hv)?;
+        let mut retries = 0;
+        let check = loop {
+            match guest::enable_protection(hv) {
+                Err(KpError::Busy) if retries < BUSY_RETRIES => {
+                    retries += 1;
+                    hv.pause();
+                }
+                other => break other?,
+            }
+        };
         self.checks += 1;
         self.last = Some(check);
         Ok(check)

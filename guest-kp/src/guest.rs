@@ -15,6 +15,10 @@ use super::record::{record_fits_in_page, KernelAssetInfo, RecordError};
 pub trait Hypercall {
     /// Calls `fid` with x1..x4 = `args`.
     fn call(&mut self, fid: u32, args: [u64; 4]) -> [u64; 4];
+    /// Waits about a millisecond before a call answered BUSY is made
+    /// again (the default does not wait: the caller's retry count alone
+    /// bounds the loop).
+    fn pause(&mut self) {}
 }
 
 /// How the layout reached the hypervisor.

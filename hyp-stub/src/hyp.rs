@@ -11,7 +11,8 @@ use core::fmt::Write;
 use crate::addr::{GuestVa, Ipa, IpaRange, PhysAddr};
 use crate::esr::{AbortSyndrome, Esr, ExceptionClass, FaultStatus, Width};
 use crate::service::{
-    Call, FaultAction, GuestFault, HypOps, MmioVerdict, OpsError, Registry, ServiceError,
+    BackgroundHash, Call, FaultAction, GuestFault, HypOps, MmioVerdict, OpsError, Registry,
+    ServiceError,
 };
 use crate::smccc::{self, psci};
 use crate::stage2::{Perms, Stage2, Stage2Error, TableMemory, Tlb, PAGE_SIZE};
@@ -34,9 +35,11 @@ pub trait Platform: Tlb {
     /// in order, into one SHA-256 on a CPU the hypervisor keeps for
     /// itself. False if there is no such CPU or it is busy.
     fn start_background_hash(&mut self, spans: &[(PhysAddr, u64)]) -> bool;
-    /// The digest of the background hash, once it is done (waiting for
-    /// it); `None` if none was started.
-    fn finish_background_hash(&mut self) -> Option<[u8; 32]>;
+    /// Where the background hash stands, without waiting.
+    fn poll_background_hash(&mut self) -> BackgroundHash;
+    /// The digest of the background hash, waiting a bounded time for it
+    /// (power-off only); `None` if none was started or it did not come.
+    fn wait_background_hash(&mut self) -> Option<[u8; 32]>;
     /// Reads RAM at `pa` (already checked to be guest RAM).
     fn read_ram(&mut self, pa: PhysAddr, buf: &mut [u8]);
     /// Writes one instruction to RAM at `pa` (checked, 4-byte aligned)
@@ -132,8 +135,11 @@ impl<M: TableMemory> HypOps for Ops<'_, M> {
         }
         Ok(self.plat.start_background_hash(out))
     }
-    fn background_hash(&mut self) -> Option<[u8; 32]> {
-        self.plat.finish_background_hash()
+    fn background_hash(&mut self) -> BackgroundHash {
+        self.plat.poll_background_hash()
+    }
+    fn wait_background_hash(&mut self) -> Option<[u8; 32]> {
+        self.plat.wait_background_hash()
     }
     fn log(&mut self, args: core::fmt::Arguments<'_>) {
         let out = self.plat.console();
@@ -506,10 +512,18 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
         plat: &mut dyn Platform,
     ) {
         let action = self.offer_ram_fault(ipa, far, false, abort, vcpu, plat);
-        if action == FaultAction::Emulated {
-            self.stats.ram_faults_emulated += 1;
-            vcpu.pc = vcpu.pc.wrapping_add(4);
-            return;
+        match action {
+            FaultAction::Emulated => {
+                self.stats.ram_faults_emulated += 1;
+                vcpu.pc = vcpu.pc.wrapping_add(4);
+                return;
+            }
+            // The access runs again once the core is released.
+            FaultAction::Retry => {
+                self.stats.ram_faults_deferred += 1;
+                return;
+            }
+            FaultAction::NotMine | FaultAction::Refused => {}
         }
         let what = if abort.write() { "write" } else { "read" };
         self.report_ram_fault(plat, what, ipa, far, vcpu.pc);

@@ -74,9 +74,15 @@ pub trait HypOps {
     /// [`OpsError::TooManySpans`] for more than
     /// [`crate::hyp::MAX_BACKGROUND_SPANS`] ranges.
     fn hash_guest_in_background(&mut self, spans: &[IpaRange]) -> Result<bool, OpsError>;
-    /// The digest of the background hash, waiting for it if it is still
-    /// running; `None` if none was started.
-    fn background_hash(&mut self) -> Option<[u8; 32]>;
+    /// Where the background hash stands, without waiting for it: every
+    /// other vCPU's exits wait while a service runs, so a service that
+    /// needs the digest and gets [`BackgroundHash::Pending`] answers the
+    /// guest "not yet" instead.
+    fn background_hash(&mut self) -> BackgroundHash;
+    /// The digest of the background hash, waiting a bounded time for it;
+    /// `None` if none was started or it did not come. Only for power-off,
+    /// when no vCPU is left to hold up.
+    fn wait_background_hash(&mut self) -> Option<[u8; 32]>;
     /// Writes one instruction into guest RAM at `ipa` on the guest's
     /// behalf, and makes it visible to instruction fetch.
     ///
@@ -124,6 +130,20 @@ pub enum FaultAction {
     Emulated,
     /// Refused: the guest gets an abort.
     Refused,
+    /// Not yet: the guest re-executes the access (the service is waiting
+    /// for something that must not be waited for under the core's lock).
+    Retry,
+}
+
+/// Where a background hash stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackgroundHash {
+    /// None was started, or it was given up on.
+    None,
+    /// Still being hashed.
+    Pending,
+    /// Hashed: the digest (taken; a second poll says `None`).
+    Done([u8; 32]),
 }
 
 /// A service's answer about one trapped MMIO access.

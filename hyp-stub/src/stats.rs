@@ -67,6 +67,8 @@ pub struct Stats {
     /// Stage-2 faults on guest RAM taken while another CPU was changing
     /// its mapping, and retried.
     pub ram_faults_retried: u64,
+    /// Stage-2 faults on guest RAM a service asked to see again later.
+    pub ram_faults_deferred: u64,
     /// PSCI calls answered with an error.
     pub psci_refused: u64,
     /// PSCI standby suspends (the CPU waited for an interrupt in place).
@@ -123,6 +125,7 @@ impl Stats {
         writeln!(out, "ram_faults_emulated={}", self.ram_faults_emulated)?;
         writeln!(out, "ram_faults_refused={}", self.ram_faults_refused)?;
         writeln!(out, "ram_faults_retried={}", self.ram_faults_retried)?;
+        writeln!(out, "ram_faults_deferred={}", self.ram_faults_deferred)?;
         writeln!(out, "psci_refused={}", self.psci_refused)?;
         writeln!(out, "psci_standby={}", self.psci_standby)?;
         writeln!(out, "psci_power_downs={}", self.psci_power_downs)?;

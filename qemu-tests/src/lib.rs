@@ -4,6 +4,7 @@
 //! built: `cargo xtask run` and the system tests both use it.
 
 pub mod cpio;
+pub mod module;
 pub mod soak;
 pub mod stats;
 

@@ -169,3 +169,42 @@ fn no_verdict_while_the_measurement_is_taken_in_the_background() {
         "verdict=none\nchecks=0\n"
     );
 }
+
+/// A hypervisor still measuring: BUSY for the first `busy` self-checks.
+struct BusyHyp {
+    busy: u32,
+    pauses: u32,
+}
+
+impl Hypercall for BusyHyp {
+    fn call(&mut self, fid: u32, _: [u64; 4]) -> [u64; 4] {
+        match fid {
+            abi::ENABLE_VM_PROTECTION if self.busy > 0 => {
+                self.busy -= 1;
+                [KpError::Busy.as_raw(), 0, 0, 0]
+            }
+            abi::ENABLE_VM_PROTECTION => [0, 1, 0, 0xabcd],
+            _ => [0, 0, 0, 0],
+        }
+    }
+    fn pause(&mut self) {
+        self.pauses += 1;
+    }
+}
+
+#[test]
+fn a_busy_self_check_is_asked_again_a_bounded_number_of_times() {
+    let mut s = KpState::new();
+    s.set_mode(Mode::On);
+    let mut hv = BusyHyp { busy: 0, pauses: 0 };
+    s.report(&mut hv, &layout(), |_| 0x4100_0000);
+    assert_eq!(s.enable(&mut hv), Status::Protected);
+    hv.busy = 5;
+    let check = s.self_check(&mut hv).unwrap();
+    assert!(check.intact);
+    assert_eq!(hv.pauses, 5, "one pause per BUSY");
+    hv.busy = u32::MAX;
+    hv.pauses = 0;
+    assert_eq!(s.self_check(&mut hv), Err(KpError::Busy));
+    assert_eq!(hv.pauses, BUSY_RETRIES, "and no more");
+}

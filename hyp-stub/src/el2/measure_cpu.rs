@@ -5,7 +5,9 @@
 //!
 //! It is off until there is work: [`start`] queues a job and starts the CPU
 //! with PSCI CPU_ON; it hashes, posts the digest and turns itself off
-//! again. [`finish`] waits for the digest.
+//! again. [`poll`] takes the digest if it is there, without waiting (the
+//! guest's calls run under the core's lock); only [`finish`], at
+//! power-off, waits for it, and a bounded time.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -103,29 +105,50 @@ pub fn start(board: &mut Board, spans: &[(PhysAddr, u64)]) -> bool {
     true
 }
 
-/// Waits for the queued hash and returns its digest; `None` if nothing was
-/// queued, or if the reserved CPU has not delivered within
-/// [`FINISH_LIMIT_S`] (the caller then measures on its own CPU). A job
-/// given up on is never delivered later: the slot stays busy, and later
-/// hashes are refused to the reserved CPU.
+/// Where the queued hash stands, without waiting.
+pub enum Poll {
+    /// Nothing queued, or the job was given up on.
+    Nothing,
+    /// Queued or being hashed.
+    Pending,
+    /// Delivered (and taken: the slot is free again).
+    Done(Finished),
+}
+
+/// Takes the digest of the queued hash if the reserved CPU has posted it.
+pub fn poll() -> Poll {
+    let mut job = JOB.lock();
+    match *job {
+        Job::Idle | Job::Abandoned => Poll::Nothing,
+        Job::Queued { .. } | Job::Running => Poll::Pending,
+        Job::Done(done) => {
+            *job = Job::Idle;
+            Poll::Done(done)
+        }
+    }
+}
+
+/// Waits for the queued hash and returns its digest: for power-off only.
+/// `None` if nothing was queued, or if the reserved CPU has not delivered
+/// within [`FINISH_LIMIT_S`], which it says (the caller then measures on
+/// its own CPU). A job given up on is never delivered later: the slot
+/// stays busy, and later hashes are refused to the reserved CPU.
 pub fn finish() -> Option<Finished> {
     let start = read_sysreg!("cntpct_el0");
     let limit = FINISH_LIMIT_S.saturating_mul(read_sysreg!("cntfrq_el0"));
     loop {
-        {
-            let mut job = JOB.lock();
-            match *job {
-                Job::Idle => return None,
-                Job::Done(done) => {
-                    *job = Job::Idle;
-                    return Some(Finished {
-                        wait_ticks: read_sysreg!("cntpct_el0").wrapping_sub(start),
-                        ..done
-                    });
-                }
-                Job::Abandoned => return None,
-                Job::Queued { .. } | Job::Running => {
-                    if read_sysreg!("cntpct_el0").wrapping_sub(start) > limit {
+        match poll() {
+            Poll::Nothing => return None,
+            Poll::Done(done) => {
+                return Some(Finished {
+                    wait_ticks: read_sysreg!("cntpct_el0").wrapping_sub(start),
+                    ..done
+                })
+            }
+            Poll::Pending => {
+                if read_sysreg!("cntpct_el0").wrapping_sub(start) > limit {
+                    let mut job = JOB.lock();
+                    if matches!(*job, Job::Queued { .. } | Job::Running) {
                         *job = Job::Abandoned;
                         super::console::println!(
                             "the measurement CPU gave no digest within {} s: measuring here",

@@ -500,21 +500,36 @@ extern "C" fn handle_lower_async() {
     }
 }
 
-/// An exception taken by the hypervisor itself: a hypervisor bug.
+/// An exception taken by the hypervisor itself: a hypervisor bug. Says
+/// where, and ends the machine.
 #[no_mangle]
-extern "C" fn handle_hyp_fault() {
+extern "C" fn handle_hyp_fault() -> ! {
     println!(
         "fatal: exception at EL2: esr={:#x} elr={:#x} far={:#x}",
         read_sysreg!("esr_el2"),
         read_sysreg!("elr_el2"),
         read_sysreg!("far_el2")
     );
+    power_off_after_fatal()
 }
 
 #[panic_handler]
 fn panic(info: &PanicInfo) -> ! {
     println!("fatal: {}", info);
+    power_off_after_fatal()
+}
+
+/// Ends the machine after a hypervisor bug, so the VMM (and whoever
+/// waits on it) sees the end instead of a CPU spinning forever. The
+/// console takes no lock, so the reason is printed even if the core's
+/// lock is held; the power-off goes straight to the firmware, not
+/// through the core.
+fn power_off_after_fatal() -> ! {
+    println!("powering the machine off");
+    let r = Board::new().firmware_call(psci::SYSTEM_OFF, [0; 3]);
+    println!("SYSTEM_OFF returned {:#x}; halting this CPU", r[0]);
     loop {
-        core::hint::spin_loop();
+        // SAFETY: waiting for an interrupt has no effect on memory.
+        unsafe { core::arch::asm!("wfi", options(nomem, nostack)) };
     }
 }

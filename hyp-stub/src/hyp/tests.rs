@@ -47,7 +47,14 @@ impl Platform for FakePlatform {
         }
         false
     }
-    fn finish_background_hash(&mut self) -> Option<[u8; 32]> {
+    fn poll_background_hash(&mut self) -> BackgroundHash {
+        if self.background.is_some() {
+            BackgroundHash::Pending
+        } else {
+            BackgroundHash::None
+        }
+    }
+    fn wait_background_hash(&mut self) -> Option<[u8; 32]> {
         let spans = self.background.take()?;
         let mut h = crate::sha256::Sha256::new(crate::sha256::compress_soft);
         for (pa, len) in spans {
@@ -952,7 +959,12 @@ impl Service for BackgroundHasher {
     }
     fn finish(&mut self, ops: &mut dyn HypOps) {
         self.finished = true;
-        self.digest = ops.background_hash();
+        assert_eq!(
+            ops.background_hash(),
+            BackgroundHash::Pending,
+            "polling does not wait"
+        );
+        self.digest = ops.wait_background_hash();
     }
 }
 

@@ -23,7 +23,8 @@ use guest_kp::record::{Collector, KernelAssetInfo, Layout, RecordError};
 use crate::addr::{Ipa, IpaRange};
 use crate::esr::Width;
 use crate::service::{
-    Call, CallResult, FaultAction, GuestFault, HypOps, OpsError, Service, ServiceError,
+    BackgroundHash, Call, CallResult, FaultAction, GuestFault, HypOps, OpsError, Service,
+    ServiceError,
 };
 use crate::stage2::{Perms, PAGE_SIZE};
 
@@ -114,7 +115,15 @@ struct Counters {
     exec_blocked: u64,
     self_checks: u64,
     self_check_failures: u64,
+    /// Self-checks answered BUSY while the baseline was being hashed.
+    busy: u64,
+    /// Text patches deferred (the guest retries) for the same reason.
+    patches_deferred: u64,
 }
+
+/// The baseline is still being hashed on the hypervisor's CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NotYet;
 
 /// The service.
 pub struct KernelProtect {
@@ -165,6 +174,8 @@ impl KernelProtect {
                 exec_blocked: 0,
                 self_checks: 0,
                 self_check_failures: 0,
+                busy: 0,
+                patches_deferred: 0,
             },
         }
     }
@@ -291,23 +302,30 @@ impl KernelProtect {
         Ok(h.finalize())
     }
 
-    /// Takes the baseline from the hypervisor's CPU if it is still being
-    /// hashed (waiting for it). Everything that changes TEXT or needs the
-    /// baseline comes through here first.
-    fn settle(&mut self, layout: &Layout, ops: &mut dyn HypOps) {
+    /// Takes the baseline from the hypervisor's CPU if it was being
+    /// hashed. Everything that changes TEXT or needs the baseline comes
+    /// through here first.
+    ///
+    /// # Errors
+    /// [`NotYet`] while the hash is still running: this runs under the
+    /// core's lock, so the guest is told to come back (BUSY, or the
+    /// faulting store re-executed) rather than kept waiting here.
+    fn settle(&mut self, layout: &Layout, ops: &mut dyn HypOps) -> Result<(), NotYet> {
         if self.baseline != Baseline::Pending {
-            return;
+            return Ok(());
         }
         self.baseline = match ops.background_hash() {
-            Some(digest) => Baseline::Taken {
+            BackgroundHash::Pending => return Err(NotYet),
+            BackgroundHash::Done(digest) => Baseline::Taken {
                 digest,
                 on: MeasuredOn::HypervisorCpu,
             },
             // Not expected: the hash was started. TEXT and RODATA are
             // unchanged since enable (nothing was patched while pending),
             // so measuring now gives the same baseline.
-            None => self.measure_baseline(layout, ops),
+            BackgroundHash::None => self.measure_baseline(layout, ops),
         };
+        Ok(())
     }
 
     /// Measures the baseline now, on the calling CPU; if that fails, says
@@ -406,7 +424,10 @@ impl KernelProtect {
                 self.verdict(self.baseline != Baseline::Lost)
             }
             State::Protected(layout) => {
-                self.settle(&layout, ops);
+                if self.settle(&layout, ops).is_err() {
+                    self.counters.busy += 1;
+                    return ret(KpError::Busy);
+                }
                 self.counters.self_checks += 1;
                 let intact = self.digest().is_some_and(|baseline| {
                     self.sites_hold(ops) && self.measure(&layout, ops).is_ok_and(|d| d == baseline)
@@ -451,8 +472,12 @@ impl KernelProtect {
         if let Err(why) = patch::validate(old, new, ipa, layout.text()) {
             return refuse(self, ops, format_args!("{why}"));
         }
-        // TEXT must not change under a baseline still being hashed.
-        self.settle(layout, ops);
+        // TEXT must not change under a baseline still being hashed: the
+        // store runs again (and traps again) until it is taken.
+        if self.settle(layout, ops).is_err() {
+            self.counters.patches_deferred += 1;
+            return FaultAction::Retry;
+        }
         let slot = match self.sites.binary_search_by_key(&ipa, |s| s.ipa) {
             Ok(i) => i,
             Err(i) => {
@@ -572,8 +597,16 @@ impl Service for KernelProtect {
     }
 
     fn finish(&mut self, ops: &mut dyn HypOps) {
-        if let State::Protected(layout) = self.state {
-            self.settle(&layout, ops);
+        // Power-off: no vCPU is left to hold up, so the digest is waited
+        // for (a bounded time) and the stats show it.
+        if let (State::Protected(layout), Baseline::Pending) = (self.state, self.baseline) {
+            self.baseline = match ops.wait_background_hash() {
+                Some(digest) => Baseline::Taken {
+                    digest,
+                    on: MeasuredOn::HypervisorCpu,
+                },
+                None => self.measure_baseline(&layout, ops),
+            };
         }
     }
 
@@ -598,6 +631,8 @@ impl Service for KernelProtect {
         writeln!(out, "kp_exec_blocked={}", c.exec_blocked)?;
         writeln!(out, "kp_self_checks={}", c.self_checks)?;
         writeln!(out, "kp_self_check_failures={}", c.self_check_failures)?;
+        writeln!(out, "kp_busy={}", c.busy)?;
+        writeln!(out, "kp_patches_deferred={}", c.patches_deferred)?;
         let measured_on = match self.baseline {
             Baseline::NotTaken => "-",
             Baseline::Pending

@@ -30,6 +30,8 @@ struct Ops {
     background: Option<Vec<IpaRange>>,
     /// The hypervisor's CPU never delivers its digest.
     lose_background: bool,
+    /// Polls of the background hash that find it still running.
+    pending_polls: u32,
     /// Hashing guest RAM fails.
     fail_hash: bool,
 }
@@ -42,6 +44,7 @@ impl Ops {
             hyp_cpu: false,
             background: None,
             lose_background: false,
+            pending_polls: 0,
             fail_hash: false,
         }
     }
@@ -99,7 +102,15 @@ impl HypOps for Ops {
         }
         Ok(self.hyp_cpu)
     }
-    fn background_hash(&mut self) -> Option<[u8; 32]> {
+    fn background_hash(&mut self) -> BackgroundHash {
+        if self.background.is_some() && self.pending_polls > 0 {
+            self.pending_polls -= 1;
+            return BackgroundHash::Pending;
+        }
+        self.wait_background_hash()
+            .map_or(BackgroundHash::None, BackgroundHash::Done)
+    }
+    fn wait_background_hash(&mut self) -> Option<[u8; 32]> {
         let spans = self.background.take()?;
         if self.lose_background {
             return None;
@@ -562,11 +573,22 @@ fn baseline_hashed_on_the_hypervisor_cpu_is_the_same_measurement() {
 }
 
 #[test]
-fn self_check_waits_for_the_background_baseline() {
+fn self_check_is_busy_until_the_background_baseline_is_taken() {
     let mut ops = Ops::with_hyp_cpu();
     let mut kp = service(&mut ops);
     assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
     enable(&mut kp, &mut ops);
+    ops.pending_polls = 2;
+    for _ in 0..2 {
+        let r = enable(&mut kp, &mut ops);
+        assert_eq!(
+            r[0],
+            KpError::Busy.as_raw(),
+            "not waited for under the lock"
+        );
+    }
+    assert!(stats(&kp).contains("kp_busy=2\n"));
+    assert!(stats(&kp).contains("kp_self_checks=0\n"), "no check ran");
     let r = enable(&mut kp, &mut ops);
     assert_eq!(r[..2], [0, 1], "intact");
     assert_ne!(r[3], 0);
@@ -595,6 +617,14 @@ fn a_patch_waits_for_the_background_baseline() {
     let mut regs = GuestRegs::default();
     regs.x[2] = u64::from(b);
     let f = fault(site, FIXMAP + (site & 0xfff), store(2, 2), &regs, false);
+    ops.pending_polls = 1;
+    assert_eq!(
+        kp.guest_fault(&f, &mut ops),
+        FaultAction::Retry,
+        "the store runs again later"
+    );
+    assert_eq!(ops.word(site), NOP, "nothing written meanwhile");
+    assert!(stats(&kp).contains("kp_patches_deferred=1\n"));
     assert_eq!(kp.guest_fault(&f, &mut ops), FaultAction::Emulated);
     assert!(ops.background.is_none(), "the digest was taken first");
     assert_eq!(ops.word(site), b);

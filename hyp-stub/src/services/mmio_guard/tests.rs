@@ -21,7 +21,10 @@ impl HypOps for Ops {
     fn hash_guest_in_background(&mut self, _: &[IpaRange]) -> Result<bool, OpsError> {
         Ok(false)
     }
-    fn background_hash(&mut self) -> Option<[u8; 32]> {
+    fn background_hash(&mut self) -> crate::service::BackgroundHash {
+        crate::service::BackgroundHash::None
+    }
+    fn wait_background_hash(&mut self) -> Option<[u8; 32]> {
         None
     }
     fn write_guest_insn(&mut self, _: Ipa, _: u32) -> Result<(), OpsError> {
