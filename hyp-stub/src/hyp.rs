@@ -154,6 +154,7 @@ impl<M: TableMemory> HypOps for Ops<'_, M> {
             .set_perms(range, perms, tlb)
             .map_err(|e| match e {
                 Stage2Error::OutOfTables => OpsError::OutOfTables,
+                Stage2Error::BadTable => OpsError::BadTables,
                 Stage2Error::NotMapped | Stage2Error::OutOfRange => OpsError::NotGuestRam,
                 Stage2Error::Misaligned => OpsError::Misaligned,
             })

@@ -34,6 +34,9 @@ pub enum OpsError {
     Misaligned,
     /// Stage-2 table memory ran out.
     OutOfTables,
+    /// The stage-2 tables are corrupt (an entry points outside the table
+    /// memory); nothing was written through it.
+    BadTables,
     /// More ranges than one background hash takes.
     TooManySpans,
 }

@@ -155,6 +155,9 @@ pub enum Stage2Error {
     OutOfTables,
     /// Part of the range is not mapped.
     NotMapped,
+    /// A table entry points outside the table memory (corrupt tables:
+    /// nothing is written through it).
+    BadTable,
 }
 
 /// Where tables live. Tables are addressed by host physical address; the
@@ -162,8 +165,9 @@ pub enum Stage2Error {
 pub trait TableMemory {
     /// Allocates a zeroed table, returning its physical address.
     fn alloc(&mut self) -> Option<PhysAddr>;
-    /// The entries of the table at `table`, allocated by [`Self::alloc`].
-    fn table(&mut self, table: PhysAddr) -> &mut [u64; ENTRIES];
+    /// The entries of the table at `table`; `None` if `table` is not one
+    /// [`Self::alloc`] returned.
+    fn table(&mut self, table: PhysAddr) -> Option<&mut [u64; ENTRIES]>;
 }
 
 /// TLB maintenance for the guest's stage-2 translations.
@@ -223,10 +227,15 @@ impl<M: TableMemory> Stage2<M> {
         Ok(())
     }
 
+    /// The table at `table`, which an entry (or the root) names.
+    fn tab(&mut self, table: PhysAddr) -> Result<&mut [u64; ENTRIES], Stage2Error> {
+        self.mem.table(table).ok_or(Stage2Error::BadTable)
+    }
+
     /// The level-2 table covering `ipa`, created if `create`.
     fn level2(&mut self, ipa: u64, create: bool) -> Result<Option<PhysAddr>, Stage2Error> {
         let root = self.root;
-        let entry = self.mem.table(root)[index(ipa, 1)];
+        let entry = self.tab(root)?[index(ipa, 1)];
         if entry & VALID != 0 {
             return Ok(Some(PhysAddr(entry & ADDR_MASK)));
         }
@@ -234,7 +243,7 @@ impl<M: TableMemory> Stage2<M> {
             return Ok(None);
         }
         let table = self.mem.alloc().ok_or(Stage2Error::OutOfTables)?;
-        self.mem.table(root)[index(ipa, 1)] = table.get() | VALID | TABLE_OR_PAGE;
+        self.tab(root)?[index(ipa, 1)] = table.get() | VALID | TABLE_OR_PAGE;
         Ok(Some(table))
     }
 
@@ -249,7 +258,7 @@ impl<M: TableMemory> Stage2<M> {
         let Some(l2) = self.level2(ipa, create)? else {
             return Ok(None);
         };
-        let entry = self.mem.table(l2)[index(ipa, 2)];
+        let entry = self.tab(l2)?[index(ipa, 2)];
         if entry & VALID != 0 && entry & TABLE_OR_PAGE != 0 {
             return Ok(Some(PhysAddr(entry & ADDR_MASK)));
         }
@@ -261,15 +270,15 @@ impl<M: TableMemory> Stage2<M> {
             // Split the block: same output and attributes, page by page.
             let base = entry & ADDR_MASK;
             let attrs = entry & ATTR_MASK;
-            for (i, e) in self.mem.table(l3).iter_mut().enumerate() {
+            for (i, e) in self.tab(l3)?.iter_mut().enumerate() {
                 *e = (base + i as u64 * PAGE_SIZE) | attrs | VALID | TABLE_OR_PAGE;
             }
             // Break before make: the block must be invalid and gone from
             // the TLBs before the table replaces it.
-            self.mem.table(l2)[index(ipa, 2)] = 0;
+            self.tab(l2)?[index(ipa, 2)] = 0;
             tlb.invalidate_ipa(Ipa(ipa & !(BLOCK_SIZE - 1)));
         }
-        self.mem.table(l2)[index(ipa, 2)] = l3.get() | VALID | TABLE_OR_PAGE;
+        self.tab(l2)?[index(ipa, 2)] = l3.get() | VALID | TABLE_OR_PAGE;
         Ok(Some(l3))
     }
 
@@ -301,23 +310,23 @@ impl<M: TableMemory> Stage2<M> {
                 && end - ipa >= BLOCK_SIZE;
             if block_fits {
                 let l2 = self.level2(ipa, true)?.ok_or(Stage2Error::OutOfTables)?;
-                let old = self.mem.table(l2)[index(ipa, 2)];
-                self.mem.table(l2)[index(ipa, 2)] = 0;
+                let old = self.tab(l2)?[index(ipa, 2)];
+                self.tab(l2)?[index(ipa, 2)] = 0;
                 if old & VALID != 0 {
                     tlb.invalidate_ipa(Ipa(ipa));
                 }
-                self.mem.table(l2)[index(ipa, 2)] = out | bits | VALID;
+                self.tab(l2)?[index(ipa, 2)] = out | bits | VALID;
                 ipa += BLOCK_SIZE;
             } else {
                 let l3 = self
                     .level3(ipa, true, tlb)?
                     .ok_or(Stage2Error::OutOfTables)?;
-                let old = self.mem.table(l3)[index(ipa, 3)];
-                self.mem.table(l3)[index(ipa, 3)] = 0;
+                let old = self.tab(l3)?[index(ipa, 3)];
+                self.tab(l3)?[index(ipa, 3)] = 0;
                 if old & VALID != 0 {
                     tlb.invalidate_ipa(Ipa(ipa));
                 }
-                self.mem.table(l3)[index(ipa, 3)] = out | bits | VALID | TABLE_OR_PAGE;
+                self.tab(l3)?[index(ipa, 3)] = out | bits | VALID | TABLE_OR_PAGE;
                 ipa += PAGE_SIZE;
             }
         }
@@ -347,10 +356,15 @@ impl<M: TableMemory> Stage2<M> {
             if ipa >= end {
                 break Ok(());
             }
-            let Some(l2) = self.level2(ipa, false)? else {
-                break Err(Stage2Error::NotMapped);
+            let l2 = match self.level2(ipa, false) {
+                Ok(Some(l2)) => l2,
+                Ok(None) => break Err(Stage2Error::NotMapped),
+                Err(e) => break Err(e),
             };
-            let entry = self.mem.table(l2)[index(ipa, 2)];
+            let entry = match self.tab(l2) {
+                Ok(t) => t[index(ipa, 2)],
+                Err(e) => break Err(e),
+            };
             if entry & VALID == 0 {
                 break Err(Stage2Error::NotMapped);
             }
@@ -358,19 +372,28 @@ impl<M: TableMemory> Stage2<M> {
                 && ipa.is_multiple_of(BLOCK_SIZE)
                 && end - ipa >= BLOCK_SIZE;
             if whole_block {
-                self.mem.table(l2)[index(ipa, 2)] = f(entry);
+                // `l2` was just read through.
+                if let Ok(t) = self.tab(l2) {
+                    t[index(ipa, 2)] = f(entry);
+                }
                 changed = true;
                 ipa += BLOCK_SIZE;
                 continue;
             }
-            let Some(l3) = self.level3(ipa, false, tlb)? else {
-                break Err(Stage2Error::NotMapped);
+            let l3 = match self.level3(ipa, false, tlb) {
+                Ok(Some(l3)) => l3,
+                Ok(None) => break Err(Stage2Error::NotMapped),
+                Err(e) => break Err(e),
             };
-            let page = self.mem.table(l3)[index(ipa, 3)];
+            let t = match self.tab(l3) {
+                Ok(t) => t,
+                Err(e) => break Err(e),
+            };
+            let page = t[index(ipa, 3)];
             if page & VALID == 0 {
                 break Err(Stage2Error::NotMapped);
             }
-            self.mem.table(l3)[index(ipa, 3)] = f(page);
+            t[index(ipa, 3)] = f(page);
             changed = true;
             ipa += PAGE_SIZE;
         };
@@ -411,11 +434,11 @@ impl<M: TableMemory> Stage2<M> {
         if ipa >= 1 << IPA_BITS {
             return None;
         }
-        let l1 = self.mem.table(self.root)[index(ipa, 1)];
+        let l1 = self.mem.table(self.root)?[index(ipa, 1)];
         if l1 & VALID == 0 {
             return None;
         }
-        let l2 = self.mem.table(PhysAddr(l1 & ADDR_MASK))[index(ipa, 2)];
+        let l2 = self.mem.table(PhysAddr(l1 & ADDR_MASK))?[index(ipa, 2)];
         if l2 & VALID == 0 {
             return None;
         }
@@ -423,7 +446,7 @@ impl<M: TableMemory> Stage2<M> {
             let pa = (l2 & ADDR_MASK & !(BLOCK_SIZE - 1)) | (ipa & (BLOCK_SIZE - 1));
             return Some((PhysAddr(pa), Attrs::from_bits(l2)));
         }
-        let l3 = self.mem.table(PhysAddr(l2 & ADDR_MASK))[index(ipa, 3)];
+        let l3 = self.mem.table(PhysAddr(l2 & ADDR_MASK))?[index(ipa, 3)];
         if l3 & VALID == 0 {
             return None;
         }
@@ -457,8 +480,14 @@ pub(crate) mod tests {
                 FAKE_BASE + (self.tables.len() as u64 - 1) * PAGE_SIZE,
             ))
         }
-        fn table(&mut self, table: PhysAddr) -> &mut [u64; ENTRIES] {
-            &mut self.tables[((table.get() - FAKE_BASE) / PAGE_SIZE) as usize]
+        fn table(&mut self, table: PhysAddr) -> Option<&mut [u64; ENTRIES]> {
+            let offset = table.get().checked_sub(FAKE_BASE)?;
+            if !offset.is_multiple_of(PAGE_SIZE) {
+                return None;
+            }
+            self.tables
+                .get_mut(usize::try_from(offset / PAGE_SIZE).ok()?)
+                .map(|t| &mut **t)
         }
     }
 
@@ -485,6 +514,37 @@ pub(crate) mod tests {
         mem: MemType::Normal,
         perms: Perms::RWX,
     };
+
+    #[test]
+    fn a_table_address_outside_the_table_memory_is_an_error() {
+        let mut s = s2(8);
+        let ram = IpaRange::new(Ipa(0x4000_0000), 0x40_0000).unwrap();
+        let mut tlb = CountingTlb::default();
+        s.map(ram, PhysAddr(0x4000_0000), RAM, &mut tlb).unwrap();
+        let tables_before = s.mem.tables.clone();
+        // Corrupt the root entry: its level-2 table now lies beyond the
+        // tables allocated.
+        let root = s.root;
+        let slot = &mut s.mem.table(root).unwrap()[index(0x4000_0000, 1)];
+        let good = *slot;
+        *slot = (good & !ADDR_MASK) | (FAKE_BASE + 100 * PAGE_SIZE);
+        let page = IpaRange::new(Ipa(0x4000_0000), PAGE_SIZE).unwrap();
+        assert_eq!(
+            s.set_perms(page, Perms::RX, &mut tlb),
+            Err(Stage2Error::BadTable)
+        );
+        assert_eq!(
+            s.map(page, PhysAddr(0x4000_0000), RAM, &mut tlb),
+            Err(Stage2Error::BadTable)
+        );
+        assert_eq!(s.translate(Ipa(0x4000_0000)), None);
+        // Nothing else was written in its place.
+        s.mem.table(root).unwrap()[index(0x4000_0000, 1)] = good;
+        assert_eq!(s.mem.tables, tables_before);
+        // Misaligned, or below the table memory: refused the same way.
+        assert!(s.mem.table(PhysAddr(FAKE_BASE + 8)).is_none());
+        assert!(s.mem.table(PhysAddr(FAKE_BASE - PAGE_SIZE)).is_none());
+    }
 
     #[test]
     fn maps_ram_with_blocks_and_translates() {

@@ -14,6 +14,7 @@ use hyp_stub::stage2::Tlb;
 use hyp_stub::vcpu::{El1Context, El1Exception};
 
 use super::console::Console;
+use super::guest_mem;
 use super::measure_cpu;
 use super::sysreg::{read_sysreg, write_sysreg};
 
@@ -167,22 +168,27 @@ impl Platform for Board {
     }
 
     fn hash_ram(&mut self, pa: PhysAddr, len: u64, sink: &mut sha256::Sha256) {
-        // SAFETY: the core checked that the range is guest RAM, mapped at
-        // EL2. Nothing writes it while we read: kernel protect hashes only
-        // TEXT and RODATA, which are read-only at stage 2 by then, and it
-        // performs no text patch until a background hash is finished.
-        let ram = unsafe { core::slice::from_raw_parts(pa.get() as *const u8, len as usize) };
-        sink.update(ram);
+        // Through a buffer of our own: the hash must not read guest RAM as
+        // a slice (see `guest_mem`), even where stage 2 keeps the guest
+        // from writing it.
+        let mut buf = [0u8; 4096];
+        let mut at = pa.get();
+        let end = pa.get().saturating_add(len);
+        while at < end {
+            let n = (end - at).min(buf.len() as u64) as usize;
+            // SAFETY: the core checked that the whole range is guest RAM,
+            // mapped at EL2; this chunk lies inside it.
+            unsafe { guest_mem::read(at, &mut buf[..n]) };
+            sink.update(&buf[..n]);
+            at += n as u64;
+        }
     }
 
     fn read_ram(&mut self, pa: PhysAddr, buf: &mut [u8]) {
         // SAFETY: the core checked that the range is guest RAM, which the
-        // hypervisor maps at EL2, and `buf` is ours. Another vCPU may write
-        // that RAM meanwhile: that changes only the bytes copied (callers
-        // validate the copy), never the hypervisor's memory.
-        unsafe {
-            core::ptr::copy_nonoverlapping(pa.get() as *const u8, buf.as_mut_ptr(), buf.len())
-        };
+        // hypervisor maps at EL2. Another vCPU may write it meanwhile: that
+        // changes only the bytes copied (callers validate the copy).
+        unsafe { guest_mem::read(pa.get(), buf) };
     }
 
     fn write_insn(&mut self, pa: PhysAddr, insn: u32) {

@@ -104,15 +104,22 @@ impl TableMemory for PoolTables {
         Some(PhysAddr(pa))
     }
 
-    fn table(&mut self, table: PhysAddr) -> &mut [u64; ENTRIES] {
-        let index = (table.get().wrapping_sub(Self::base()) / PAGE_SIZE) as usize;
-        // Stage2 only passes addresses `alloc` returned, which lie in the
-        // pool; anything else is a bug, and the last table is used rather
-        // than touching memory outside the pool.
-        let index = index.min(self.next.saturating_sub(1));
+    fn table(&mut self, table: PhysAddr) -> Option<&mut [u64; ENTRIES]> {
+        // Only addresses `alloc` returned are tables: a page-aligned
+        // address inside the allocated part of the pool. Anything else
+        // (a corrupt entry) is refused, never redirected.
+        let offset = table.get().checked_sub(Self::base())?;
+        if !offset.is_multiple_of(PAGE_SIZE) {
+            return None;
+        }
+        let index = usize::try_from(offset / PAGE_SIZE).ok()?;
+        if index >= self.next {
+            return None;
+        }
         // SAFETY: `self` is the only owner of the pool (see `take`) and the
-        // index is in bounds, so this is the only live reference.
-        unsafe { &mut (*addr_of_mut!(POOL))[index].0 }
+        // index is below `next <= POOL_TABLES`, so this is in bounds and the
+        // only live reference.
+        Some(unsafe { &mut (*addr_of_mut!(POOL))[index].0 })
     }
 }
 

@@ -5,6 +5,7 @@
 mod board;
 pub mod console;
 mod entry;
+mod guest_mem;
 mod measure_cpu;
 mod mmu;
 mod sha256_ce;
