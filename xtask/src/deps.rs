@@ -147,6 +147,22 @@ fn rust_parts() -> Result<(), String> {
             "rustup component add rust-src",
         )?;
     }
+    // `cargo xtask test` runs clippy and rustfmt; a toolchain installed
+    // by hand with the minimal profile has neither.
+    if !root.join("bin/cargo-clippy").is_file() || !root.join("bin/rustfmt").is_file() {
+        paths::step("installing clippy and rustfmt");
+        sh::run(
+            Command::new("rustup").args([
+                "component",
+                "add",
+                "clippy",
+                "rustfmt",
+                "--toolchain",
+                &toolchain,
+            ]),
+            "rustup component add clippy rustfmt",
+        )?;
+    }
     if !root
         .join("lib/rustlib/aarch64-unknown-none-softfloat")
         .is_dir()

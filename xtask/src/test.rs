@@ -69,6 +69,35 @@ fn cargo_test(args: &[&str], envs: &[(&str, String)], totals: &mut Totals) -> Re
     Ok(status.success())
 }
 
+/// The hypervisor's bare-metal target.
+const HYP_TARGET: &str = "aarch64-unknown-none-softfloat";
+
+/// `cargo clippy ARGS -- -D warnings`: the workspace's lints (among them
+/// `undocumented_unsafe_blocks`) are errors, and so is any warning.
+fn clippy(args: &[&str]) -> Result<(), String> {
+    let log = paths::cache().join(format!("clippy-{}.log", args.join("_").replace('-', "")));
+    sh::run_logged(
+        sh::cargo()
+            .arg("clippy")
+            .args(args)
+            .args(["--", "-D", "warnings"])
+            .current_dir(paths::repo()),
+        &format!("cargo clippy {}", args.join(" ")),
+        &log,
+    )
+}
+
+/// `cargo fmt --all --check`: the workspace is formatted.
+fn rustfmt_check() -> Result<(), String> {
+    sh::run_logged(
+        sh::cargo()
+            .args(["fmt", "--all", "--check"])
+            .current_dir(paths::repo()),
+        "cargo fmt --all --check",
+        &paths::cache().join("rustfmt-check.log"),
+    )
+}
+
 /// Builds everything and runs every test.
 pub fn run() -> Result<(), String> {
     let mut totals = Totals::default();
@@ -105,9 +134,17 @@ pub fn run() -> Result<(), String> {
         &envs,
         &mut totals,
     )?;
-    paths::step("kernel style: the patch series and pvguard's Rust in the kernel tree");
+    paths::step(
+        "style: clippy and rustfmt on the workspace, the kernel's checkpatch and rustfmtcheck",
+    );
     let mut style_ok = true;
     for (name, result) in [
+        ("clippy-host", clippy(&["--workspace", "--all-targets"])),
+        (
+            "clippy-hyp-stub-aarch64",
+            clippy(&["-p", "hyp-stub", "--target", HYP_TARGET]),
+        ),
+        ("rustfmt", rustfmt_check()),
         ("checkpatch", crate::kernel::checkpatch()),
         ("rustfmtcheck", crate::kernel::rustfmtcheck()),
     ] {
