@@ -4,7 +4,7 @@
 //! are stopped by the hypervisor (and succeed without it), static keys
 //! keep working, and a root user can self-check.
 
-use qemu_tests::{artifacts, check, run, Boot, Outcome};
+use qemu_tests::{artifacts, check, module, run, Boot, Outcome};
 
 const KP: &str = "/sys/hypervisor/pvguard/kernel_protect";
 
@@ -286,8 +286,43 @@ fn a_text_patch_that_is_not_a_jump_label_is_refused() {
 
 #[test]
 fn the_guest_cannot_play_resource_manager_or_check_other_vms() {
-    // Covered at the ABI level by hyp-stub's host tests; here the real
-    // guest boots unprotected with kernel protect not requested.
+    // A protected guest really makes the resource manager's call and
+    // names other address spaces; the same enable call naming itself is
+    // the control (a self-check that passes).
+    let a = artifacts();
+    let ko = module::build(&a, "kp_probe", "kp-resource-manager").unwrap();
+    let b = Boot {
+        append: "pvguard=on".into(),
+        add: vec![ko],
+        exec: Some(format!("insmod /pvguard/kp_probe.ko; cat {KP}/state")),
+        ..Boot::default()
+    };
+    let o = run(&a, &b, "kp-resource-manager").unwrap();
+    check(
+        &o,
+        &[
+            "kp-probe: protect_vm_assets(1): x0=30\n",
+            "kp-probe: enable_vm_protection(1): x0=30\n",
+            "kp-probe: enable_vm_protection(0xffff): x0=30\n",
+            "kp-probe: enable_vm_protection(self): x0=0\n",
+            "protected",
+        ],
+        &[],
+    )
+    .unwrap();
+    let s = o.stats().expect("stats");
+    assert_eq!(s.num("kp_denied"), 3, "each refusal is counted");
+    assert_eq!(
+        s.num("call_0x00006094"),
+        1,
+        "the immediate HVC reached hyp-stub"
+    );
+    assert_eq!(s.num("kp_self_checks"), 1);
+    assert_eq!(s.num("kp_self_check_failures"), 0);
+}
+
+#[test]
+fn without_pvguard_on_the_extents_are_granted_and_nothing_is_reported() {
     let a = artifacts();
     let b = Boot {
         exec: Some(format!("cat {KP}/state")),
