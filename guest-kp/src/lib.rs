@@ -15,9 +15,7 @@
 //! So this file holds nothing but attributes and the module list; the
 //! modules use only `core`, carry no crate-level attributes, name each
 //! other through `super::`, and never panic (no `unwrap`, unchecked
-//! indexing or overflowing arithmetic). The `zerocopy` feature adds
-//! zerocopy derives to the record for the hypervisor; the kernel does not
-//! use it.
+//! indexing or overflowing arithmetic).
 #![cfg_attr(not(test), no_std)]
 
 pub mod abi;

@@ -15,9 +15,11 @@
 //! ```
 //!
 //! The fields are byte arrays, so the struct has alignment 1, its memory
-//! *is* the wire format on any host, and reading it from bytes needs no
-//! `unsafe` (with the `zerocopy` feature it also derives zerocopy's
-//! traits for the hypervisor, with the same meaning).
+//! *is* the wire format on any host, and reading it from bytes is a safe
+//! copy: the hypervisor copies the 132 bytes out of guest RAM and calls
+//! [`KernelAssetInfo::from_bytes`], so it needs no `zerocopy` (whose
+//! derives would add nothing to byte arrays, and which the kernel, which
+//! builds these sources without Cargo, could not use).
 //!
 //! [`KernelAssetInfo::validate`] is the one set of rules: the guest runs
 //! it before sending (through [`super::builder::Builder`]) and the
@@ -40,16 +42,6 @@ pub const KERNEL_VA_MIN: u64 = 0xFFF0_0000_0000_0000;
 
 /// One slot of the record: `{ u64 start; u64 size; }`, little-endian.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[cfg_attr(
-    feature = "zerocopy",
-    derive(
-        zerocopy::FromBytes,
-        zerocopy::IntoBytes,
-        zerocopy::KnownLayout,
-        zerocopy::Immutable,
-        zerocopy::Unaligned
-    )
-)]
 #[repr(C, packed)]
 pub struct Region {
     start: [u8; 8],
@@ -118,16 +110,6 @@ impl fmt::Debug for Region {
 /// assert_eq!(KernelAssetInfo::from_bytes(&bytes), Ok(rec));
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(
-    feature = "zerocopy",
-    derive(
-        zerocopy::FromBytes,
-        zerocopy::IntoBytes,
-        zerocopy::KnownLayout,
-        zerocopy::Immutable,
-        zerocopy::Unaligned
-    )
-)]
 #[repr(C, packed)]
 pub struct KernelAssetInfo {
     version: [u8; 4],

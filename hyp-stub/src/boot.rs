@@ -30,19 +30,38 @@ pub const GUEST_DTB_IPA: u64 = RAM_BASE;
 /// limit).
 pub const GUEST_DTB_MAX: usize = 2 << 20;
 
-/// `Manifest::services` bit: start the MMIO guard service.
-pub const SERVICE_MMIO_GUARD: u64 = 1 << 0;
-/// `Manifest::services` bit: start the kernel-protect service.
-pub const SERVICE_KERNEL_PROTECT: u64 = 1 << 1;
-/// `Manifest::services` bit: the guest is a protected VM whose MMIO guard
-/// is enforced from boot (pKVM's policy), not only after ENROLL.
-pub const MMIO_GUARD_FROM_BOOT: u64 = 1 << 8;
-/// `Manifest::services` bit: keep the last CPU of QEMU's device tree for
-/// the hypervisor (left out of the guest's), to hash guest memory in the
-/// background instead of inside the guest's hypercall.
-pub const RESERVE_CPU: u64 = 1 << 9;
-/// What `services == 0` means.
-pub const DEFAULT_SERVICES: u64 = SERVICE_MMIO_GUARD | SERVICE_KERNEL_PROTECT;
+bitflags::bitflags! {
+    /// What the manifest asks hyp-stub to run ([`Manifest::services`]).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Services: u64 {
+        /// Start the MMIO guard service.
+        const MMIO_GUARD = 1 << 0;
+        /// Start the kernel-protect service.
+        const KERNEL_PROTECT = 1 << 1;
+        /// The guest is a protected VM whose MMIO guard is enforced from
+        /// boot (pKVM's policy), not only after ENROLL.
+        const MMIO_GUARD_FROM_BOOT = 1 << 8;
+        /// Keep the last CPU of QEMU's device tree for the hypervisor
+        /// (left out of the guest's), to hash guest memory in the
+        /// background instead of inside the guest's hypercall.
+        const RESERVE_CPU = 1 << 9;
+    }
+}
+
+/// What a manifest with `services == 0` gets.
+pub const DEFAULT: Services = Services::MMIO_GUARD.union(Services::KERNEL_PROTECT);
+
+// The same bits as the host writes them into the manifest's `services`.
+/// [`Services::MMIO_GUARD`] in the manifest.
+pub const SERVICE_MMIO_GUARD: u64 = Services::MMIO_GUARD.bits();
+/// [`Services::KERNEL_PROTECT`] in the manifest.
+pub const SERVICE_KERNEL_PROTECT: u64 = Services::KERNEL_PROTECT.bits();
+/// [`Services::MMIO_GUARD_FROM_BOOT`] in the manifest.
+pub const MMIO_GUARD_FROM_BOOT: u64 = Services::MMIO_GUARD_FROM_BOOT.bits();
+/// [`Services::RESERVE_CPU`] in the manifest.
+pub const RESERVE_CPU: u64 = Services::RESERVE_CPU.bits();
+/// [`DEFAULT`] in the manifest.
+pub const DEFAULT_SERVICES: u64 = DEFAULT.bits();
 
 /// `"PVGBOOT1"` little-endian.
 pub const MANIFEST_MAGIC: u64 = u64::from_le_bytes(*b"PVGBOOT1");
@@ -74,15 +93,17 @@ pub enum ManifestError {
     BadKernel,
     /// The initramfs does not fit in guest RAM or overlaps the kernel.
     BadInitrd,
+    /// A services bit hyp-stub does not know: unknown means no.
+    UnknownServices,
 }
 
 impl Manifest {
-    /// The services to start, with the default applied.
-    pub fn services(&self) -> u64 {
-        if self.services == 0 {
-            DEFAULT_SERVICES
-        } else {
-            self.services
+    /// The services to start, with the default applied (a parsed
+    /// manifest has no unknown bits; any are dropped here).
+    pub fn services(&self) -> Services {
+        match self.services {
+            0 => DEFAULT,
+            bits => Services::from_bits_truncate(bits),
         }
     }
 
@@ -111,6 +132,8 @@ impl Manifest {
     /// - [`ManifestError::BadKernel`] if the kernel is empty or outside RAM.
     /// - [`ManifestError::BadInitrd`] if the initramfs is outside RAM or
     ///   overlaps the kernel.
+    /// - [`ManifestError::UnknownServices`] for a services bit that is not
+    ///   a [`Services`] flag.
     pub fn parse(
         bytes: &[u8; MANIFEST_SIZE],
         ram_base: u64,
@@ -125,6 +148,9 @@ impl Manifest {
         let [magic, kernel_ipa, kernel_size, initrd_ipa, initrd_size, services] = words;
         if magic != MANIFEST_MAGIC {
             return Err(ManifestError::BadMagic);
+        }
+        if Services::from_bits(services).is_none() {
+            return Err(ManifestError::UnknownServices);
         }
         let inside = |base: u64, size: u64| {
             base >= ram_base && base.checked_add(size).is_some_and(|end| end <= ram_end)
@@ -209,6 +235,30 @@ mod tests {
             initrd_ipa: INITRD_LOAD_IPA,
             initrd_size: 3 << 20,
             services: 0,
+        }
+    }
+
+    #[test]
+    fn services_are_flags_and_unknown_bits_are_refused() {
+        let mut m = sample();
+        m.services = 0;
+        assert_eq!(
+            m.services(),
+            Services::MMIO_GUARD | Services::KERNEL_PROTECT
+        );
+        m.services = SERVICE_KERNEL_PROTECT | RESERVE_CPU;
+        let parsed = Manifest::parse(&m.to_bytes(), RAM_BASE, HYP_BASE).unwrap();
+        assert_eq!(
+            parsed.services(),
+            Services::KERNEL_PROTECT | Services::RESERVE_CPU
+        );
+        for unknown in [1 << 2, 1 << 10, 1 << 63] {
+            m.services = SERVICE_MMIO_GUARD | unknown;
+            assert_eq!(
+                Manifest::parse(&m.to_bytes(), RAM_BASE, HYP_BASE),
+                Err(ManifestError::UnknownServices),
+                "{unknown:#x}"
+            );
         }
     }
 

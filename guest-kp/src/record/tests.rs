@@ -607,27 +607,3 @@ fn never_panics_on_arbitrary_records() {
     }
     assert!(accepted > 100, "only {accepted} accepted");
 }
-
-#[cfg(feature = "zerocopy")]
-#[test]
-fn zerocopy_reads_the_same_record() {
-    use zerocopy::{FromBytes, IntoBytes};
-
-    let b = good().to_bytes();
-    let r = KernelAssetInfo::read_from_bytes(&b[..]).unwrap();
-    assert_eq!(r, good());
-    assert_eq!(r.as_bytes(), &b[..]);
-    // zerocopy does not check the version; validation does.
-    let mut bad = b;
-    bad[1] = 0;
-    let r = KernelAssetInfo::ref_from_bytes(&bad[..]).unwrap();
-    assert_eq!(
-        r.validate(RAM),
-        Err(RecordError::Version { found: 0xF_0000 })
-    );
-    assert_eq!(
-        r.check_shape(),
-        Err(RecordError::Version { found: 0xF_0000 })
-    );
-    assert!(KernelAssetInfo::read_from_bytes(&b[..131]).is_err());
-}

@@ -16,7 +16,7 @@ use core::panic::PanicInfo;
 use core::ptr::addr_of_mut;
 
 use hyp_stub::addr::{Ipa, IpaRange, PhysAddr};
-use hyp_stub::boot::{self, KernelImage, Manifest};
+use hyp_stub::boot::{self, KernelImage, Manifest, Services};
 use hyp_stub::esr::Esr;
 use hyp_stub::fdt::{self, Edits, Fdt, NodeProp, RemoveNode};
 use hyp_stub::hyp::{cpu_slot, Hyp, Layout, Next, Platform};
@@ -118,7 +118,7 @@ extern "C" fn hyp_main() -> ! {
     let services = manifest.services();
     let boot_mpidr = read_sysreg!("mpidr_el1") & 0xff_00ff_ffff;
     let kept_cpu = match fdt.last_cpu() {
-        _ if services & boot::RESERVE_CPU == 0 => None,
+        _ if !services.contains(Services::RESERVE_CPU) => None,
         Ok(Some((name, mpidr))) if mpidr != boot_mpidr && cpu_slot(mpidr).is_some() => {
             Some((name, mpidr))
         }
@@ -206,9 +206,9 @@ extern "C" fn hyp_main() -> ! {
             .unwrap_or_else(|| refuse_to_boot(format_args!("no device window"))),
     };
     let mut registry = Registry::new();
-    if services & boot::SERVICE_MMIO_GUARD != 0 {
+    if services.contains(Services::MMIO_GUARD) {
         static GUARD: StaticCell<MmioGuard> = StaticCell::new();
-        let policy = if services & boot::MMIO_GUARD_FROM_BOOT != 0 {
+        let policy = if services.contains(Services::MMIO_GUARD_FROM_BOOT) {
             mmio_guard::Policy::FromBoot
         } else {
             mmio_guard::Policy::AfterEnroll
@@ -217,7 +217,7 @@ extern "C" fn hyp_main() -> ! {
             refuse_to_boot(format_args!("cannot register the MMIO guard: {e:?}"));
         }
     }
-    if services & boot::SERVICE_KERNEL_PROTECT != 0 {
+    if services.contains(Services::KERNEL_PROTECT) {
         static KP: StaticCell<KernelProtect> = StaticCell::new();
         let kp = KP.init(KernelProtect::new());
         // The resource manager's protect_vm_assets: the guest's kernel
@@ -252,7 +252,7 @@ extern "C" fn hyp_main() -> ! {
     }
     *HYP.lock() = Some(hyp);
 
-    println!("services {:#x}", services);
+    println!("services {:#x}", services.bits());
     // The portable block function measures by default; it has no host
     // test of its own (it is bare-metal code).
     if !hyp_stub::sha256::known_answer(sha256_words::compress) {
