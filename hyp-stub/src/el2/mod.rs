@@ -15,6 +15,7 @@ mod sysreg;
 use core::panic::PanicInfo;
 use core::ptr::addr_of_mut;
 
+use aarch64_cpu::registers::{CNTHCTL_EL2, HCR_EL2, ID_AA64DFR0_EL1, ID_AA64PFR0_EL1};
 use hyp_stub::addr::{Ipa, IpaRange, PhysAddr};
 use hyp_stub::boot::{self, KernelImage, Manifest, Services};
 use hyp_stub::esr::Esr;
@@ -309,15 +310,21 @@ extern "C" fn secondary_main(slot: usize) -> ! {
     }
 }
 
-const HCR_VM: u64 = 1 << 0;
-const HCR_SWIO: u64 = 1 << 1;
-const HCR_FB: u64 = 1 << 9;
-const HCR_BSU_IS: u64 = 1 << 10;
-const HCR_TSC: u64 = 1 << 19;
-const HCR_RW: u64 = 1 << 31;
-const HCR_APK: u64 = 1 << 40;
-const HCR_API: u64 = 1 << 41;
-const HCR_ENSCXT: u64 = 1 << 53;
+/// HCR_EL2 for the guest: stage 2 on, set/way invalidation upgraded to
+/// clean+invalidate, TLB maintenance and barriers broadcast to the inner
+/// shareable domain, SMC trapped, EL1 AArch64, pointer authentication not
+/// trapped.
+fn guest_hcr() -> u64 {
+    (HCR_EL2::VM::Enable
+        + HCR_EL2::SWIO::SET
+        + HCR_EL2::FB::SET
+        + HCR_EL2::BSU::InnerShareable
+        + HCR_EL2::TSC::EnableTrapEl1SmcToEl2
+        + HCR_EL2::RW::EL1IsAarch64
+        + HCR_EL2::APK::DisableTrapPointerAuthKeyRegsToEl2
+        + HCR_EL2::API::DisableTrapPointerAuthInstToEl2)
+        .value
+}
 const CPTR_NVHE_RES1: u64 = (1 << 13) | (1 << 9) | 0xff;
 const SCTLR_EL1_RES1_MMU_OFF: u64 = 0x30d0_0800;
 
@@ -332,6 +339,7 @@ fn untrap_fp_simd() {
     }
 }
 
+/// A 4-bit ID register field (for those `aarch64-cpu` does not name).
 fn field(reg: u64, shift: u32) -> u64 {
     (reg >> shift) & 0xf
 }
@@ -348,23 +356,27 @@ unsafe fn configure_el2(vtcr: u64, vttbr: u64) {
     let mmfr0 = read_sysreg!("id_aa64mmfr0_el1");
     let mmfr1 = read_sysreg!("id_aa64mmfr1_el1");
     let dfr0 = read_sysreg!("id_aa64dfr0_el1");
-    let mut hcr = HCR_VM | HCR_SWIO | HCR_FB | HCR_BSU_IS | HCR_TSC | HCR_RW | HCR_APK | HCR_API;
+    let mut hcr = guest_hcr();
+    // ID_AA64PFR0_EL1.CSV2 >= 2: SCXTNUM_ELx exist; let EL1 use them.
     if field(pfr0, 56) >= 2 {
-        hcr |= HCR_ENSCXT;
+        hcr |= HCR_EL2::EnSCXT::SET.value;
     }
     // SAFETY: each write configures how the (not yet running) guest is
     // treated; none affects the hypervisor's own memory.
     unsafe {
         // No FP/SIMD, SVE or SME traps; EL1 gets the largest vector lengths.
         untrap_fp_simd();
-        if field(pfr0, 32) != 0 {
+        if ID_AA64PFR0_EL1::SVE.read(pfr0) != 0 {
             write_sysreg!("s3_4_c1_c2_0", 0x1ffu64); // ZCR_EL2
         }
         if field(pfr1, 24) != 0 {
             write_sysreg!("s3_4_c1_c2_6", (1u64 << 31) | (1 << 30) | 0x1ff); // SMCR_EL2
         }
         // EL1 owns the physical timer and counter.
-        write_sysreg!("cnthctl_el2", 3u64);
+        write_sysreg!(
+            "cnthctl_el2",
+            (CNTHCTL_EL2::EL1PCTEN::SET + CNTHCTL_EL2::EL1PCEN::SET).value
+        );
         write_sysreg!("cntvoff_el2", 0u64);
         // EL1 uses the GICv3 CPU interface through system registers; no
         // virtual interface.
@@ -375,7 +387,7 @@ unsafe fn configure_el2(vtcr: u64, vttbr: u64) {
             write_sysreg!("s3_4_c12_c11_0", 0u64); // ICH_HCR_EL2
         }
         // All PMU counters to EL1.
-        let pmu = field(dfr0, 8);
+        let pmu = ID_AA64DFR0_EL1::PMUVer.read(dfr0);
         let hpmn = if pmu != 0 && pmu != 0xf {
             (read_sysreg!("pmcr_el0") >> 11) & 0x1f
         } else {
