@@ -26,6 +26,9 @@ pub enum Status {
     BadLayout(RecordError),
     /// The hypervisor does not offer kernel protect, or refused the report.
     Unsupported(KpError),
+    /// Discovery says the hypervisor has no kernel protect: nothing was
+    /// sent.
+    NotOffered,
     /// The layout is reported; protection comes after `mark_rodata_ro`.
     Reported(ReportPath),
     /// The hypervisor refused to enable protection.
@@ -97,6 +100,8 @@ impl KpState {
         }
         self.status = match layout.build() {
             Err(e) => Status::BadLayout(e),
+            // Offer nothing the hypervisor did not say it has.
+            Ok(_) if !guest::offered(hv) => Status::NotOffered,
             Ok(record) => {
                 self.record = record;
                 let ipa = place(&record);
@@ -171,6 +176,12 @@ impl KpState {
             }
             Status::Unsupported(e) => {
                 writeln!(w, "unsupported: the hypervisor refused the report: {e}")
+            }
+            Status::NotOffered => {
+                writeln!(
+                    w,
+                    "unsupported: the hypervisor does not offer kernel protect"
+                )
             }
             Status::Reported(path) => writeln!(w, "reported ({})", path_name(path)),
             Status::Refused(e) => writeln!(w, "reported; protection refused: {e}"),

@@ -31,6 +31,21 @@ pub enum ReportPath {
     PerRegion,
 }
 
+/// SMCCC_ARCH_FEATURES: whether the hypervisor implements a function.
+pub const SMCCC_ARCH_FEATURES: u32 = 0x8000_0001;
+
+/// Whether the hypervisor says (SMCCC_ARCH_FEATURES, a non-negative
+/// answer) that it implements kernel protect: a way to report the layout
+/// and ENABLE_VM_PROTECTION. The kernel-protect IDs are not KVM function
+/// numbers (bits 23:16 are set), so KVM's features bitmap cannot name
+/// them; ARCH_FEATURES can, and a hypervisor without kernel protect (KVM
+/// itself) answers NOT_SUPPORTED.
+pub fn offered<H: Hypercall + ?Sized>(hv: &mut H) -> bool {
+    let mut has =
+        |fid: u32| (hv.call(SMCCC_ARCH_FEATURES, [u64::from(fid), 0, 0, 0])[0] as i64) >= 0;
+    (has(ASSET_INFO_COMPACT) || has(ASSET_INFO)) && has(ENABLE_VM_PROTECTION)
+}
+
 fn status<H: Hypercall + ?Sized>(hv: &mut H, fid: u32, args: [u64; 4]) -> Result<(), KpError> {
     let [x0, ..] = hv.call(fid, args);
     KpError::from_raw(x0)

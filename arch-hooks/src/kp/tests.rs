@@ -34,6 +34,13 @@ impl Hypercall for Hyp {
     fn call(&mut self, fid: u32, a: [u64; 4]) -> [u64; 4] {
         self.calls.push(fid);
         match fid {
+            guest::SMCCC_ARCH_FEATURES => match a[0] as u32 {
+                abi::ASSET_INFO_COMPACT if !self.compact => [u64::MAX, 0, 0, 0],
+                abi::ASSET_INFO | abi::ASSET_INFO_COMPACT | abi::ENABLE_VM_PROTECTION => {
+                    [0, 0, 0, 0]
+                }
+                _ => [u64::MAX, 0, 0, 0],
+            },
             abi::ASSET_INFO_COMPACT if self.compact => [0, 0, 0, 0],
             abi::ASSET_INFO_COMPACT => [u64::MAX, 0, 0, 0],
             abi::ASSET_INFO => [0, 0, 0, 0],
@@ -207,4 +214,39 @@ fn a_busy_self_check_is_asked_again_a_bounded_number_of_times() {
     hv.pauses = 0;
     assert_eq!(s.self_check(&mut hv), Err(KpError::Busy));
     assert_eq!(hv.pauses, BUSY_RETRIES, "and no more");
+}
+
+/// KVM itself: the UID matches, kernel protect is not there.
+struct Kvm {
+    calls: Vec<u32>,
+}
+
+impl Hypercall for Kvm {
+    fn call(&mut self, fid: u32, _: [u64; 4]) -> [u64; 4] {
+        self.calls.push(fid);
+        [u64::MAX, 0, 0, 0]
+    }
+}
+
+#[test]
+fn nothing_is_sent_to_a_hypervisor_that_does_not_offer_kernel_protect() {
+    let mut s = KpState::new();
+    s.set_mode(Mode::Strict);
+    let mut hv = Kvm { calls: Vec::new() };
+    assert_eq!(
+        s.report(&mut hv, &layout(), |_| 0x4100_0000),
+        Status::NotOffered
+    );
+    assert!(
+        hv.calls.iter().all(|&f| f == guest::SMCCC_ARCH_FEATURES),
+        "only discovery: {:x?}",
+        hv.calls
+    );
+    assert_eq!(
+        text(|s, w| s.write_state(w), &s),
+        "unsupported: the hypervisor does not offer kernel protect\n"
+    );
+    assert!(s.must_refuse_boot());
+    assert_eq!(s.enable(&mut hv), Status::NotOffered, "and no enable call");
+    assert!(hv.calls.iter().all(|&f| f == guest::SMCCC_ARCH_FEATURES));
 }
