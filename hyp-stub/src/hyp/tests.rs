@@ -1034,3 +1034,56 @@ fn power_off_prints_the_summary_above_the_stats_block() {
         plat.console[summary..stats].contains("  hypervisor:     1 exits; 0 MMIO accesses refused")
     );
 }
+
+/// Asks to see a RAM fault again `left` times, then emulates it.
+struct Deferring {
+    left: u32,
+}
+
+impl Service for Deferring {
+    fn name(&self) -> &'static str {
+        "deferring"
+    }
+    fn function_ids(&self) -> &'static [u32] {
+        &[]
+    }
+    fn init(&mut self, _: &mut dyn HypOps) -> Result<(), ServiceError> {
+        Ok(())
+    }
+    fn call(&mut self, _: &Call, _: &mut dyn HypOps) -> CallResult {
+        [smccc::NOT_SUPPORTED, 0, 0, 0]
+    }
+    fn guest_fault(&mut self, _: &GuestFault<'_>, _: &mut dyn HypOps) -> FaultAction {
+        if self.left == 0 {
+            return FaultAction::Emulated;
+        }
+        self.left -= 1;
+        FaultAction::Retry
+    }
+}
+
+#[test]
+fn a_fault_a_service_defers_is_re_executed_not_injected() {
+    let mut svc = Deferring { left: 2 };
+    let mut reg = Registry::new();
+    reg.register(&mut svc).unwrap();
+    let mut hyp = hyp_with(reg);
+    let mut plat = FakePlatform::default();
+    // A permission fault (DFSC 0x0f), so it is not taken for a race with
+    // a block split.
+    let esr = Esr(dabt(2, 1, true, false, false).0 & !0x3f | 0x0f);
+    let ipa = 0x4020_0000u64;
+    for _ in 0..2 {
+        let mut v = vcpu_with(&[0, 0xdead]);
+        let next = hyp.handle_sync(esr, ipa, (ipa >> 12) << 4, &mut v, &mut plat);
+        assert_eq!(next, Next::Guest);
+        assert_eq!(v.pc, 0x1000, "the store runs again");
+        assert!(plat.injected.is_none(), "no abort");
+    }
+    let mut v = vcpu_with(&[0, 0xdead]);
+    let _ = hyp.handle_sync(esr, ipa, (ipa >> 12) << 4, &mut v, &mut plat);
+    assert_eq!(v.pc, 0x1004, "emulated at last");
+    assert_eq!(hyp.stats.ram_faults_deferred, 2);
+    assert_eq!(hyp.stats.ram_faults_emulated, 1);
+    assert_eq!(hyp.stats.ram_faults_refused, 0);
+}
