@@ -38,61 +38,47 @@ pub enum MemType {
     Device,
 }
 
-/// Access permissions of a stage-2 mapping. Execute permission is split
-/// by exception level (FEAT_XNX): the guest kernel (EL1) and guest user
-/// space (EL0) are allowed separately.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Perms {
-    /// Reads allowed.
-    pub read: bool,
-    /// Writes allowed.
-    pub write: bool,
-    /// Instruction fetches at EL1 allowed.
-    pub exec_el1: bool,
-    /// Instruction fetches at EL0 allowed.
-    pub exec_el0: bool,
+bitflags::bitflags! {
+    /// Access permissions of a stage-2 mapping. Execute permission is
+    /// split by exception level (FEAT_XNX): the guest kernel (EL1) and
+    /// guest user space (EL0) are allowed separately.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Perms: u8 {
+        /// Reads allowed.
+        const READ = 1 << 0;
+        /// Writes allowed.
+        const WRITE = 1 << 1;
+        /// Instruction fetches at EL1 allowed.
+        const EXEC_EL1 = 1 << 2;
+        /// Instruction fetches at EL0 allowed.
+        const EXEC_EL0 = 1 << 3;
+    }
 }
 
 impl Perms {
     /// Read, write and execute at both levels.
-    pub const RWX: Self = Self {
-        read: true,
-        write: true,
-        exec_el1: true,
-        exec_el0: true,
-    };
+    pub const RWX: Self = Self::all();
     /// Read and execute at both levels.
-    pub const RX: Self = Self {
-        read: true,
-        write: false,
-        exec_el1: true,
-        exec_el0: true,
-    };
+    pub const RX: Self = Self::READ.union(Self::EXEC_EL1).union(Self::EXEC_EL0);
+    /// Read and execute at EL1 only (kernel text: user space never runs
+    /// it).
+    pub const R_EL1X: Self = Self::READ.union(Self::EXEC_EL1);
     /// Read-only, execute at EL0 only (rodata that holds the vDSO).
-    pub const R_EL0X: Self = Self {
-        read: true,
-        write: false,
-        exec_el1: false,
-        exec_el0: true,
-    };
+    pub const R_EL0X: Self = Self::READ.union(Self::EXEC_EL0);
     /// Read and write, never execute.
-    pub const RW: Self = Self {
-        read: true,
-        write: true,
-        exec_el1: false,
-        exec_el0: false,
-    };
+    pub const RW: Self = Self::READ.union(Self::WRITE);
 
-    fn bits(self) -> u64 {
+    /// The descriptor's S2AP and XN bits.
+    fn descriptor_bits(self) -> u64 {
         let mut bits = 0;
-        if self.read {
+        if self.contains(Self::READ) {
             bits |= S2AP_READ;
         }
-        if self.write {
+        if self.contains(Self::WRITE) {
             bits |= S2AP_WRITE;
         }
         // XN[1:0]: 00 both, 01 EL0 only, 10 neither, 11 EL1 only.
-        let xn = match (self.exec_el1, self.exec_el0) {
+        let xn = match (self.contains(Self::EXEC_EL1), self.contains(Self::EXEC_EL0)) {
             (true, true) => 0b00,
             (false, true) => 0b01,
             (false, false) => 0b10,
@@ -101,14 +87,15 @@ impl Perms {
         bits | (xn << XN_SHIFT)
     }
 
-    fn from_bits(bits: u64) -> Self {
+    /// Decodes a descriptor's S2AP and XN bits.
+    fn from_descriptor(bits: u64) -> Self {
         let xn = (bits >> XN_SHIFT) & 3;
-        Self {
-            read: bits & S2AP_READ != 0,
-            write: bits & S2AP_WRITE != 0,
-            exec_el1: xn == 0b00 || xn == 0b11,
-            exec_el0: xn == 0b00 || xn == 0b01,
-        }
+        let mut p = Self::empty();
+        p.set(Self::READ, bits & S2AP_READ != 0);
+        p.set(Self::WRITE, bits & S2AP_WRITE != 0);
+        p.set(Self::EXEC_EL1, xn == 0b00 || xn == 0b11);
+        p.set(Self::EXEC_EL0, xn == 0b00 || xn == 0b01);
+        p
     }
 }
 
@@ -127,7 +114,7 @@ impl Attrs {
             MemType::Normal => MEMATTR_NORMAL_WB | SH_INNER,
             MemType::Device => MEMATTR_DEVICE_NGNRE,
         };
-        mem | AF | self.perms.bits()
+        mem | AF | self.perms.descriptor_bits()
     }
 
     fn from_bits(bits: u64) -> Self {
@@ -138,7 +125,7 @@ impl Attrs {
         };
         Self {
             mem,
-            perms: Perms::from_bits(bits),
+            perms: Perms::from_descriptor(bits),
         }
     }
 }
@@ -415,7 +402,7 @@ impl<M: TableMemory> Stage2<M> {
         tlb: &mut dyn Tlb,
     ) -> Result<(), Stage2Error> {
         let clear = S2AP_READ | S2AP_WRITE | (3 << XN_SHIFT);
-        let set = perms.bits();
+        let set = perms.descriptor_bits();
         self.update(range, tlb, |e| (e & !clear) | set)
     }
 
@@ -514,6 +501,20 @@ pub(crate) mod tests {
         mem: MemType::Normal,
         perms: Perms::RWX,
     };
+
+    #[test]
+    fn every_permission_set_round_trips_through_a_descriptor() {
+        for bits in 0..=Perms::all().bits() {
+            let p = Perms::from_bits(bits).unwrap();
+            assert_eq!(Perms::from_descriptor(p.descriptor_bits()), p, "{p:?}");
+        }
+        assert_eq!(
+            Perms::RW.descriptor_bits() >> XN_SHIFT,
+            0b10,
+            "never execute"
+        );
+        assert_eq!(Perms::R_EL1X.descriptor_bits() >> XN_SHIFT, 0b11);
+    }
 
     #[test]
     fn a_table_address_outside_the_table_memory_is_an_error() {

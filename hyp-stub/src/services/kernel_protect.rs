@@ -48,12 +48,7 @@ pub const MAX_PATCH_SITES: usize = 2048;
 /// it (FEAT_XNX splits execute-never by exception level).
 const fn stage2_perms(p: Protection) -> Perms {
     match p {
-        Protection::ReadExecute => Perms {
-            read: true,
-            write: false,
-            exec_el1: true,
-            exec_el0: false,
-        },
+        Protection::ReadExecute => Perms::R_EL1X,
         Protection::ReadOnly => Perms::R_EL0X,
         Protection::ReadWrite => Perms::RW,
     }

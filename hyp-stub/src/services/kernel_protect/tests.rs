@@ -211,15 +211,7 @@ fn compact_report_once_then_protection_with_the_right_permissions() {
     assert_eq!(
         ops.perms,
         [
-            (
-                span(TEXT),
-                Perms {
-                    read: true,
-                    write: false,
-                    exec_el1: true,
-                    exec_el0: false
-                }
-            ),
+            (span(TEXT), Perms::READ | Perms::EXEC_EL1),
             (span(RODATA), Perms::R_EL0X),
             (span(DATA), Perms::RW),
             (span(BSS), Perms::RW)
