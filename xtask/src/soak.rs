@@ -65,7 +65,10 @@ pub fn run(boots: usize) -> Result<(), String> {
         failures.len(),
         start.elapsed().as_secs_f64()
     );
-    let _ = writeln!(doc, "| counter, over the passing boots | total | max in one boot |");
+    let _ = writeln!(
+        doc,
+        "| counter, over the passing boots | total | max in one boot |"
+    );
     let _ = writeln!(doc, "|---|---|---|");
     for (what, f) in [
         (
