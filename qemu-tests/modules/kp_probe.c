@@ -31,7 +31,7 @@ static unsigned long enable_vm_protection(unsigned long target)
 {
 	struct arm_smccc_res res;
 
-	arm_smccc_1_1_invoke(KP_ENABLE_VM_PROTECTION, target, 0, 0, &res);
+	arm_smccc_hvc(KP_ENABLE_VM_PROTECTION, target, 0, 0, 0, 0, 0, 0, &res);
 	return res.a0;
 }
 

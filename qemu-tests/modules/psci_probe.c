@@ -66,11 +66,16 @@ struct mailbox {
 
 static int failures;
 
+/*
+ * By HVC, the conduit of PSCI both under hyp-stub (its device tree says
+ * so) and on plain QEMU without EL2 (the control), whatever SMCCC version
+ * Linux settled on.
+ */
 static long call(u32 fid, u64 a1, u64 a2, u64 a3)
 {
 	struct arm_smccc_res res;
 
-	arm_smccc_1_1_invoke(fid, a1, a2, a3, &res);
+	arm_smccc_hvc(fid, a1, a2, a3, 0, 0, 0, 0, &res);
 	return (long)res.a0;
 }
 

@@ -44,6 +44,10 @@ fn features(fid: u32) -> Option<u64> {
         | psci::SYSTEM_SUSPEND_64
         | psci::SYSTEM_OFF
         | psci::SYSTEM_RESET => Some(0),
+        // Not PSCI, but PSCI_FEATURES is how a caller learns that
+        // SMCCC_VERSION exists (and so SMCCC 1.1 and vendor-hyp
+        // discovery): Linux assumes SMCCC 1.0 without it.
+        crate::smccc::SMCCC_VERSION => Some(0),
         // Bit 1 clear: the original power_state format; bit 0 clear:
         // platform-coordinated mode only.
         psci::CPU_SUSPEND_32 | psci::CPU_SUSPEND_64 => Some(0),

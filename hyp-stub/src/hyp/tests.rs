@@ -356,6 +356,12 @@ fn every_psci_function_is_in_the_allowlist_or_not_supported() {
         ],
     );
     assert_eq!(x0, 0, "an SMC32 call ignores the upper halves");
+    let (x0, _) = psci_call(
+        &mut hyp,
+        &mut plat,
+        &[u64::from(psci::FEATURES), u64::from(smccc::SMCCC_VERSION)],
+    );
+    assert_eq!(x0, 0, "SMCCC_VERSION is there: SMCCC 1.1 discovery");
     let (x0, _) = psci_call(&mut hyp, &mut plat, &[u64::from(psci::MIGRATE_INFO_TYPE)]);
     assert_eq!(x0, psci::MIGRATE_NOT_NEEDED);
 }
