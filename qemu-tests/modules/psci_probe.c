@@ -11,7 +11,7 @@
  * - with a second CPU: a power-down CPU_SUSPEND on it resumes at our entry
  *   (below) at EL1 with the MMU off and the context ID in x0, which then
  *   turns the CPU off with CPU_OFF. Linux still counts that CPU as
- *   online (it never returned from the IPI that suspended it), so the
+ *   online (it never returned from the thread that suspended it), so the
  *   module then ends the machine itself with SYSTEM_OFF rather than let
  *   Linux wait for the CPU on its way down.
  *
@@ -21,6 +21,7 @@
 #include <linux/arm-smccc.h>
 #include <linux/delay.h>
 #include <linux/io.h>
+#include <linux/kthread.h>
 #include <linux/module.h>
 #include <linux/mm.h>
 #include <linux/psci.h>
@@ -106,6 +107,19 @@ static void suspend_on_this_cpu(void *mailbox)
 	pr_info("psci-probe: power-down suspend returned in place FAIL\n");
 }
 
+/*
+ * The suspending CPU runs a thread of ours with interrupts masked, as
+ * cpuidle does; not an IPI handler, whose interrupt, still active, would
+ * keep any other from waking the CPU.
+ */
+static int suspend_thread(void *mailbox)
+{
+	local_irq_disable();
+	suspend_on_this_cpu(mailbox);
+	local_irq_enable();
+	return 0;
+}
+
 static void wake(void *unused)
 {
 }
@@ -113,12 +127,19 @@ static void wake(void *unused)
 static void power_down_round_trip(unsigned int cpu)
 {
 	struct mailbox *box = kzalloc(sizeof(*box), GFP_KERNEL);
+	struct task_struct *t;
 	u64 mpidr;
 	int i;
 
 	if (!box)
 		return;
-	smp_call_function_single(cpu, suspend_on_this_cpu, box, 0);
+	t = kthread_create(suspend_thread, box, "psci-probe/%u", cpu);
+	if (IS_ERR(t)) {
+		expect("suspend thread", PTR_ERR(t), 0);
+		return;
+	}
+	kthread_bind(t, cpu);
+	wake_up_process(t);
 	/*
 	 * The CPU waits for an interrupt: send it one IPI (one only: that
 	 * CPU never handles it, so its call slot stays busy). Under QEMU no
