@@ -180,8 +180,21 @@ fn outcome(o: InitOutcome) -> c_int {
     match o {
         InitOutcome::Unguarded => 0,
         InitOutcome::Enrolled => 1,
-        InitOutcome::RefuseToBoot => 2,
+        InitOutcome::RefuseToBoot => refuse_boot("the MMIO guard is unavailable"),
     }
+}
+
+/// PSCI SYSTEM_OFF.
+const PSCI_SYSTEM_OFF: u32 = 0x8400_0008;
+
+/// `pvguard=strict` refuses to go on: says why and powers the VM off, so
+/// that the VMM sees the VM end. A panic this early (setup_arch) would
+/// spin forever, as `panic=` is not parsed yet. Returns 2 (the C side
+/// then panics) only if the power-off did not happen.
+fn refuse_boot(why: &str) -> c_int {
+    kernel::pr_emerg!("pvguard=strict: {}; powering the VM off\n", why);
+    Hypervisor::call(&mut Smccc, PSCI_SYSTEM_OFF, [0; 3]);
+    2
 }
 
 /// Formats a status with `write` and hands the text to `print`.
@@ -292,7 +305,7 @@ pub unsafe extern "C" fn pvguard_rust_kp_report(layout: *const KernelLayout) -> 
     });
     kp_report_status(&g.kp);
     if g.kp.must_refuse_boot() {
-        2
+        refuse_boot("kernel protect is unavailable")
     } else {
         0
     }
@@ -307,7 +320,7 @@ pub extern "C" fn pvguard_rust_kp_enable() -> c_int {
     kp.enable(&mut Smccc);
     kp_report_status(kp);
     if kp.must_refuse_boot() {
-        2
+        refuse_boot("the hypervisor refused kernel protect")
     } else {
         0
     }

@@ -341,3 +341,38 @@ fn without_pvguard_on_the_extents_are_granted_and_nothing_is_reported() {
         "extents granted, no report"
     );
 }
+
+#[test]
+fn strict_without_kernel_protect_powers_the_vm_off_with_its_reason() {
+    // hyp-stub without kernel protect: discovery says so, nothing is
+    // sent, and pvguard=strict ends the VM through PSCI SYSTEM_OFF. A
+    // panic here (setup_arch, before panic= is parsed) would spin
+    // forever, and the boot would only end at the test's time limit.
+    let a = artifacts();
+    let b = Boot {
+        services: hyp_stub::boot::SERVICE_MMIO_GUARD,
+        // earlycon: the refusal comes before the console driver probes.
+        append: "pvguard=strict earlycon".into(),
+        timeout: std::time::Duration::from_secs(60),
+        ..Boot::default()
+    };
+    let o = run(&a, &b, "kp-strict-off").unwrap();
+    check(
+        &o,
+        &[
+            "kernel protect: unsupported: the hypervisor does not offer kernel protect",
+            "pvguard=strict: kernel protect is unavailable; powering the VM off",
+            "hyp-stub stats:",
+        ],
+        &[],
+    )
+    .unwrap();
+    assert!(!o.console.contains("pvguard-init: ready"));
+    let s = o.stats().expect("stats");
+    assert_eq!(s.num("call_0x84000008"), 1, "SYSTEM_OFF from the guest");
+    assert_eq!(
+        s.num("call_0xc6060061") + s.num("call_0xc606005f") + s.num("call_0xc6060060"),
+        0,
+        "no kernel-protect call was made"
+    );
+}
