@@ -190,6 +190,45 @@ pub enum Next {
     /// PSCI CPU_OFF of vCPU `slot`: ask the firmware to turn this CPU
     /// off. If that returns, [`Hyp::cpu_off_failed`].
     CpuOff { slot: usize },
+    /// An MMIO access the core allowed: perform it on the device
+    /// ([`MmioAccess::perform`]), then return to the guest. The device
+    /// access touches no state of the hypervisor's and may be slow (the
+    /// device is another agent's to answer), so no other CPU's exit waits
+    /// for it.
+    Mmio(MmioAccess),
+}
+
+/// A trapped MMIO access, decoded and allowed, to be done on the device
+/// outside the core's lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmioAccess {
+    pa: PhysAddr,
+    abort: AbortSyndrome,
+}
+
+impl MmioAccess {
+    /// Performs the access on the device and completes the guest's
+    /// instruction: a read lands in its register (sign- or zero-extended
+    /// as the syndrome says) and the PC moves past it.
+    pub fn perform(&self, vcpu: &mut Vcpu, plat: &mut dyn Platform) {
+        let abort = self.abort;
+        let width = abort.width();
+        let reg = abort.register();
+        if abort.write() {
+            plat.mmio_write(self.pa, width, vcpu.regs.get(reg) & width.mask());
+        } else {
+            let mut value = plat.mmio_read(self.pa, width) & width.mask();
+            if abort.sign_extend() && width != Width::Double {
+                let shift = 64 - 8 * width.bytes();
+                value = (((value << shift) as i64) >> shift) as u64;
+            }
+            if !abort.sixty_four() {
+                value &= 0xffff_ffff;
+            }
+            vcpu.regs.set(reg, value);
+        }
+        vcpu.pc = vcpu.pc.wrapping_add(4);
+    }
 }
 
 /// Where each vCPU stands in its PSCI life cycle.
@@ -335,7 +374,7 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
             ExceptionClass::DataAbortLower => {
                 self.stats.exit(ExitKind::DataAbort);
                 if !self.raced_with_a_stage2_update(esr.abort(), fault_ipa(hpfar, far)) {
-                    self.data_abort(esr, far, hpfar, vcpu, plat);
+                    return self.data_abort(esr, far, hpfar, vcpu, plat);
                 }
             }
             ExceptionClass::InstrAbortLower => {
@@ -545,11 +584,12 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
         hpfar: u64,
         vcpu: &mut Vcpu,
         plat: &mut dyn Platform,
-    ) {
+    ) -> Next {
         let abort = esr.abort();
         let ipa = fault_ipa(hpfar, far);
         if self.layout.guest_ram.contains(ipa) && !abort.stage1_walk() {
-            return self.ram_fault(abort, ipa, far, vcpu, plat);
+            self.ram_fault(abort, ipa, far, vcpu, plat);
+            return Next::Guest;
         }
         let refuse = |hyp: &mut Self, vcpu: &mut Vcpu, plat: &mut dyn Platform, why: &str| {
             hyp.stats.mmio_refused += 1;
@@ -570,6 +610,7 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
                     write: abort.write(),
                 },
             );
+            Next::Guest
         };
         // Faults on the guest's own page-table walks, on RAM (nothing is
         // protected yet) or outside the device window are not MMIO.
@@ -590,23 +631,11 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
         if self.services.mmio_access(ipa, abort.write()) == MmioVerdict::Deny {
             return refuse(self, vcpu, plat, "not guarded (MMIO guard)");
         }
-        let pa = PhysAddr(ipa.get());
-        let reg = abort.register();
-        if abort.write() {
-            plat.mmio_write(pa, width, vcpu.regs.get(reg) & width.mask());
-        } else {
-            let mut value = plat.mmio_read(pa, width) & width.mask();
-            if abort.sign_extend() && width != Width::Double {
-                let shift = 64 - 8 * width.bytes();
-                value = (((value << shift) as i64) >> shift) as u64;
-            }
-            if !abort.sixty_four() {
-                value &= 0xffff_ffff;
-            }
-            vcpu.regs.set(reg, value);
-        }
         self.stats.mmio_emulated += 1;
-        vcpu.pc = vcpu.pc.wrapping_add(4);
+        Next::Mmio(MmioAccess {
+            pa: PhysAddr(ipa.get()),
+            abort,
+        })
     }
 
     /// Writes what happened this run for a person to read: each

@@ -447,6 +447,7 @@ extern "C" fn handle_lower_sync(regs: &mut GuestRegs) {
     // The core is released: what waits happens here.
     match next {
         Next::Guest => {}
+        Next::Mmio(access) => access.perform(&mut vcpu, &mut Board::new()),
         Next::Standby(state) => {
             let r = Board::new().firmware_call(psci::CPU_SUSPEND_64, [state.raw().into(), 0, 0]);
             vcpu.regs.x[0] = r[0];
