@@ -8,10 +8,12 @@
  * self-check, not a refusal.
  */
 #include <linux/arm-smccc.h>
+#include <linux/delay.h>
 #include <linux/module.h>
 
 #define KP_ENABLE_VM_PROTECTION 0xC6060060
 #define KP_SELF 0
+#define KP_BUSY 31
 
 static unsigned long protect_vm_assets(unsigned long target)
 {
@@ -35,6 +37,20 @@ static unsigned long enable_vm_protection(unsigned long target)
 	return res.a0;
 }
 
+/*
+ * The control: a self-check. Right after boot the hypervisor may still be
+ * taking the baseline on its own CPU and answers BUSY until it has it.
+ */
+static unsigned long self_check(void)
+{
+	unsigned long x0;
+	int tries = 0;
+
+	while ((x0 = enable_vm_protection(KP_SELF)) == KP_BUSY && ++tries < 5000)
+		msleep(1);
+	return x0;
+}
+
 static int __init kp_probe_init(void)
 {
 	pr_info("kp-probe: protect_vm_assets(1): x0=%ld\n",
@@ -44,7 +60,7 @@ static int __init kp_probe_init(void)
 	pr_info("kp-probe: enable_vm_protection(0xffff): x0=%ld\n",
 		(long)enable_vm_protection(0xffff));
 	pr_info("kp-probe: enable_vm_protection(self): x0=%ld\n",
-		(long)enable_vm_protection(KP_SELF));
+		(long)self_check());
 	return 0;
 }
 
