@@ -142,10 +142,16 @@ static void power_down_round_trip(unsigned int cpu)
 	wake_up_process(t);
 	/*
 	 * The CPU waits for an interrupt: send it one IPI (one only: that
-	 * CPU never handles it, so its call slot stays busy). Under QEMU no
-	 * cache holds the mailbox the MMU-off writes went to.
+	 * CPU never handles it, so its call slot stays busy). Not before the
+	 * thread has masked interrupts and is about to suspend (it writes its
+	 * MPIDR then, and no CPU but the boot CPU has MPIDR 0): an IPI it
+	 * took before would leave nothing to wake it, however long a loaded
+	 * host took to schedule the thread. Under QEMU no cache holds the
+	 * mailbox the MMU-off writes went to.
 	 */
-	msleep(20);
+	for (i = 0; i < 5000 && !READ_ONCE(box->mpidr); i++)
+		msleep(1);
+	msleep(5);
 	smp_call_function_single(cpu, wake, NULL, 0);
 	for (i = 0; i < 200 && READ_ONCE(box->magic) != PROBE_MAGIC; i++)
 		msleep(10);
