@@ -89,6 +89,10 @@ pub struct Boot {
     pub timeout: Duration,
     /// Interactive: console on the terminal (no capture, no timeout).
     pub interactive: bool,
+    /// Another kernel `Image` than the built guest's (Debian's own).
+    pub kernel: Option<PathBuf>,
+    /// More QEMU arguments, such as devices: `["-device", "virtio-rng-pci"]`.
+    pub qemu_args: Vec<String>,
 }
 
 impl Default for Boot {
@@ -103,6 +107,8 @@ impl Default for Boot {
             hyp_cpu: true,
             timeout: Duration::from_secs(120),
             interactive: false,
+            kernel: None,
+            qemu_args: Vec::new(),
         }
     }
 }
@@ -174,6 +180,7 @@ pub enum Console {
 /// The QEMU command line for a boot.
 pub fn command(a: &Artifacts, b: &Boot, tag: &str, console: &Console) -> Result<Command, String> {
     let initrd = initramfs_for(a, b, tag)?;
+    let kernel = b.kernel.as_ref().unwrap_or(&a.kernel);
     let mut cmd = Command::new("qemu-system-aarch64");
     let append = format!("console=ttyAMA0 panic=-1 {}", b.append);
     let machine = if b.hyp {
@@ -181,6 +188,10 @@ pub fn command(a: &Artifacts, b: &Boot, tag: &str, console: &Console) -> Result<
     } else {
         "virt,gic-version=3"
     };
+    // Exactly the devices a boot uses: no default NIC (whose option ROM
+    // comes from a package the build does not need), no VGA, no
+    // monitor; the serial port is the board's PL011.
+    cmd.arg("-nodefaults");
     cmd.args(["-machine", machine, "-cpu", "max", "-m", "1G"]);
     // With as many guest CPUs as hyp-stub runs, there is none left to keep.
     let hyp_cpu = b.hyp && b.hyp_cpu && (b.cpus as usize) < hyp_stub::hyp::MAX_CPUS;
@@ -193,7 +204,7 @@ pub fn command(a: &Artifacts, b: &Boot, tag: &str, console: &Console) -> Result<
     cmd.args(["-display", "none", "-serial", &serial]);
     cmd.args(["-monitor", "none", "-no-reboot"]);
     if b.hyp {
-        let kernel_size = file_size(&a.kernel)?;
+        let kernel_size = file_size(kernel)?;
         let initrd_size = file_size(&initrd)?;
         let manifest = Manifest {
             kernel_ipa: boot::KERNEL_LOAD_IPA,
@@ -212,17 +223,15 @@ pub fn command(a: &Artifacts, b: &Boot, tag: &str, console: &Console) -> Result<
             format!("loader,file={},addr={addr:#x},force-raw=on", file.display())
         };
         cmd.arg("-device")
-            .arg(loader(&a.kernel, boot::KERNEL_LOAD_IPA));
+            .arg(loader(kernel, boot::KERNEL_LOAD_IPA));
         cmd.arg("-device")
             .arg(loader(&initrd, boot::INITRD_LOAD_IPA));
         cmd.arg("-device").arg(loader(&mpath, boot::MANIFEST_PA));
     } else {
-        cmd.arg("-kernel")
-            .arg(&a.kernel)
-            .arg("-initrd")
-            .arg(&initrd);
+        cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(&initrd);
     }
     cmd.arg("-append").arg(append);
+    cmd.args(&b.qemu_args);
     Ok(cmd)
 }
 

@@ -4,6 +4,7 @@
 //! boots or tests them.
 
 mod bench;
+mod debian;
 mod deps;
 mod initramfs;
 mod kernel;

@@ -69,6 +69,15 @@ fn cargo_test(args: &[&str], envs: &[(&str, String)], totals: &mut Totals) -> Re
     Ok(status.success())
 }
 
+/// Debian's stock kernel for its boot test, or why it is missing (the
+/// test then fails with that message).
+fn stock_kernel_env() -> (&'static str, String) {
+    match crate::debian::stock_kernel() {
+        Ok(image) => ("PVGUARD_DEBIAN_KERNEL", image.display().to_string()),
+        Err(e) => ("PVGUARD_DEBIAN_KERNEL_ERROR", e),
+    }
+}
+
 /// Builds everything and runs every test.
 pub fn run() -> Result<(), String> {
     let mut totals = Totals::default();
@@ -88,6 +97,7 @@ pub fn run() -> Result<(), String> {
     )?;
     paths::step("QEMU system tests (the guest under hyp-stub and on plain QEMU)");
     let envs = [
+        stock_kernel_env(),
         ("PVGUARD_KERNEL", artifacts.kernel.display().to_string()),
         ("PVGUARD_HYP", artifacts.hyp.display().to_string()),
         (
