@@ -6,8 +6,9 @@
 //! holds only the `extern "C"` entry points that the C hook points in
 //! `glue.c` call, and the SMCCC transport. The logic lives in modules
 //! shared with the host-tested crates of the pvguard repository
-//! (`arch-hooks`, `mmio-guard`), copied into `rust/` by the build: the
-//! same source is unit-tested on the host and compiled here.
+//! (`arch-hooks`, `mmio-guard`, `guest-kp`), under `rust/`: the series
+//! carries them as generated from those crates, so the same source is
+//! unit-tested on the host and compiled here.
 //!
 //! All state is behind `pvguard_lock` in `glue.c`: every entry point
 //! below except the command-line and early ones is called with it held;

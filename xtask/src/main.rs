@@ -8,6 +8,7 @@ mod debian;
 mod deps;
 mod initramfs;
 mod kernel;
+mod patches;
 mod paths;
 mod sh;
 mod test;
@@ -38,6 +39,9 @@ commands:
   kernel     build the guest kernel (patched Linux 6.12, Rust enabled)
   hyp        build hyp-stub
   initramfs  build the guest's userland
+  patches    regenerate the series' Rust patch from the crates
+  check-series  build the kernel after each patch of the series, in a tree of
+             its own (slow: a full kernel build, then one per patch)
   deps       install what is missing
 ";
 
@@ -50,6 +54,8 @@ fn main() -> ExitCode {
         Some("initramfs") => deps::ensure().and_then(|()| initramfs::build().map(drop)),
         Some("run") => run(&args[1..]),
         Some("test") => test::run(),
+        Some("patches") => patches::write(),
+        Some("check-series") => deps::ensure().and_then(|()| kernel::check_series()),
         Some("bench") => bench_args(&args[1..]).and_then(bench::run),
         Some("-h") | Some("--help") | Some("help") => {
             print!("{USAGE}");
