@@ -143,7 +143,7 @@ fn without_a_hypervisor_sysfs_says_why() {
     let b = Boot {
         hyp: false,
         append: "pvguard=on".into(),
-        exec: Some(format!("cat {SYSFS}/status")),
+        exec: Some(format!("cat {SYSFS}/status {SYSFS}/ranges")),
         ..Boot::default()
     };
     let o = run(&a, &b, "mg-nohyp").unwrap();
@@ -156,6 +156,8 @@ fn without_a_hypervisor_sysfs_says_why() {
         &[],
     )
     .unwrap();
+    // The early console's page is tracked, but nothing guards it.
+    assert!(!o.console.contains("refs="), "{}", o.console);
 }
 
 /// Stock upstream 6.12 guest code (CONFIG_ARM_PKVM_GUEST: HYP_MEMINFO and
