@@ -95,3 +95,46 @@ fn ftrace_and_kprobes_patch_text_on_an_unprotected_boot() {
     assert!(count(&o, "function hits") >= 1, "{}", o.console);
     assert!(count(&o, "kprobe hits") >= 1, "{}", o.console);
 }
+
+/// The `pvguard` guest command: protected and intact is 0, unprotected
+/// is 2, on the real sysfs files.
+#[test]
+fn pvguard_command_exit_codes() {
+    let a = artifacts();
+    let script =
+        "pvguard status; echo \"status rc=$?\"; pvguard self-check; echo \"self-check rc=$?\"";
+    let protected = Boot {
+        append: "pvguard=on".into(),
+        exec: Some(script.into()),
+        ..Boot::default()
+    };
+    let o = run(&a, &protected, "cmd-protected").unwrap();
+    check(
+        &o,
+        &[
+            "mmio_guard: enrolled",
+            "kernel_protect: protected",
+            "status rc=0",
+            "self-check: intact",
+            "self-check rc=0",
+        ],
+        &[],
+    )
+    .unwrap();
+    let plain = Boot {
+        exec: Some(script.into()),
+        ..Boot::default()
+    };
+    let o = run(&a, &plain, "cmd-unprotected").unwrap();
+    check(
+        &o,
+        &[
+            "kernel_protect: disabled",
+            "status rc=2",
+            "kernel_protect: disabled",
+            "self-check rc=2",
+        ],
+        &[],
+    )
+    .unwrap();
+}
