@@ -85,6 +85,30 @@ pub fn stock_kernel() -> Result<PathBuf, String> {
     Ok(image)
 }
 
+/// Debian's configuration of that kernel (`/boot/config-*` of the same
+/// package).
+///
+/// # Errors
+/// As [`stock_kernel`].
+pub fn stock_config() -> Result<PathBuf, String> {
+    let image = stock_kernel()?;
+    let name = image
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .ok_or("unexpected kernel file name")?;
+    let config = image.with_file_name(format!("config-{name}"));
+    if config.is_file() {
+        Ok(config)
+    } else {
+        Err(format!(
+            "{} is missing: remove {} to download the package again",
+            config.display(),
+            image.display()
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::abi;
