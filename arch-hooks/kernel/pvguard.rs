@@ -383,7 +383,8 @@ pub unsafe extern "C" fn pvguard_rust_show(
         (b"mmio_guard", b"granule") => writeln!(w, "{}", mmio_guard::abi::GRANULE),
         (b"kernel_protect", b"state") => g.kp.write_state(&mut w),
         (b"kernel_protect", b"regions") => g.kp.write_regions(&mut w),
-        (b"kernel_protect", b"self_check") => g.kp.write_self_check(&mut w),
+        (b"kernel_protect", b"self_check") => g.kp.write_verdict(&mut w),
+        (b"kernel_protect", b"self_check_report") => g.kp.write_self_check(&mut w),
         _ => return EINVAL.to_errno() as isize,
     };
     match r {

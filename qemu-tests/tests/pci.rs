@@ -10,6 +10,8 @@ use std::fs;
 use qemu_tests::{artifacts, check, run, Boot};
 
 const SYSFS: &str = "/sys/hypervisor/pvguard/mmio_guard";
+/// Dumps and counters: debugfs, root only.
+const DBG: &str = "/sys/kernel/debug/pvguard";
 const DISK_MAGIC: &[u8] = b"pvguard-disk-0123456789";
 const WRITTEN: &str = "written-by-the-guest";
 
@@ -35,7 +37,7 @@ fn virtio_blk_on_pci_works_with_the_mmio_guard_enforcing() {
              echo {WRITTEN} | dd of=/dev/vda bs=512 seek=8 conv=sync 2>/dev/null
              sync
              echo \"back: $(dd if=/dev/vda bs=512 skip=8 count=1 2>/dev/null | head -c {w})\"
-             grep -h '^0x80000' {SYSFS}/ranges | sed 's/^/bar guarded /'
+             grep -h '^0x80000' {DBG}/mmio_guard_ranges | sed 's/^/bar guarded /'
              sh -c 'echo 0x8000100000 > /sys/kernel/debug/pvguard/mmio_probe'
              echo probe-done",
             n = DISK_MAGIC.len(),

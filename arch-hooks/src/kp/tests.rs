@@ -85,6 +85,7 @@ fn reports_compactly_then_protects_and_self_checks() {
         text(|s, w| s.write_self_check(w), &s),
         "verdict=intact\nmeasurement=000000000000abcd\npatches=3\nchecks=1\n"
     );
+    assert_eq!(text(|s, w| s.write_verdict(w), &s), "intact\n");
     assert!(text(|s, w| s.write_regions(w), &s).contains("TEXT"));
 }
 
@@ -124,6 +125,7 @@ fn off_does_nothing_and_a_modified_kernel_shows() {
     s.enable(&mut hv);
     assert!(!s.must_refuse_boot());
     assert!(text(|s, w| s.write_self_check(w), &s).starts_with("verdict=MODIFIED"));
+    assert_eq!(text(|s, w| s.write_verdict(w), &s), "MODIFIED\n");
 }
 
 #[test]
@@ -168,4 +170,5 @@ fn no_verdict_while_the_measurement_is_taken_in_the_background() {
         text(|s, w| s.write_self_check(w), &s),
         "verdict=none\nchecks=0\n"
     );
+    assert_eq!(text(|s, w| s.write_verdict(w), &s), "none\n");
 }
