@@ -520,3 +520,94 @@ pub fn debian_config_check() -> Result<(), String> {
     );
     Ok(())
 }
+
+/// `cargo xtask deb`: the kernel packages, by the kernel's own `make
+/// bindeb-pkg` on the guest build (`linux-image`, `linux-headers`,
+/// `linux-libc-dev`), in `$PVGUARD_CACHE/deb/`. Packaging is skipped
+/// when the packages are newer than the kernel image.
+///
+/// Two things differ from a native Debian build. `DPKG_FLAGS=-d`: the
+/// generated package asks for Debian's own build dependencies (a GCC
+/// cross compiler among them), which an LLVM build does not use. And
+/// with `LLVM=1` the compiler is also the host compiler, so the
+/// `linux-headers` package carries the build tools (`modpost`, `fixdep`)
+/// built for the machine that built it: out-of-tree modules build
+/// against it there; on an arm64 machine, run `make scripts` in the
+/// headers tree first.
+///
+/// # Errors
+/// The kernel build or the packaging failed.
+pub fn deb() -> Result<Vec<PathBuf>, String> {
+    let built = build()?;
+    let out = paths::cache().join("deb");
+    let image_time = fs::metadata(&built.image)
+        .and_then(|m| m.modified())
+        .map_err(|e| format!("{}: {e}", built.image.display()))?;
+    let existing = debs_in(&out);
+    let fresh = existing.len() == 3
+        && existing.iter().all(|p| {
+            fs::metadata(p)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > image_time)
+        });
+    if fresh {
+        return Ok(existing);
+    }
+    // dpkg-buildpackage writes next to the build directory.
+    let parent = built
+        .build_dir
+        .parent()
+        .ok_or("the build directory has no parent")?
+        .to_path_buf();
+    for old in debs_in(&parent) {
+        let _ = fs::remove_file(old);
+    }
+    paths::step(&format!(
+        "packaging the kernel (make bindeb-pkg; log in {}/kernel-deb.log)",
+        paths::cache().display()
+    ));
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get() + 1)
+        .unwrap_or(3);
+    make(
+        &built.build_dir,
+        &[&format!("-j{jobs}"), "DPKG_FLAGS=-d", "bindeb-pkg"],
+        "kernel-deb.log",
+    )?;
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut moved = Vec::new();
+    for deb in debs_in(&parent) {
+        let to = out.join(deb.file_name().ok_or("no file name")?);
+        fs::rename(&deb, &to).map_err(|e| format!("{}: {e}", to.display()))?;
+        moved.push(to);
+    }
+    if moved.len() != 3 {
+        return Err(format!(
+            "make bindeb-pkg made {} packages, not 3: see the log",
+            moved.len()
+        ));
+    }
+    moved.sort();
+    for p in &moved {
+        println!("    {}", p.display());
+    }
+    Ok(moved)
+}
+
+/// The kernel's packages in `dir`.
+fn debs_in(dir: &Path) -> Vec<PathBuf> {
+    let mut debs: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("linux-") && n.ends_with("_arm64.deb"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    debs.sort();
+    debs
+}

@@ -42,6 +42,7 @@ commands:
   patches    regenerate the series' Rust patch from the crates
   check-series  build the kernel after each patch of the series, in a tree of
              its own (slow: a full kernel build, then one per patch)
+  deb        build the kernel packages (make bindeb-pkg) into $PVGUARD_CACHE/deb
   debian-config  compile pvguard and what the series touches in Debian's own
              arm64 config (LLVM=1, RUST=y, PVGUARD=y)
   deps       install what is missing
@@ -58,6 +59,7 @@ fn main() -> ExitCode {
         Some("test") => test::run(),
         Some("patches") => patches::write(),
         Some("check-series") => deps::ensure().and_then(|()| kernel::check_series()),
+        Some("deb") => deps::ensure().and_then(|()| kernel::deb().map(drop)),
         Some("debian-config") => deps::ensure().and_then(|()| kernel::debian_config_check()),
         Some("bench") => bench_args(&args[1..]).and_then(bench::run),
         Some("-h") | Some("--help") | Some("help") => {

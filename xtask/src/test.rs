@@ -78,6 +78,20 @@ fn stock_kernel_env() -> (&'static str, String) {
     }
 }
 
+/// The kernel packages for their tests, or why they are missing.
+fn deb_env() -> (&'static str, String) {
+    match crate::kernel::deb() {
+        Ok(debs) => (
+            "PVGUARD_DEB_DIR",
+            debs.first()
+                .and_then(|d| d.parent())
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+        ),
+        Err(e) => ("PVGUARD_DEB_ERROR", e),
+    }
+}
+
 /// Builds everything and runs every test.
 pub fn run() -> Result<(), String> {
     let mut totals = Totals::default();
@@ -98,6 +112,7 @@ pub fn run() -> Result<(), String> {
     paths::step("QEMU system tests (the guest under hyp-stub and on plain QEMU)");
     let envs = [
         stock_kernel_env(),
+        deb_env(),
         ("PVGUARD_KERNEL", artifacts.kernel.display().to_string()),
         ("PVGUARD_HYP", artifacts.hyp.display().to_string()),
         (
