@@ -6,8 +6,9 @@
 //! holds only the `extern "C"` entry points that the C hook points in
 //! `glue.c` call, and the SMCCC transport. The logic lives in modules
 //! shared with the host-tested crates of the pvguard repository
-//! (`arch-hooks`, `mmio-guard`), copied into `rust/` by the build: the
-//! same source is unit-tested on the host and compiled here.
+//! (`arch-hooks`, `mmio-guard`, `guest-kp`), under `rust/`: the series
+//! carries them as generated from those crates, so the same source is
+//! unit-tested on the host and compiled here.
 //!
 //! All state is behind `pvguard_lock` in `glue.c`: every entry point
 //! below except the command-line and early ones is called with it held;
@@ -401,7 +402,8 @@ pub unsafe extern "C" fn pvguard_rust_show(
         (b"mmio_guard", b"granule") => writeln!(w, "{}", mmio_guard::abi::GRANULE),
         (b"kernel_protect", b"state") => g.kp.write_state(&mut w),
         (b"kernel_protect", b"regions") => g.kp.write_regions(&mut w),
-        (b"kernel_protect", b"self_check") => g.kp.write_self_check(&mut w),
+        (b"kernel_protect", b"self_check") => g.kp.write_verdict(&mut w),
+        (b"kernel_protect", b"self_check_report") => g.kp.write_self_check(&mut w),
         _ => return EINVAL.to_errno() as isize,
     };
     match r {

@@ -205,7 +205,19 @@ impl KpState {
         Ok(())
     }
 
-    /// The text of `self_check`.
+    /// The text of `self_check` in sysfs: the last verdict alone.
+    ///
+    /// # Errors
+    /// Whatever `w` returns.
+    pub fn write_verdict(&self, w: &mut dyn Write) -> fmt::Result {
+        match self.last {
+            None => writeln!(w, "none"),
+            Some(c) if c.intact => writeln!(w, "intact"),
+            Some(_) => writeln!(w, "MODIFIED"),
+        }
+    }
+
+    /// The full self-check report (debugfs).
     ///
     /// # Errors
     /// Whatever `w` returns.

@@ -7,7 +7,7 @@ use core::fmt::{self, Write};
 
 use crate::cmdline::Mode;
 use crate::mmio_guard::guard::{self, Guard, GuardError, Hypervisor, Unavailable};
-use crate::mmio_guard::tracker::TrackError;
+use crate::mmio_guard::tracker::{Segment, TrackError};
 
 /// How many disjoint MMIO ranges the guest can track. Storage is static:
 /// the first mappings happen before the kernel has an allocator.
@@ -200,12 +200,24 @@ impl MmioState {
         }
     }
 
-    /// The text of `ranges`: one guarded range per line.
+    /// The ranges the hypervisor guards: the tracker's, once enrolled.
+    /// Before that (or without a guard, or with `pvguard` off) the
+    /// tracker may hold the early console's page, which nothing guards.
+    fn guarded(&self) -> &[Segment] {
+        if self.status == Status::Enrolled {
+            self.guard.tracker().segments()
+        } else {
+            &[]
+        }
+    }
+
+    /// The text of `ranges`: one guarded range per line (none unless
+    /// enrolled).
     ///
     /// # Errors
     /// Whatever `w` returns.
     pub fn write_ranges(&self, w: &mut dyn Write) -> fmt::Result {
-        for s in self.guard.tracker().segments() {
+        for s in self.guarded() {
             writeln!(w, "{:#010x}-{:#010x} refs={}", s.start, s.end, s.count)?;
         }
         Ok(())
@@ -228,9 +240,14 @@ impl MmioState {
                 "per-granule"
             }
         )?;
-        writeln!(w, "ranges={}", t.segments().len())?;
+        let guarded = self.guarded();
+        writeln!(w, "ranges={}", guarded.len())?;
         writeln!(w, "capacity={CAPACITY}")?;
-        writeln!(w, "granules={}", t.granules())?;
+        writeln!(
+            w,
+            "granules={}",
+            if guarded.is_empty() { 0 } else { t.granules() }
+        )?;
         writeln!(w, "hypercalls={}", s.hypercalls)?;
         writeln!(w, "maps={}", s.maps)?;
         writeln!(w, "unmaps={}", s.unmaps)?;

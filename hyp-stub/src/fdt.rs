@@ -19,6 +19,8 @@ pub enum FdtError {
     NoSpace,
     /// No memory node, or one that cannot be parsed.
     NoMemory,
+    /// A `reg` or `ranges` whose cell counts or length do not parse.
+    BadCells,
 }
 
 const MAGIC: u32 = 0xd00d_feed;
@@ -139,33 +141,56 @@ impl<'a> Fdt<'a> {
         }
     }
 
+    /// The one walk over the structure block: calls `f(depth, token)` for
+    /// every token up to the end. `depth` counts the nodes open around the
+    /// token, a node's own begin and end tokens included (the root's are at
+    /// depth 1).
+    fn walk(
+        &self,
+        mut f: impl FnMut(usize, Token<'a>) -> Result<(), FdtError>,
+    ) -> Result<(), FdtError> {
+        let mut off = 0;
+        let mut depth = 0usize;
+        loop {
+            let (tok, next) = self.token(off)?;
+            off = next;
+            match tok {
+                Token::Begin(_) => {
+                    depth += 1;
+                    f(depth, tok)?;
+                }
+                Token::End => {
+                    f(depth, tok)?;
+                    depth = depth.checked_sub(1).ok_or(FdtError::BadToken)?;
+                }
+                Token::Prop { .. } => f(depth, tok)?,
+                Token::Nop => {}
+                Token::Finish => return Ok(()),
+            }
+        }
+    }
+
     /// Calls `f(path, prop_name, value)` for every property, where `path`
     /// names the nodes from the root (`""`) down to the property's own.
     fn for_each_prop(
         &self,
         mut f: impl FnMut(&[&'a [u8]], &'a [u8], &'a [u8]),
     ) -> Result<(), FdtError> {
-        let mut off = 0;
-        let mut depth = 0usize;
         let mut names: [&'a [u8]; 16] = [b""; 16];
-        loop {
-            let (tok, next) = self.token(off)?;
-            off = next;
+        self.walk(|depth, tok| {
             match tok {
                 Token::Begin(name) => {
-                    if let Some(slot) = names.get_mut(depth) {
+                    if let Some(slot) = names.get_mut(depth - 1) {
                         *slot = name;
                     }
-                    depth += 1;
                 }
-                Token::End => depth = depth.checked_sub(1).ok_or(FdtError::BadToken)?,
                 Token::Prop { name, value } => {
                     f(&names[..depth.min(names.len())], name, value);
                 }
-                Token::Nop => {}
-                Token::Finish => return Ok(()),
+                _ => {}
             }
-        }
+            Ok(())
+        })
     }
 
     fn cells(&self) -> Result<(usize, usize), FdtError> {
@@ -255,6 +280,171 @@ impl<'a> Fdt<'a> {
             }
         })?;
         Ok(found)
+    }
+}
+
+/// How a bus node's children are addressed, from its `#address-cells`
+/// and `#size-cells` (defaults as in the devicetree specification).
+#[derive(Clone, Copy, Debug)]
+struct Cells {
+    addr: usize,
+    size: usize,
+}
+
+impl Cells {
+    const DEFAULT: Self = Self { addr: 2, size: 1 };
+
+    fn set(&mut self, name: &[u8], value: &[u8]) {
+        if let Ok(v) = <[u8; 4]>::try_from(value) {
+            match name {
+                b"#address-cells" => self.addr = u32::from_be_bytes(v) as usize,
+                b"#size-cells" => self.size = u32::from_be_bytes(v) as usize,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// What the device walk keeps of a node until its end: the properties
+/// may come in any order.
+#[derive(Clone, Copy)]
+struct DeviceNode<'a> {
+    name: &'a [u8],
+    reg: Option<&'a [u8]>,
+    ranges: Option<&'a [u8]>,
+    enabled: bool,
+    /// How this node's children are addressed.
+    cells: Cells,
+}
+
+impl<'a> DeviceNode<'a> {
+    const fn new(name: &'a [u8]) -> Self {
+        Self {
+            name,
+            reg: None,
+            ranges: None,
+            enabled: true,
+            cells: Cells::DEFAULT,
+        }
+    }
+
+    fn prop(&mut self, name: &[u8], value: &'a [u8]) {
+        match name {
+            b"reg" => self.reg = Some(value),
+            b"ranges" => self.ranges = Some(value),
+            b"status" => self.enabled = matches!(value, b"okay\0" | b"ok\0"),
+            _ => self.cells.set(name, value),
+        }
+    }
+
+    /// Memory, not devices: RAM and carve-outs of it.
+    fn is_memory(&self) -> bool {
+        is_memory_node(self.name) || self.name == b"reserved-memory"
+    }
+}
+
+/// Calls `f(base, size)` for each `(address, size)` pair of `reg`,
+/// addressed with `cells`.
+fn each_reg(reg: &[u8], cells: Cells, f: &mut impl FnMut(u64, u64)) -> Result<(), FdtError> {
+    if !(1..=2).contains(&cells.addr) || !(1..=2).contains(&cells.size) {
+        return Err(FdtError::BadCells);
+    }
+    let entry = (cells.addr + cells.size) * 4;
+    if !reg.len().is_multiple_of(entry) {
+        return Err(FdtError::BadCells);
+    }
+    for e in reg.chunks_exact(entry) {
+        let (a, s) = e.split_at(cells.addr * 4);
+        f(read_cells(a), read_cells(s));
+    }
+    Ok(())
+}
+
+/// Calls `f(parent_base, size)` for each entry of a bus's `ranges`: child
+/// address in `child.addr` cells (3 on PCI), parent address in
+/// `parent.addr` cells, size in `child.size` cells.
+fn each_range(
+    ranges: &[u8],
+    child: Cells,
+    parent: Cells,
+    f: &mut impl FnMut(u64, u64),
+) -> Result<(), FdtError> {
+    if !(1..=3).contains(&child.addr)
+        || !(1..=2).contains(&parent.addr)
+        || !(1..=2).contains(&child.size)
+    {
+        return Err(FdtError::BadCells);
+    }
+    let entry = (child.addr + parent.addr + child.size) * 4;
+    if !ranges.len().is_multiple_of(entry) {
+        return Err(FdtError::BadCells);
+    }
+    for e in ranges.chunks_exact(entry) {
+        let (_, rest) = e.split_at(child.addr * 4);
+        let (a, s) = rest.split_at(parent.addr * 4);
+        f(read_cells(a), read_cells(s));
+    }
+    Ok(())
+}
+
+impl<'a> Fdt<'a> {
+    /// Calls `f(node, base, size)` for every physical range the tree gives
+    /// a device: the `reg` of each node under the root, the parent side of
+    /// each bus's `ranges` (a PCI host's I/O and memory windows), and the
+    /// `reg` of children of a bus whose empty `ranges` maps them 1:1 (the
+    /// GIC's ITS). Memory and reserved-memory nodes and nodes whose
+    /// `status` is not okay are not devices. Deeper nodes are reached only
+    /// through their bus's `ranges`.
+    ///
+    /// # Errors
+    /// A parse error, or [`FdtError::BadCells`] for a `reg` or `ranges`
+    /// that does not parse.
+    pub fn device_ranges(&self, mut f: impl FnMut(&'a [u8], u64, u64)) -> Result<(), FdtError> {
+        let mut root = Cells::DEFAULT;
+        // The node under the root being read, and its child being read.
+        let mut bus: Option<DeviceNode<'a>> = None;
+        let mut child: Option<DeviceNode<'a>> = None;
+        self.walk(|depth, tok| {
+            match (depth, tok) {
+                (2, Token::Begin(name)) => bus = Some(DeviceNode::new(name)),
+                (3, Token::Begin(name)) => child = Some(DeviceNode::new(name)),
+                (1, Token::Prop { name, value }) => root.set(name, value),
+                (2, Token::Prop { name, value }) => {
+                    if let Some(n) = bus.as_mut() {
+                        n.prop(name, value);
+                    }
+                }
+                (3, Token::Prop { name, value }) => {
+                    if let Some(n) = child.as_mut() {
+                        n.prop(name, value);
+                    }
+                }
+                (2, Token::End) => {
+                    if let Some(n) = bus.take().filter(|n| n.enabled && !n.is_memory()) {
+                        if let Some(reg) = n.reg {
+                            each_reg(reg, root, &mut |a, s| f(n.name, a, s))?;
+                        }
+                        if let Some(r) = n.ranges.filter(|r| !r.is_empty()) {
+                            each_range(r, n.cells, root, &mut |a, s| f(n.name, a, s))?;
+                        }
+                    }
+                }
+                (3, Token::End) => {
+                    // Only a bus that maps its children 1:1 (empty
+                    // `ranges`) puts their `reg` in the root's space.
+                    let identity = bus.filter(|b| {
+                        b.enabled && !b.is_memory() && b.ranges.is_some_and(<[u8]>::is_empty)
+                    });
+                    if let (Some(b), Some(c)) = (identity, child.take()) {
+                        if let Some(reg) = c.reg.filter(|_| c.enabled) {
+                            each_reg(reg, b.cells, &mut |a, s| f(c.name, a, s))?;
+                        }
+                    }
+                }
+                _ => {}
+            }
+            Ok(())
+        })
     }
 }
 

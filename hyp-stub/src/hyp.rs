@@ -9,6 +9,7 @@
 use core::fmt::Write;
 
 use crate::addr::{GuestVa, Ipa, IpaRange, PhysAddr};
+use crate::devices::DeviceWindows;
 use crate::esr::{AbortSyndrome, Esr, ExceptionClass, FaultStatus, Width};
 use crate::service::{
     BackgroundHash, Call, FaultAction, GuestFault, HypOps, MmioVerdict, OpsError, Registry,
@@ -70,8 +71,9 @@ pub trait Platform: Tlb {
 pub struct Layout {
     /// Guest RAM (mapped at stage 2, IPA == PA).
     pub guest_ram: IpaRange,
-    /// Where MMIO is trapped and may be forwarded (IPA == PA).
-    pub mmio_window: IpaRange,
+    /// Where MMIO is trapped and may be forwarded (IPA == PA): the
+    /// devices of the machine's device tree.
+    pub devices: DeviceWindows,
 }
 
 /// The ops table handed to services: the layout, the guest's stage-2
@@ -94,8 +96,8 @@ impl<M: TableMemory> HypOps for Ops<'_, M> {
     fn guest_ram(&self) -> IpaRange {
         self.layout.guest_ram
     }
-    fn mmio_window(&self) -> IpaRange {
-        self.layout.mmio_window
+    fn device_windows(&self) -> &DeviceWindows {
+        &self.layout.devices
     }
     fn read_guest(&mut self, ipa: Ipa, buf: &mut [u8]) -> Result<(), OpsError> {
         if buf.is_empty() {
@@ -613,12 +615,12 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
             Next::Guest
         };
         // Faults on the guest's own page-table walks, on RAM (nothing is
-        // protected yet) or outside the device window are not MMIO.
+        // protected yet) or outside the device windows are not MMIO.
         if abort.stage1_walk() {
             return refuse(self, vcpu, plat, "stage-1 table walk outside RAM");
         }
-        if !self.layout.mmio_window.contains(ipa) {
-            return refuse(self, vcpu, plat, "outside guest RAM and the device window");
+        if !self.layout.devices.contains(ipa) {
+            return refuse(self, vcpu, plat, "outside guest RAM and the device windows");
         }
         // Without a valid syndrome the access cannot be emulated.
         if !abort.valid() {

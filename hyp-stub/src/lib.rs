@@ -13,6 +13,7 @@
 
 pub mod addr;
 pub mod boot;
+pub mod devices;
 pub mod esr;
 pub mod fdt;
 pub mod hyp;
@@ -23,3 +24,6 @@ pub mod smccc;
 pub mod stage2;
 pub mod stats;
 pub mod vcpu;
+
+#[cfg(test)]
+mod test_fdt;

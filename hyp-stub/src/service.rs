@@ -8,6 +8,7 @@
 use core::fmt::{self, Write};
 
 use crate::addr::{GuestVa, Ipa, IpaRange};
+use crate::devices::DeviceWindows;
 use crate::esr::AbortSyndrome;
 use crate::stage2::Perms;
 use crate::vcpu::GuestRegs;
@@ -46,8 +47,8 @@ pub enum OpsError {
 pub trait HypOps {
     /// Guest RAM, as the guest's device tree describes it.
     fn guest_ram(&self) -> IpaRange;
-    /// The IPA window in which MMIO is trapped and forwarded.
-    fn mmio_window(&self) -> IpaRange;
+    /// The device windows, in which MMIO is trapped and may be forwarded.
+    fn device_windows(&self) -> &DeviceWindows;
     /// Copies guest RAM at `ipa` into `buf`.
     ///
     /// # Errors

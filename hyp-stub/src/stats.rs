@@ -51,7 +51,7 @@ pub struct Stats {
     calls_untracked: u64,
     /// MMIO accesses emulated on the guest's behalf.
     pub mmio_emulated: u64,
-    /// MMIO accesses refused (outside the device window, no valid
+    /// MMIO accesses refused (outside the device windows, no valid
     /// syndrome, misaligned, or refused by a service).
     pub mmio_refused: u64,
     /// Synchronous external aborts injected into the guest.

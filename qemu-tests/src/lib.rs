@@ -73,12 +73,10 @@ pub fn artifacts() -> Artifacts {
 pub const PROTECT: &str = "pvguard=on";
 
 /// What `cargo xtask run` has the guest do when given no command: show
-/// its protection as the guest sees it, and ask for a self-check.
-pub const SHOW_PROTECTION: &str = r#"cd /sys/hypervisor/pvguard
-for f in mmio_guard/status kernel_protect/state; do echo "pvguard: $f: $(cat $f)"; done
-if echo 1 > kernel_protect/self_check 2>/dev/null; then
-	echo "pvguard: kernel_protect/self_check: $(cat kernel_protect/self_check | tr '\n' ' ')"
-fi"#;
+/// its protection as the guest sees it (the guest's `pvguard` command),
+/// and ask for a self-check.
+pub const SHOW_PROTECTION: &str = r#"pvguard status
+pvguard self-check"#;
 
 /// How to boot.
 #[derive(Clone, Debug)]
@@ -103,6 +101,10 @@ pub struct Boot {
     pub timeout: Duration,
     /// Interactive: console on the terminal (no capture, no timeout).
     pub interactive: bool,
+    /// Another kernel `Image` than the built guest's (Debian's own).
+    pub kernel: Option<PathBuf>,
+    /// More QEMU arguments, such as devices: `["-device", "virtio-rng-pci"]`.
+    pub qemu_args: Vec<String>,
 }
 
 impl Default for Boot {
@@ -117,6 +119,8 @@ impl Default for Boot {
             hyp_cpu: true,
             timeout: Duration::from_secs(120),
             interactive: false,
+            kernel: None,
+            qemu_args: Vec::new(),
         }
     }
 }
@@ -258,6 +262,7 @@ pub enum Console {
 /// The QEMU command line for a boot.
 pub fn command(a: &Artifacts, b: &Boot, tag: &str, console: &Console) -> Result<Command, String> {
     let initrd = initramfs_for(a, b, tag)?;
+    let kernel = b.kernel.as_ref().unwrap_or(&a.kernel);
     let mut cmd = Command::new("qemu-system-aarch64");
     let append = format!("console=ttyAMA0 panic=-1 {}", b.append);
     let machine = if b.hyp {
@@ -281,7 +286,7 @@ pub fn command(a: &Artifacts, b: &Boot, tag: &str, console: &Console) -> Result<
     cmd.args(["-display", "none", "-serial", &serial]);
     cmd.args(["-monitor", "none", "-no-reboot"]);
     if b.hyp {
-        let kernel_size = file_size(&a.kernel)?;
+        let kernel_size = file_size(kernel)?;
         let initrd_size = file_size(&initrd)?;
         let manifest = Manifest {
             kernel_ipa: boot::KERNEL_LOAD_IPA,
@@ -300,17 +305,15 @@ pub fn command(a: &Artifacts, b: &Boot, tag: &str, console: &Console) -> Result<
             format!("loader,file={},addr={addr:#x},force-raw=on", file.display())
         };
         cmd.arg("-device")
-            .arg(loader(&a.kernel, boot::KERNEL_LOAD_IPA));
+            .arg(loader(kernel, boot::KERNEL_LOAD_IPA));
         cmd.arg("-device")
             .arg(loader(&initrd, boot::INITRD_LOAD_IPA));
         cmd.arg("-device").arg(loader(&mpath, boot::MANIFEST_PA));
     } else {
-        cmd.arg("-kernel")
-            .arg(&a.kernel)
-            .arg("-initrd")
-            .arg(&initrd);
+        cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(&initrd);
     }
     cmd.arg("-append").arg(append);
+    cmd.args(&b.qemu_args);
     Ok(cmd)
 }
 

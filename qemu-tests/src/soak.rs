@@ -47,8 +47,7 @@ taskset -c 1 sh /tmp/worker.sh flipper 1 &
 taskset -c 2 sh /tmp/worker.sh mmio 2 &
 taskset -c 3 sh /tmp/worker.sh modules 3 &
 wait
-echo 1 > /sys/hypervisor/pvguard/kernel_protect/self_check
-echo "soak: self_check $(tr '\n' ' ' < /sys/hypervisor/pvguard/kernel_protect/self_check)"
+echo "soak: $(pvguard self-check)"
 echo "soak: cpus $(grep -c ^processor /proc/cpuinfo)"
 "#
     )
@@ -93,7 +92,7 @@ pub struct Result {
 /// What was wrong, with the console.
 pub fn verify(o: &Outcome) -> std::result::Result<Result, String> {
     let expect = [
-        "soak: self_check verdict=intact",
+        "soak: self-check: intact",
         &format!("soak: cpus {CPUS}"),
         "reboot: Power down",
     ];

@@ -153,9 +153,9 @@ fn default_run_shows_the_protected_guest_and_the_summary() {
         &o,
         &[
             "Kernel command line: console=ttyAMA0 panic=-1 pvguard=on",
-            "pvguard: mmio_guard/status: enrolled",
-            "pvguard: kernel_protect/state: protected",
-            "pvguard: kernel_protect/self_check: verdict=intact",
+            "mmio_guard: enrolled",
+            "kernel_protect: protected",
+            "self-check: intact",
             "pvguard summary:",
             "  MMIO guard:     enrolled, enforcing;",
             "  kernel protect: protected:",
@@ -181,5 +181,5 @@ fn default_run_shows_the_protected_guest_and_the_summary() {
         &[],
     )
     .unwrap();
-    assert!(!o.console.contains("verdict=intact"), "{}", o.console);
+    assert!(!o.console.contains("self-check: intact"), "{}", o.console);
 }

@@ -7,6 +7,8 @@
 use qemu_tests::{artifacts, check, module, run, Boot, Outcome};
 
 const KP: &str = "/sys/hypervisor/pvguard/kernel_protect";
+/// Dumps and counters: debugfs, root only.
+const DBG: &str = "/sys/kernel/debug/pvguard";
 
 /// Boots protected, reads the self-check, runs one, reads it again.
 fn boot_and_self_check(hyp_cpu: bool, before: &str, tag: &str) -> Outcome {
@@ -14,7 +16,7 @@ fn boot_and_self_check(hyp_cpu: bool, before: &str, tag: &str) -> Outcome {
     let b = Boot {
         append: "pvguard=on".into(),
         exec: Some(format!(
-            "cat {KP}/state {KP}/regions {KP}/self_check; echo 1 > {KP}/self_check && cat {KP}/self_check; grep -c ^processor /proc/cpuinfo"
+            "cat {KP}/state {DBG}/kernel_protect_regions {DBG}/kernel_protect_self_check; echo 1 > {KP}/self_check && cat {DBG}/kernel_protect_self_check; grep -c ^processor /proc/cpuinfo; echo \"sysfs verdict $(cat {KP}/self_check)\"; echo \"regions mode $(stat -c %a {DBG}/kernel_protect_regions)\""
         )),
         hyp_cpu,
         ..Boot::default()
@@ -32,6 +34,9 @@ fn boot_and_self_check(hyp_cpu: bool, before: &str, tag: &str) -> Outcome {
             before,
             "verdict=intact\nmeasurement=",
             "checks=1\n1\n",
+            // One value per sysfs file; physical addresses root only.
+            "sysfs verdict intact\n",
+            "regions mode 400\n",
             "pvguard-init: exit status 0",
         ],
         &[],
@@ -264,7 +269,7 @@ fn a_text_patch_that_is_not_a_jump_label_is_refused() {
     let b = Boot {
         append: "pvguard=on".into(),
         exec: Some(format!(
-            "sh -c 'echo 1 > /sys/kernel/debug/pvguard/kp_bad_patch'; echo 1 > {KP}/self_check; cat {KP}/self_check"
+            "sh -c 'echo 1 > /sys/kernel/debug/pvguard/kp_bad_patch'; echo 1 > {KP}/self_check; cat {DBG}/kernel_protect_self_check"
         )),
         ..Boot::default()
     };

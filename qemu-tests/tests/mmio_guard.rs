@@ -11,6 +11,8 @@ const UNMAPPED_MMIO: &str = "0x0a000000";
 const RTC: &str = "0x09010000";
 
 const SYSFS: &str = "/sys/hypervisor/pvguard/mmio_guard";
+/// Dumps and counters: debugfs, root only.
+const DBG: &str = "/sys/kernel/debug/pvguard";
 
 #[test]
 fn enrolled_guest_boots_with_guarded_console_and_gic() {
@@ -18,7 +20,7 @@ fn enrolled_guest_boots_with_guarded_console_and_gic() {
     let b = Boot {
         append: "pvguard=on".into(),
         exec: Some(format!(
-            "cat {SYSFS}/status {SYSFS}/granule {SYSFS}/ranges {SYSFS}/stats"
+            "cat {SYSFS}/status {SYSFS}/granule {DBG}/mmio_guard_ranges {DBG}/mmio_guard_stats"
         )),
         ..Boot::default()
     };
@@ -143,7 +145,7 @@ fn without_a_hypervisor_sysfs_says_why() {
     let b = Boot {
         hyp: false,
         append: "pvguard=on".into(),
-        exec: Some(format!("cat {SYSFS}/status")),
+        exec: Some(format!("cat {SYSFS}/status {DBG}/mmio_guard_ranges")),
         ..Boot::default()
     };
     let o = run(&a, &b, "mg-nohyp").unwrap();
@@ -156,6 +158,8 @@ fn without_a_hypervisor_sysfs_says_why() {
         &[],
     )
     .unwrap();
+    // The early console's page is tracked, but nothing guards it.
+    assert!(!o.console.contains("refs="), "{}", o.console);
 }
 
 /// Stock upstream 6.12 guest code (CONFIG_ARM_PKVM_GUEST: HYP_MEMINFO and
@@ -225,7 +229,7 @@ fn ioremaps_beyond_capacity_fail_and_are_counted() {
     let b = Boot {
         append: "pvguard=on".into(),
         exec: Some(format!(
-            "echo 64 > /sys/kernel/debug/pvguard/mmio_fill; cat {SYSFS}/stats {SYSFS}/ranges"
+            "echo 64 > /sys/kernel/debug/pvguard/mmio_fill; cat {DBG}/mmio_guard_stats {DBG}/mmio_guard_ranges"
         )),
         ..Boot::default()
     };

@@ -27,6 +27,10 @@ const PACKAGES: &[&str] = &[
     "libelf-dev",
     "libssl-dev",
     "xz-utils",
+    // make bindeb-pkg
+    "debhelper",
+    "kmod",
+    "rsync",
 ];
 
 fn installed(pkg: &str) -> bool {

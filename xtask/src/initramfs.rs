@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0 OR MIT
-//! The guest's userland: Debian's static arm64 busybox and `guest/init`,
-//! as an uncompressed cpio archive. Per-boot commands and files are
+//! The guest's userland: Debian's static arm64 busybox, `guest/init` and
+//! the `pvguard` command (`guest/pvguard`), as an uncompressed cpio
+//! archive. Per-boot commands and files are
 //! appended as a second archive by `qemu-tests`.
 
 use std::fs;
@@ -60,10 +61,59 @@ pub fn build() -> Result<PathBuf, String> {
     );
     w.symlink("bin/sh", "busybox");
     w.file("init", 0o755, &init);
+    let cmd_path = paths::repo().join("guest/pvguard");
+    let cmd = fs::read(&cmd_path).map_err(|e| format!("{}: {e}", cmd_path.display()))?;
+    w.file("bin/pvguard", 0o755, &cmd);
     let out = paths::cache().join("initramfs.cpio");
     let data = w.finish();
     if fs::read(&out).ok().as_deref() != Some(&data[..]) {
         fs::write(&out, data).map_err(|e| format!("{}: {e}", out.display()))?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::process::Command;
+
+    use crate::paths;
+
+    /// `pvguard status` against a fake sysfs: the exit status for each
+    /// kernel-protect state and last verdict (the QEMU tests cover the
+    /// real one; a MODIFIED verdict cannot be produced there, which is the
+    /// point of the protection).
+    #[test]
+    fn status_exit_codes() {
+        let root = std::env::temp_dir().join(format!("pvguard-cmd-{}", std::process::id()));
+        let kp = root.join("kernel_protect");
+        fs::create_dir_all(&kp).unwrap();
+        let status = |state: Option<&str>, check: &str| {
+            let _ = fs::remove_file(kp.join("state"));
+            if let Some(s) = state {
+                fs::write(kp.join("state"), format!("{s}\n")).unwrap();
+            }
+            fs::write(kp.join("self_check"), check).unwrap();
+            Command::new("sh")
+                .arg(paths::repo().join("guest/pvguard"))
+                .arg("status")
+                .env("PVGUARD_SYSFS", &root)
+                .output()
+                .unwrap()
+                .status
+                .code()
+        };
+        assert_eq!(status(Some("protected"), "none\n"), Some(0));
+        assert_eq!(status(Some("protected"), "intact\n"), Some(0));
+        assert_eq!(status(Some("protected"), "MODIFIED\n"), Some(1));
+        assert_eq!(status(Some("reported (compact)"), "none\n"), Some(2));
+        assert_eq!(status(None, ""), Some(2));
+        let usage = Command::new("sh")
+            .arg(paths::repo().join("guest/pvguard"))
+            .arg("frobnicate")
+            .output()
+            .unwrap();
+        assert_eq!(usage.status.code(), Some(3));
+        let _ = fs::remove_dir_all(&root);
+    }
 }

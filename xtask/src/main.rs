@@ -4,10 +4,12 @@
 //! boots or tests them.
 
 mod bench;
+mod debian;
 mod deps;
 mod doc;
 mod initramfs;
 mod kernel;
+mod patches;
 mod paths;
 mod sh;
 mod soak;
@@ -45,6 +47,12 @@ commands:
   kernel     build the guest kernel (patched Linux 6.12, Rust enabled)
   hyp        build hyp-stub
   initramfs  build the guest's userland
+  patches    regenerate the series' Rust patch from the crates
+  check-series  build the kernel after each patch of the series, in a tree of
+             its own (slow: a full kernel build, then one per patch)
+  deb        build the kernel packages (make bindeb-pkg) into $PVGUARD_CACHE/deb
+  debian-config  compile pvguard and what the series touches in Debian's own
+             arm64 config (LLVM=1, RUST=y, PVGUARD=y)
   deps       install what is missing
 ";
 
@@ -59,6 +67,10 @@ fn main() -> ExitCode {
         Some("test") => test::run(),
         Some("bench") => boots_arg(&args[1..], bench::BOOTS).and_then(bench::run),
         Some("soak") => boots_arg(&args[1..], soak::BOOTS).and_then(soak::run),
+        Some("patches") => patches::write(),
+        Some("check-series") => deps::ensure().and_then(|()| kernel::check_series()),
+        Some("deb") => deps::ensure().and_then(|()| kernel::deb().map(drop)),
+        Some("debian-config") => deps::ensure().and_then(|()| kernel::debian_config_check()),
         Some("-h") | Some("--help") | Some("help") => {
             print!("{USAGE}");
             Ok(())

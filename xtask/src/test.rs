@@ -98,6 +98,29 @@ fn rustfmt_check() -> Result<(), String> {
     )
 }
 
+/// Debian's stock kernel for its boot test, or why it is missing (the
+/// test then fails with that message).
+fn stock_kernel_env() -> (&'static str, String) {
+    match crate::debian::stock_kernel() {
+        Ok(image) => ("PVGUARD_DEBIAN_KERNEL", image.display().to_string()),
+        Err(e) => ("PVGUARD_DEBIAN_KERNEL_ERROR", e),
+    }
+}
+
+/// The kernel packages for their tests, or why they are missing.
+fn deb_env() -> (&'static str, String) {
+    match crate::kernel::deb() {
+        Ok(debs) => (
+            "PVGUARD_DEB_DIR",
+            debs.first()
+                .and_then(|d| d.parent())
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+        ),
+        Err(e) => ("PVGUARD_DEB_ERROR", e),
+    }
+}
+
 /// Builds everything and runs every test.
 pub fn run() -> Result<(), String> {
     let mut totals = Totals::default();
@@ -117,6 +140,8 @@ pub fn run() -> Result<(), String> {
     )?;
     paths::step("QEMU system tests (the guest under hyp-stub and on plain QEMU)");
     let envs = [
+        stock_kernel_env(),
+        deb_env(),
         ("PVGUARD_KERNEL", artifacts.kernel.display().to_string()),
         ("PVGUARD_HYP", artifacts.hyp.display().to_string()),
         (

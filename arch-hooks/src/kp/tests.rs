@@ -92,6 +92,7 @@ fn reports_compactly_then_protects_and_self_checks() {
         text(|s, w| s.write_self_check(w), &s),
         "verdict=intact\nmeasurement=000000000000abcd\npatches=3\nchecks=1\n"
     );
+    assert_eq!(text(|s, w| s.write_verdict(w), &s), "intact\n");
     assert!(text(|s, w| s.write_regions(w), &s).contains("TEXT"));
 }
 
@@ -131,6 +132,7 @@ fn off_does_nothing_and_a_modified_kernel_shows() {
     s.enable(&mut hv);
     assert!(!s.must_refuse_boot());
     assert!(text(|s, w| s.write_self_check(w), &s).starts_with("verdict=MODIFIED"));
+    assert_eq!(text(|s, w| s.write_verdict(w), &s), "MODIFIED\n");
 }
 
 #[test]
@@ -175,6 +177,7 @@ fn no_verdict_while_the_measurement_is_taken_in_the_background() {
         text(|s, w| s.write_self_check(w), &s),
         "verdict=none\nchecks=0\n"
     );
+    assert_eq!(text(|s, w| s.write_verdict(w), &s), "none\n");
 }
 
 /// A hypervisor still measuring: BUSY for the first `busy` self-checks.

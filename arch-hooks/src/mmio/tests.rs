@@ -96,6 +96,25 @@ fn enrolls_replays_early_mappings_and_guards_ioremaps() {
     assert!(text(|s, w| s.write_stats(w), &s).contains("calls=ranged\n"));
 }
 
+/// The early console's page is tracked from the first instruction, but
+/// it is guarded only once enrolled: before that, and when there is no
+/// guard to enroll in, nothing is listed.
+#[test]
+fn nothing_is_listed_as_guarded_unless_enrolled() {
+    for (mode, offers) in [(Mode::Off, true), (Mode::On, false), (Mode::Strict, false)] {
+        let mut s = MmioState::new();
+        s.note_early(0x0900_0000, 0x1000).unwrap();
+        s.set_mode(mode);
+        let _ = s.init(&mut hyp(offers));
+        assert_eq!(text(|s, w| s.write_ranges(w), &s), "", "{mode:?}");
+        let stats = text(|s, w| s.write_stats(w), &s);
+        assert!(
+            stats.contains("ranges=0\n") && stats.contains("granules=0\n"),
+            "{stats}"
+        );
+    }
+}
+
 #[test]
 fn unavailable_guard_boots_unprotected_unless_strict() {
     for (mode, outcome) in [

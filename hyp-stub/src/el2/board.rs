@@ -220,8 +220,9 @@ impl Platform for Board {
     fn mmio_read(&mut self, pa: PhysAddr, width: Width) -> u64 {
         let p = pa.get() as usize;
         // SAFETY: the core only forwards naturally aligned accesses inside
-        // the device window [0, 1 GiB), which the hypervisor maps as
-        // device memory; a device read has no effect on our memory.
+        // the device tree's device windows, which the hypervisor maps as
+        // device memory (`mmu::map_device_window`) and which never share a
+        // GiB with RAM; a device read has no effect on our memory.
         unsafe {
             match width {
                 Width::Byte => u64::from((p as *const u8).read_volatile()),

@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0 OR MIT
 //! The hypervisor's own address space (EL2 stage 1: an identity map of the
-//! first 2 GiB with 1 GiB blocks: devices, then RAM) and the memory and
-//! TLB maintenance behind the guest's stage-2 tables.
+//! first TiB with 1 GiB blocks: the first GiB's devices, RAM, and the
+//! device windows of the machine's device tree, such as QEMU's high PCIe
+//! ECAM at 256 GiB and its 64-bit PCI window at 512 GiB) and the memory
+//! and TLB maintenance behind the guest's stage-2 tables.
 
 use core::ptr::addr_of_mut;
 
-use hyp_stub::addr::{Ipa, PhysAddr};
+use hyp_stub::addr::{Ipa, IpaRange, PhysAddr};
 use hyp_stub::stage2::{TableMemory, Tlb, ENTRIES, PAGE_SIZE};
 
 use super::sysreg::{isb, read_sysreg, write_sysreg};
@@ -13,9 +15,18 @@ use super::sysreg::{isb, read_sysreg, write_sysreg};
 #[repr(C, align(4096))]
 struct Table([u64; ENTRIES]);
 
+/// Level 0: two tables of 512 GiB each.
 static mut EL2_ROOT: Table = Table([0; ENTRIES]);
+/// Level 1, 1 GiB blocks: the first 512 GiB and the next.
+static mut EL2_LOW: Table = Table([0; ENTRIES]);
+static mut EL2_HIGH: Table = Table([0; ENTRIES]);
+
+/// The identity map's reach: 40 bits of VA, walks start at level 0.
+const VA_BITS: u64 = 40;
+const GIB: u64 = 1 << 30;
 
 const BLOCK: u64 = 0b01;
+const TABLE: u64 = 0b11;
 const AF: u64 = 1 << 10;
 const SH_INNER: u64 = 3 << 8;
 const XN: u64 = 1 << 54;
@@ -34,10 +45,15 @@ const SCTLR_I: u64 = 1 << 12;
 /// Must run once, at boot, with the MMU off, before anything relies on
 /// cacheability or alignment behaviour.
 pub unsafe fn enable_el2_mmu() {
-    // SAFETY: boot is single-threaded and nothing else refers to EL2_ROOT.
-    let root = unsafe { &mut *addr_of_mut!(EL2_ROOT) };
-    root.0[0] = BLOCK | AF | ATTR_DEVICE | XN;
-    root.0[1] = 0x4000_0000 | BLOCK | AF | SH_INNER | ATTR_NORMAL;
+    // SAFETY: boot is single-threaded and nothing else refers to the
+    // tables yet.
+    let (root, low) = unsafe { (&mut *addr_of_mut!(EL2_ROOT), &mut *addr_of_mut!(EL2_LOW)) };
+    root.0[0] = addr_of_mut!(EL2_LOW) as u64 | TABLE;
+    root.0[1] = addr_of_mut!(EL2_HIGH) as u64 | TABLE;
+    // The first GiB's devices hold the hypervisor's own console, which
+    // speaks before the device tree is read.
+    low.0[0] = BLOCK | AF | ATTR_DEVICE | XN;
+    low.0[1] = GIB | BLOCK | AF | SH_INNER | ATTR_NORMAL;
     // SAFETY: the tables are complete (as the caller guarantees the rest).
     unsafe { enable_el2_mmu_secondary() }
 }
@@ -50,7 +66,7 @@ pub unsafe fn enable_el2_mmu() {
 pub unsafe fn enable_el2_mmu_secondary() {
     let root = addr_of_mut!(EL2_ROOT) as u64;
     let pa_range = read_sysreg!("id_aa64mmfr0_el1") & 0xf;
-    let t0sz = 32; // 4 GiB of VA: walks start at level 1
+    let t0sz = 64 - VA_BITS;
     let tcr =
         (1 << 31) | (1 << 23) | (pa_range.min(2) << 16) | (3 << 12) | (1 << 10) | (1 << 8) | t0sz;
     // SAFETY: the tables map the hypervisor's own code, data and stack at
@@ -69,6 +85,52 @@ pub unsafe fn enable_el2_mmu_secondary() {
         );
     }
     isb();
+}
+
+/// Maps the 1 GiB blocks holding `window` as device memory, so trapped
+/// guest accesses inside it can be forwarded. Runs on the boot CPU before
+/// any other CPU starts; blocks already mapped as devices stay.
+///
+/// # Errors
+/// The window lies beyond the identity map's reach, or shares a block
+/// with RAM.
+pub fn map_device_window(window: IpaRange) -> Result<(), &'static str> {
+    let first = window.start().get() / GIB;
+    let last = (window.end().get() - 1) / GIB;
+    if last >= 1 << (VA_BITS - 30) {
+        return Err("beyond the hypervisor's 1 TiB identity map");
+    }
+    let device = BLOCK | AF | ATTR_DEVICE | XN;
+    for block in first..=last {
+        let table = if block < ENTRIES as u64 {
+            addr_of_mut!(EL2_LOW)
+        } else {
+            addr_of_mut!(EL2_HIGH)
+        };
+        // SAFETY: only the boot CPU runs (the caller's contract), and it
+        // holds no other reference to the tables; the entry written was
+        // invalid or already this very mapping, so no break-before-make.
+        let entry = unsafe { &mut (*table).0[block as usize % ENTRIES] };
+        let want = (block * GIB) | device;
+        match *entry {
+            0 => *entry = want,
+            e if e == want => {}
+            _ => return Err("shares a GiB with RAM"),
+        }
+    }
+    // New valid entries (never cached while invalid) are visible to the
+    // walker after the barrier.
+    // SAFETY: barriers and TLB invalidation change no memory.
+    unsafe {
+        core::arch::asm!(
+            "dsb ishst",
+            "tlbi alle2",
+            "dsb ish",
+            "isb",
+            options(nostack)
+        )
+    };
+    Ok(())
 }
 
 /// Tables for the guest's stage 2.

@@ -18,6 +18,7 @@ use core::ptr::addr_of_mut;
 use aarch64_cpu::registers::{CNTHCTL_EL2, HCR_EL2, ID_AA64DFR0_EL1, ID_AA64PFR0_EL1};
 use hyp_stub::addr::{Ipa, IpaRange, PhysAddr};
 use hyp_stub::boot::{self, KernelImage, Manifest, Services};
+use hyp_stub::devices::DeviceWindows;
 use hyp_stub::esr::Esr;
 use hyp_stub::fdt::{self, Edits, Fdt, NodeProp, RemoveNode};
 use hyp_stub::hyp::{cpu_slot, Hyp, Layout, Next, Platform};
@@ -52,6 +53,26 @@ fn refuse_to_boot(why: core::fmt::Arguments<'_>) -> ! {
     }
 }
 
+/// The device windows of QEMU's device tree, mapped at EL2 so that
+/// trapped accesses inside them can be forwarded.
+fn device_windows(fdt: &Fdt<'_>, ram_base: u64, ram_size: u64) -> DeviceWindows {
+    let memory = IpaRange::new(Ipa(ram_base), ram_size)
+        .unwrap_or_else(|| refuse_to_boot(format_args!("empty memory node")));
+    let devices = DeviceWindows::from_fdt(fdt, memory)
+        .unwrap_or_else(|e| refuse_to_boot(format_args!("device windows: {e}")));
+    for w in devices.iter() {
+        println!("device window {:#x}..{:#x}", w.start().get(), w.end().get());
+        if let Err(e) = mmu::map_device_window(w) {
+            refuse_to_boot(format_args!(
+                "cannot map device window {:#x}..{:#x} at EL2: {e}",
+                w.start().get(),
+                w.end().get()
+            ));
+        }
+    }
+    devices
+}
+
 #[no_mangle]
 extern "C" fn hyp_main() -> ! {
     println!(
@@ -80,6 +101,8 @@ extern "C" fn hyp_main() -> ! {
     }
     let guest_ram = IpaRange::new(Ipa(ram_base), boot::HYP_BASE - ram_base)
         .unwrap_or_else(|| refuse_to_boot(format_args!("empty guest RAM")));
+    // Read now: the guest's tree replaces QEMU's in place below.
+    let devices = device_windows(&fdt, ram_base, ram_size);
 
     let mut manifest_bytes = [0u8; boot::MANIFEST_SIZE];
     for (i, b) in manifest_bytes.iter_mut().enumerate() {
@@ -201,11 +224,7 @@ extern "C" fn hyp_main() -> ! {
     let vttbr = s2.root().get() | (1 << 48);
     let vtcr = Stage2::<PoolTables>::vtcr(read_sysreg!("id_aa64mmfr0_el1") & 0xf);
 
-    let layout = Layout {
-        guest_ram,
-        mmio_window: IpaRange::new(Ipa(0), boot::RAM_BASE)
-            .unwrap_or_else(|| refuse_to_boot(format_args!("no device window"))),
-    };
+    let layout = Layout { guest_ram, devices };
     let mut registry = Registry::new();
     if services.contains(Services::MMIO_GUARD) {
         static GUARD: StaticCell<MmioGuard> = StaticCell::new();

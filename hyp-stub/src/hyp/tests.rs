@@ -125,10 +125,18 @@ fn hyp_with(reg: Registry<'_>) -> TestHyp<'_> {
     Hyp::new(layout(), reg, s2)
 }
 
+/// Everything below RAM is a device.
+fn low_devices() -> DeviceWindows {
+    let mut d = DeviceWindows::empty();
+    let memory = IpaRange::new(Ipa(0x4000_0000), 0x4000_0000).unwrap();
+    d.add(0, 0x4000_0000, memory).unwrap();
+    d
+}
+
 fn layout() -> Layout {
     Layout {
         guest_ram: IpaRange::new(Ipa(0x4000_0000), 0x3e00_0000).unwrap(),
-        mmio_window: IpaRange::new(Ipa(0), 0x4000_0000).unwrap(),
+        devices: low_devices(),
     }
 }
 
@@ -686,7 +694,7 @@ fn mmio_that_cannot_be_emulated_aborts_the_guest() {
         (
             dabt(2, 0, false, false, false),
             0x1_0000_0000,
-            "outside the device window",
+            "outside the device windows",
         ),
         (
             dabt(2, 0, false, false, false),

@@ -13,8 +13,8 @@ use core::fmt::{self, Write};
 use mmio_guard::abi;
 
 use crate::addr::{Ipa, IpaRange};
+use crate::devices::DeviceWindows;
 use crate::service::{Call, CallResult, HypOps, MmioVerdict, Service, ServiceError};
-use crate::stage2::IPA_BITS;
 
 /// When the guard starts refusing unguarded MMIO.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,7 +46,7 @@ struct Counters {
 pub struct MmioGuard {
     policy: Policy,
     enrolled: bool,
-    window: Option<IpaRange>,
+    devices: Option<DeviceWindows>,
     ram: Option<IpaRange>,
     ranges: heapless::Vec<(u64, u64), MAX_RANGES>,
     counters: Counters,
@@ -61,7 +61,7 @@ impl MmioGuard {
         Self {
             policy,
             enrolled: false,
-            window: None,
+            devices: None,
             ram: None,
             ranges: heapless::Vec::new(),
             counters: Counters {
@@ -102,15 +102,17 @@ impl MmioGuard {
     }
 
     /// The range `[ipa, ipa + size)` if the guest may guard it: granule
-    /// aligned, non-empty, not wrapping, inside the IPA space and inside
-    /// the trapped device window (so never RAM or hypervisor memory).
+    /// aligned, non-empty, not wrapping and inside one device window (so
+    /// never RAM or hypervisor memory). A window may lie above the stage-2
+    /// IPA space (QEMU's 64-bit PCI window at 512 GiB): the guard keeps
+    /// its own list and never maps devices at stage 2, and the guest's
+    /// accesses there fault to the hypervisor like any other.
     fn valid_range(&self, ipa: u64, size: u64) -> Option<(u64, u64)> {
         let range = IpaRange::new(Ipa(ipa), size)?;
-        let window = self.window?;
+        let devices = self.devices.as_ref()?;
         let aligned = ipa.is_multiple_of(abi::GRANULE) && size.is_multiple_of(abi::GRANULE);
-        let in_space = range.end().get() <= 1 << IPA_BITS;
         let not_ram = self.ram.is_none_or(|ram| !ram.overlaps(&range));
-        (aligned && in_space && not_ram && window.covers(&range)).then_some((ipa, ipa + size))
+        (aligned && not_ram && devices.covers(&range)).then_some((ipa, ipa + size))
     }
 
     fn insert(&mut self, s: u64, e: u64) -> Result<(), ()> {
@@ -213,13 +215,13 @@ impl Service for MmioGuard {
     }
 
     fn init(&mut self, ops: &mut dyn HypOps) -> Result<(), ServiceError> {
-        let window = ops.mmio_window();
-        if window.overlaps(&ops.guest_ram()) {
+        let devices = *ops.device_windows();
+        if devices.overlaps(&ops.guest_ram()) {
             return Err(ServiceError::Misconfigured(
-                "device window overlaps guest RAM",
+                "a device window overlaps guest RAM",
             ));
         }
-        self.window = Some(window);
+        self.devices = Some(devices);
         self.ram = Some(ops.guest_ram());
         Ok(())
     }

@@ -9,8 +9,12 @@ use guest_kp::record::Region;
 
 use super::*;
 use crate::addr::GuestVa;
+use crate::devices::DeviceWindows;
 use crate::esr::AbortSyndrome;
 use crate::vcpu::GuestRegs;
+
+/// Kernel protect never looks at devices.
+static NO_DEVICES: DeviceWindows = DeviceWindows::empty();
 
 const RAM: u64 = 0x4000_0000;
 const TEXT: (u64, u64) = (0x4020_0000, 0x4040_0000);
@@ -67,8 +71,8 @@ impl HypOps for Ops {
     fn guest_ram(&self) -> IpaRange {
         IpaRange::new(Ipa(RAM), self.mem.len() as u64).unwrap()
     }
-    fn mmio_window(&self) -> IpaRange {
-        IpaRange::new(Ipa(0), RAM).unwrap()
+    fn device_windows(&self) -> &DeviceWindows {
+        &NO_DEVICES
     }
     fn read_guest(&mut self, ipa: Ipa, buf: &mut [u8]) -> Result<(), OpsError> {
         let r = IpaRange::new(ipa, buf.len() as u64).ok_or(OpsError::NotGuestRam)?;

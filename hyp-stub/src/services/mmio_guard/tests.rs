@@ -2,8 +2,20 @@
 //! Host tests of the MMIO guard service: every call, every bad input.
 
 use super::*;
+use crate::devices::DeviceWindows;
 use crate::service::OpsError;
 use crate::stage2::Perms;
+
+/// The low devices, and a 64-bit PCI window above the stage-2 IPA space
+/// (as on QEMU `virt`).
+static WINDOWS: std::sync::LazyLock<DeviceWindows> = std::sync::LazyLock::new(|| {
+    let mut d = DeviceWindows::empty();
+    let memory = IpaRange::new(Ipa(0x4000_0000), 0x4000_0000).unwrap();
+    d.add(0, 0x4000_0000, memory).unwrap();
+    d.add(HIGH_MMIO, 0x80_0000_0000, memory).unwrap();
+    d
+});
+const HIGH_MMIO: u64 = 0x80_0000_0000;
 
 struct Ops;
 impl HypOps for Ops {
@@ -37,8 +49,8 @@ impl HypOps for Ops {
     fn guest_ram(&self) -> IpaRange {
         IpaRange::new(Ipa(0x4000_0000), 0x3e00_0000).unwrap()
     }
-    fn mmio_window(&self) -> IpaRange {
-        IpaRange::new(Ipa(0), 0x4000_0000).unwrap()
+    fn device_windows(&self) -> &DeviceWindows {
+        &WINDOWS
     }
 }
 
@@ -133,20 +145,34 @@ fn is_guarded_matches_the_granules_mapped() {
 }
 
 #[test]
+fn device_windows_above_the_stage2_ipa_space_can_be_guarded() {
+    let mut g = guard(Policy::AfterEnroll);
+    assert_eq!(call(&mut g, abi::ENROLL, [0; 3]), 0);
+    let bar = HIGH_MMIO + 0x4000;
+    assert_eq!(call(&mut g, abi::MAP_RANGE, [bar, 0x4000, 0]), 0);
+    assert!(g.is_guarded(Ipa(bar)) && g.is_guarded(Ipa(bar + 0x3ffc)));
+    assert!(!g.is_guarded(Ipa(HIGH_MMIO)) && !g.is_guarded(Ipa(bar + 0x4000)));
+    assert_eq!(g.mmio_access(Ipa(bar + 8), false), MmioVerdict::Allow);
+    assert_eq!(g.mmio_access(Ipa(HIGH_MMIO), false), MmioVerdict::Deny);
+}
+
+#[test]
 fn bad_inputs_get_invalid_parameter_and_are_counted() {
     let mut g = guard(Policy::AfterEnroll);
     let bad = [
-        (abi::MAP, [0x0900_0004, 0, 0]),            // unaligned
-        (abi::MAP, [0x4000_0000, 0, 0]),            // guest RAM
-        (abi::MAP, [0x7e00_0000, 0, 0]),            // hypervisor memory
-        (abi::MAP, [1 << 39, 0, 0]),                // beyond the IPA space
-        (abi::MAP, [0x0900_0000, 8, 0]),            // attributes
-        (abi::MAP_RANGE, [0x0900_0000, 0, 0]),      // empty
-        (abi::MAP_RANGE, [0x0900_0000, 0x1001, 0]), // not a granule multiple
-        (abi::MAP_RANGE, [!0xfff, 0x2000, 0]),      // wraps
-        (abi::MAP_RANGE, [0x3fff_f000, 0x2000, 0]), // runs into RAM
-        (abi::UNMAP, [0x0900_0000, 0, 0]),          // not mapped
-        (abi::UNMAP, [0x0900_0001, 0, 0]),          // unaligned
+        (abi::MAP, [0x0900_0004, 0, 0]),                   // unaligned
+        (abi::MAP, [0x4000_0000, 0, 0]),                   // guest RAM
+        (abi::MAP, [0x7e00_0000, 0, 0]),                   // hypervisor memory
+        (abi::MAP, [0x40_0000_0000, 0, 0]),                // between device windows
+        (abi::MAP, [1 << 40, 0, 0]),                       // past the last window
+        (abi::MAP_RANGE, [HIGH_MMIO - 0x1000, 0x2000, 0]), // from a gap into one
+        (abi::MAP, [0x0900_0000, 8, 0]),                   // attributes
+        (abi::MAP_RANGE, [0x0900_0000, 0, 0]),             // empty
+        (abi::MAP_RANGE, [0x0900_0000, 0x1001, 0]),        // not a granule multiple
+        (abi::MAP_RANGE, [!0xfff, 0x2000, 0]),             // wraps
+        (abi::MAP_RANGE, [0x3fff_f000, 0x2000, 0]),        // runs into RAM
+        (abi::UNMAP, [0x0900_0000, 0, 0]),                 // not mapped
+        (abi::UNMAP, [0x0900_0001, 0, 0]),                 // unaligned
     ];
     for (fid, args) in bad {
         assert_eq!(
