@@ -298,6 +298,15 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
         &self.stage2
     }
 
+    /// Calls `f` with every leaf of the guest's stage-2 tables (see
+    /// [`Stage2::for_each_leaf`]), for checks of what the guest can reach.
+    pub fn for_each_stage2_leaf(
+        &mut self,
+        f: impl FnMut(IpaRange, PhysAddr, crate::stage2::Attrs),
+    ) {
+        self.stage2.for_each_leaf(f);
+    }
+
     /// Handles a synchronous exception from the guest.
     pub fn handle_sync(
         &mut self,

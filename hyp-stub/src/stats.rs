@@ -94,6 +94,19 @@ impl Stats {
             .map_or(0, |(_, n)| *n)
     }
 
+    /// Exits of `kind` so far.
+    pub fn exits_of(&self, kind: ExitKind) -> u64 {
+        EXIT_KINDS
+            .iter()
+            .position(|(k, _)| *k == kind)
+            .map_or(0, |i| self.exits[i])
+    }
+
+    /// Calls counted so far, per function ID or together.
+    pub fn calls_total(&self) -> u64 {
+        self.calls.iter().map(|(_, n)| n).sum::<u64>() + self.calls_untracked
+    }
+
     /// Total exits so far.
     pub fn exits_total(&self) -> u64 {
         self.exits.iter().sum()
