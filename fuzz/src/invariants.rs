@@ -1,0 +1,198 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+//! What must hold after every input, whatever the guest did. A violation
+//! panics: libFuzzer reports it as a crash with the input that caused it.
+
+use guest_kp::abi::RegionType;
+use guest_kp::record::Layout;
+use hyp_stub::addr::{Ipa, IpaRange};
+use hyp_stub::hyp::Hyp;
+use hyp_stub::services::kernel_protect::KernelProtect;
+use hyp_stub::services::mmio_guard::MmioGuard;
+use hyp_stub::stage2::{MemType, Perms};
+
+use crate::machine::{extents, hyp_memory, layout, Pool};
+
+/// TEXT as kernel protect maps it: read and execute at EL1 only.
+pub const TEXT_PERMS: Perms = Perms {
+    read: true,
+    write: false,
+    exec_el1: true,
+    exec_el0: false,
+};
+
+/// The permissions stage 2 must give `ty` once protected.
+pub fn protected_perms(ty: RegionType) -> Perms {
+    match ty {
+        RegionType::Text => TEXT_PERMS,
+        RegionType::Rodata => Perms::R_EL0X,
+        _ => Perms::RW,
+    }
+}
+
+/// One stage-2 leaf.
+#[derive(Clone, Copy, Debug)]
+pub struct Leaf {
+    /// IPAs it maps.
+    pub range: IpaRange,
+    /// Where to.
+    pub pa: u64,
+    /// With which permissions.
+    pub perms: Perms,
+    /// Memory type.
+    pub mem: MemType,
+}
+
+/// Every leaf of the guest's stage 2, in IPA order.
+pub fn leaves(hyp: &mut Hyp<'_, Pool>) -> Vec<Leaf> {
+    let mut out = Vec::with_capacity(1024);
+    hyp.for_each_stage2_leaf(|range, pa, attrs| {
+        out.push(Leaf {
+            range,
+            pa: pa.get(),
+            perms: attrs.perms,
+            mem: attrs.mem,
+        })
+    });
+    out
+}
+
+/// Stage 2 maps exactly guest RAM, identity, as normal memory, never the
+/// hypervisor's memory; the kernel image has exactly the permissions its
+/// protection state calls for; and no page of it is both writable and
+/// executable at EL1.
+///
+/// Outside the reported image, guest RAM stays RWX: the permissions
+/// service that would make the rest of RAM non-executable at EL1 (the
+/// design's code-integrity section) does not exist yet, so W^X is
+/// checked where the hypervisor has promised it.
+pub fn check_stage2(leaves: &[Leaf], kp: &KernelProtect) {
+    let ram = layout().guest_ram;
+    let hyp = hyp_memory();
+    let mut next = ram.start().get();
+    let protected = kp.is_protected().then(|| kp.reported_layout()).flatten();
+    for l in leaves {
+        let r = l.range;
+        assert_eq!(r.start().get(), next, "stage 2 leaves a hole or overlaps: {l:?}");
+        next = r.end().get();
+        assert_eq!(l.pa, r.start().get(), "stage 2 is not an identity map: {l:?}");
+        assert!(ram.covers(&r), "stage 2 maps outside guest RAM: {l:?}");
+        assert!(
+            !r.overlaps(&hyp) && !hyp.contains(Ipa(l.pa)),
+            "stage 2 maps hypervisor memory: {l:?}"
+        );
+        assert_eq!(l.mem, MemType::Normal, "guest RAM mapped as device: {l:?}");
+        check_leaf_perms(l, protected.as_ref());
+    }
+    assert_eq!(next, ram.end().get(), "stage 2 does not cover guest RAM");
+}
+
+fn check_leaf_perms(l: &Leaf, protected: Option<&Layout>) {
+    let Some(layout) = protected else {
+        assert_eq!(l.perms, Perms::RWX, "permissions changed while unprotected: {l:?}");
+        return;
+    };
+    let mut expected = Perms::RWX;
+    for ty in RegionType::IPA {
+        let Some(span) = layout.span(ty) else { continue };
+        let span: IpaRange = span.into();
+        if !span.overlaps(&l.range) {
+            continue;
+        }
+        assert!(
+            span.covers(&l.range),
+            "a {} region boundary falls inside a stage-2 block: {l:?}",
+            ty.name()
+        );
+        expected = protected_perms(ty);
+        assert!(
+            !(l.perms.write && l.perms.exec_el1),
+            "{} page writable and EL1-executable: {l:?}",
+            ty.name()
+        );
+    }
+    assert_eq!(l.perms, expected, "wrong permissions for {l:?} under {layout:?}");
+}
+
+/// A reported layout lies in the extents the resource manager granted.
+pub fn check_layout(kp: &KernelProtect) {
+    let Some(l) = kp.reported_layout() else {
+        return;
+    };
+    let x = extents();
+    assert!(x.rx.covers(&l.text().into()), "TEXT outside its extent: {l:?}");
+    assert!(x.ro.covers(&l.rodata().into()), "RODATA outside its extent: {l:?}");
+    assert!(x.rw.covers(&l.data().into()) && x.rw.covers(&l.bss().into()));
+}
+
+/// Sorted, disjoint, half-open ranges: the union of what the guest
+/// mapped, computed independently of the service's own bookkeeping.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeSet(pub Vec<(u64, u64)>);
+
+impl RangeSet {
+    /// Adds `[s, e)`.
+    pub fn add(&mut self, s: u64, e: u64) {
+        if s >= e {
+            return;
+        }
+        let mut out = Vec::with_capacity(self.0.len() + 1);
+        let (mut ns, mut ne) = (s, e);
+        for &(a, b) in &self.0 {
+            if b < ns || a > ne {
+                out.push((a, b));
+            } else {
+                ns = ns.min(a);
+                ne = ne.max(b);
+            }
+        }
+        out.push((ns, ne));
+        out.sort_unstable();
+        self.0 = out;
+    }
+
+    /// Removes `[s, e)`.
+    pub fn remove(&mut self, s: u64, e: u64) {
+        let mut out = Vec::with_capacity(self.0.len() + 1);
+        for &(a, b) in &self.0 {
+            if b <= s || a >= e {
+                out.push((a, b));
+                continue;
+            }
+            if a < s {
+                out.push((a, s));
+            }
+            if e < b {
+                out.push((e, b));
+            }
+        }
+        self.0 = out;
+    }
+
+    /// Whether `x` is in the set.
+    pub fn contains(&self, x: u64) -> bool {
+        self.0.iter().any(|&(a, b)| a <= x && x < b)
+    }
+}
+
+/// The guard's ranges are inside the device window, never RAM, sorted,
+/// disjoint and coalesced, and equal `expected`.
+pub fn check_guard(guard: &MmioGuard, expected: &RangeSet) {
+    let window = layout().mmio_window;
+    let ram = layout().guest_ram;
+    let got: Vec<(u64, u64)> = guard
+        .guarded()
+        .map(|r| (r.start().get(), r.end().get()))
+        .collect();
+    for (i, &(s, e)) in got.iter().enumerate() {
+        let r = IpaRange::new(Ipa(s), e - s).expect("non-empty");
+        assert!(window.covers(&r), "guarded range outside the window: {s:#x}..{e:#x}");
+        assert!(!ram.overlaps(&r), "guarded range in RAM: {s:#x}..{e:#x}");
+        if let Some(&(_, prev_end)) = i.checked_sub(1).and_then(|j| got.get(j)) {
+            assert!(prev_end < s, "guarded ranges unsorted or not coalesced: {got:x?}");
+        }
+    }
+    assert_eq!(
+        got, expected.0,
+        "the guarded set is not the union of the live mappings"
+    );
+}
