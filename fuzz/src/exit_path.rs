@@ -276,7 +276,10 @@ impl RecordSeed {
             r.set_region(*ty, Region::new(at, size));
             at += size;
         }
-        r.set_region(RegionType::FixmapTextPoke0, Region::new(FIXMAP_VA, PAGE_SIZE));
+        r.set_region(
+            RegionType::FixmapTextPoke0,
+            Region::new(FIXMAP_VA, PAGE_SIZE),
+        );
         let mut bytes = r.to_bytes();
         if let Some((field, v)) = self.mutation {
             // Field 0 is the version, 1..=16 the slots' start and size.
@@ -418,6 +421,10 @@ pub struct Reach {
 
 const MAX_OPS: usize = 256;
 
+/// The IPA bits a stage-2 fault reports (HPFAR_EL2.FIPA and the page
+/// offset from FAR_EL2).
+const IPA_MASK: u64 = 0x000f_ffff_ffff_ffff;
+
 struct Guest<'a, 's> {
     hyp: Hyp<'s, Pool>,
     plat: Machine,
@@ -491,7 +498,10 @@ impl Guest<'_, '_> {
             pc.wrapping_add(if smc { 4 } else { 0 }),
             "a hypercall moved the PC wrongly"
         );
-        assert!(self.plat.injected.is_empty(), "a hypercall injected an exception");
+        assert!(
+            self.plat.injected.is_empty(),
+            "a hypercall injected an exception"
+        );
         assert!(self.plat.accesses.is_empty() && self.plat.insn_writes.is_empty());
         // Only PSCI reaches firmware, and CPU_ON never as the guest
         // made it (the hypervisor starts the CPU at its own entry).
@@ -519,14 +529,18 @@ impl Guest<'_, '_> {
         } else if kp_abi::FUNCTION_IDS.contains(&fid) {
             self.reach.service_calls += 1;
             self.reach.kp_calls += 1;
-            if fid == kp_abi::ENABLE_VM_PROTECTION && x[0] == kp_abi::RET_OK {
-                if kp_before {
+            if fid == kp_abi::ENABLE_VM_PROTECTION {
+                if kp_before && x[0] == kp_abi::RET_OK {
                     // A self-check: TEXT and RODATA changed only through
                     // the hypervisor, so the kernel must be intact.
                     assert_eq!(x[1], 1, "self-check failed without any tampering");
                     self.reach.self_checks += 1;
                 }
-                self.refresh_leaves();
+                if !kp_before {
+                    // Protection applied, or failed part way: either way
+                    // stage 2 may have changed.
+                    self.refresh_leaves();
+                }
             }
         }
     }
@@ -559,12 +573,21 @@ impl Guest<'_, '_> {
         if let Some(a) = p.accesses.first() {
             assert_eq!(a.pa, ipa, "emulated at another address");
             assert_eq!(a.write, write);
-            assert!(machine::layout().mmio_window.contains(Ipa(ipa)), "emulated outside the device window: {ipa:#x}");
+            assert!(
+                machine::layout().mmio_window.contains(Ipa(ipa)),
+                "emulated outside the device window: {ipa:#x}"
+            );
             assert_eq!(ipa % a.width.bytes(), 0, "misaligned access emulated");
             let g = self.services.guard.lock();
             if g.enforcing() {
-                assert!(g.is_guarded(Ipa(ipa)), "unguarded MMIO emulated at {ipa:#x}");
-                assert!(self.guarded.contains(ipa), "MMIO emulated outside the live mappings");
+                assert!(
+                    g.is_guarded(Ipa(ipa)),
+                    "unguarded MMIO emulated at {ipa:#x}"
+                );
+                assert!(
+                    self.guarded.contains(ipa),
+                    "MMIO emulated outside the live mappings"
+                );
             }
             assert_eq!(moved, pc.wrapping_add(4));
             self.reach.mmio_emulated += 1;
@@ -578,7 +601,10 @@ impl Guest<'_, '_> {
             assert_eq!(moved, pc.wrapping_add(4));
             self.reach.patches += 1;
         } else if let Some(e) = p.injected.first() {
-            assert_eq!(e.elr, pc, "injected exception does not return to the access");
+            assert_eq!(
+                e.elr, pc,
+                "injected exception does not return to the access"
+            );
             assert_eq!(moved, VBAR + 0x200, "injection went to the wrong vector");
             // Back where the guest was, as its handler would return.
             self.vcpu.pc = pc;
@@ -632,11 +658,27 @@ impl Guest<'_, '_> {
         if ram.contains(Ipa(ipa)) && self.perms_at(ipa).is_some_and(|p| p.exec_el1) {
             return;
         }
-        let fsc = if ram.contains(Ipa(ipa)) { 0b001111 } else { 0b000111 };
+        let fsc = if ram.contains(Ipa(ipa)) {
+            0b001111
+        } else {
+            0b000111
+        };
         let pc = self.vcpu.pc;
-        self.exit((0x20 << 26) | (1 << 25) | fsc, LINEAR_VA.wrapping_add(ipa), ipa, ExitKind::InstrAbort);
-        assert!(self.plat.accesses.is_empty() && self.plat.insn_writes.is_empty(), "a fetch was emulated");
-        assert_eq!(self.plat.injected.len(), 1, "a refused fetch was not injected");
+        self.exit(
+            (0x20 << 26) | (1 << 25) | fsc,
+            LINEAR_VA.wrapping_add(ipa),
+            ipa,
+            ExitKind::InstrAbort,
+        );
+        assert!(
+            self.plat.accesses.is_empty() && self.plat.insn_writes.is_empty(),
+            "a fetch was emulated"
+        );
+        assert_eq!(
+            self.plat.injected.len(),
+            1,
+            "a refused fetch was not injected"
+        );
         self.vcpu.pc = pc;
         self.vcpu.pstate = 0b0101;
     }
@@ -657,11 +699,12 @@ impl Guest<'_, '_> {
                 srt,
                 sas,
             } => {
-                let ipa = at.get();
+                // Hardware reports IPA bits [51:12] only.
+                let ipa = at.get() & IPA_MASK;
                 let value = value.at(ipa & !3);
                 self.access(ipa, write, value, fixmap, srt, sas);
             }
-            Op::Fetch { at } => self.fetch(at.get()),
+            Op::Fetch { at } => self.fetch(at.get() & IPA_MASK),
             Op::DataAbort {
                 at,
                 far_va,
@@ -672,15 +715,19 @@ impl Guest<'_, '_> {
                 let far = far_va.unwrap_or(LINEAR_VA.wrapping_add(ipa)) & !0xfff | (ipa & 0xfff);
                 self.vcpu.regs.x[usize::from(syndrome.srt % 31)] = reg.get();
                 let pc = self.vcpu.pc;
-                // The core sees IPA bits [51:12] only.
-                let seen = ipa & 0x000f_ffff_ffff_ffff;
+                let seen = ipa & IPA_MASK;
                 self.exit(syndrome.esr(), far, ipa, ExitKind::DataAbort);
                 self.after_abort(seen, pc, syndrome.wnr);
             }
             Op::InstrAbort { at, fsc } => {
                 let ipa = at.get();
                 let pc = self.vcpu.pc;
-                self.exit((0x20 << 26) | (1 << 25) | fsc.bits(), LINEAR_VA.wrapping_add(ipa), ipa, ExitKind::InstrAbort);
+                self.exit(
+                    (0x20 << 26) | (1 << 25) | fsc.bits(),
+                    LINEAR_VA.wrapping_add(ipa),
+                    ipa,
+                    ExitKind::InstrAbort,
+                );
                 assert!(self.plat.accesses.is_empty() && self.plat.insn_writes.is_empty());
                 assert!(self.plat.injected.len() <= 1);
                 self.vcpu.pc = pc;
@@ -701,7 +748,11 @@ impl Guest<'_, '_> {
                 let pc = self.vcpu.pc;
                 self.exit((ec << 26) | (1 << 25) | iss, 0, 0, kind);
                 assert_eq!(self.plat.injected.len(), 1, "EC {ec:#x} was not refused");
-                assert_eq!(self.plat.injected[0].esr >> 26, 0, "not an undefined instruction");
+                assert_eq!(
+                    self.plat.injected[0].esr >> 26,
+                    0,
+                    "not an undefined instruction"
+                );
                 self.vcpu.pc = pc;
                 self.vcpu.pstate = 0b0101;
             }
@@ -720,7 +771,11 @@ impl Guest<'_, '_> {
         self.refresh_leaves();
         let stats = &self.hyp.stats;
         let total: u64 = self.fed.iter().sum();
-        assert_eq!(stats.exits_total(), total, "exits_total is not the exits fed");
+        assert_eq!(
+            stats.exits_total(),
+            total,
+            "exits_total is not the exits fed"
+        );
         for k in KINDS {
             assert_eq!(stats.exits_of(k), self.fed[kind_index(k)], "exits of {k:?}");
         }
@@ -736,7 +791,10 @@ impl Guest<'_, '_> {
             t.injected,
             "injections counted"
         );
-        assert_eq!(stats.ram_faults_emulated, t.insn_writes, "ram_faults_emulated");
+        assert_eq!(
+            stats.ram_faults_emulated, t.insn_writes,
+            "ram_faults_emulated"
+        );
         let guard = self.services.guard.lock();
         invariants::check_guard(&guard, &self.guarded);
         assert!(guard.enrolled() || !self.reach.enrolled);
@@ -759,16 +817,26 @@ impl Guest<'_, '_> {
 /// TEXT and is not the site itself.
 pub fn check_patch_is_jump_label(site: u64, insn: u32, text_start: u64, text_end: u64) {
     assert_eq!(site % 4, 0, "misaligned patch site");
-    assert!(site >= text_start && site + 4 <= text_end, "patch outside TEXT");
+    assert!(
+        site >= text_start && site + 4 <= text_end,
+        "patch outside TEXT"
+    );
     if insn == NOP {
         return;
     }
-    assert_eq!(insn >> 26, 0b000101, "patched in something other than NOP or B: {insn:#x}");
+    assert_eq!(
+        insn >> 26,
+        0b000101,
+        "patched in something other than NOP or B: {insn:#x}"
+    );
     let imm26 = i64::from(insn & 0x03ff_ffff);
     let offset = ((imm26 << 38) >> 38) * 4;
     let target = site.wrapping_add_signed(offset);
     assert!(target != site, "patched in a branch to itself");
-    assert!(target >= text_start && target < text_end, "branch out of TEXT: {target:#x}");
+    assert!(
+        target >= text_start && target < text_end,
+        "branch out of TEXT: {target:#x}"
+    );
 }
 
 /// Runs one input.
@@ -809,11 +877,25 @@ pub fn run(input: &Input) -> Reach {
         leaves: Vec::new(),
         reach: Reach::default(),
     };
-    g.refresh_leaves();
+    // The boot path leaves all of RAM RWX in 2 MiB blocks (checked when
+    // the tables were built); walked again after protection and at the
+    // end.
+    g.leaves = ram_as_booted();
     for op in input.ops.iter().take(MAX_OPS) {
         g.op(*op);
     }
     g.finish()
+}
+
+/// Stage 2 as the boot path leaves it, without walking the tables.
+fn ram_as_booted() -> Vec<Leaf> {
+    let ram = machine::layout().guest_ram;
+    vec![Leaf {
+        range: ram,
+        pa: ram.start().get(),
+        perms: Perms::RWX,
+        mem: hyp_stub::stage2::MemType::Normal,
+    }]
 }
 
 /// A guest that does everything right, as a seed for the corpus and a
@@ -852,7 +934,10 @@ pub fn well_behaved() -> Input {
                 srt: 1,
                 sas: 2,
             },
-            call(kp_abi::ASSET_INFO_COMPACT, [Value::Record(0), Value::Zero, Value::Zero]),
+            call(
+                kp_abi::ASSET_INFO_COMPACT,
+                [Value::Record(0), Value::Zero, Value::Zero],
+            ),
             call(kp_abi::ENABLE_VM_PROTECTION, [Value::Zero; 3]),
             Op::Access {
                 at: Addr::Image((site - IMAGE) as u16),
@@ -881,7 +966,11 @@ mod tests {
     fn the_well_behaved_guest_reaches_every_state() {
         let r = run(&well_behaved());
         assert!(r.enrolled && r.reported && r.protected, "{r:?}");
-        assert_eq!((r.mmio_emulated, r.patches, r.self_checks), (1, 1, 1), "{r:?}");
+        assert_eq!(
+            (r.mmio_emulated, r.patches, r.self_checks),
+            (1, 1, 1),
+            "{r:?}"
+        );
         assert_eq!(r.protect_vm_assets, 1);
     }
 }

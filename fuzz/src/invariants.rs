@@ -42,10 +42,23 @@ pub struct Leaf {
     pub mem: MemType,
 }
 
-/// Every leaf of the guest's stage 2, in IPA order.
+/// The guest's stage 2 as runs of leaves that are contiguous in IPA and
+/// output, with the same attributes, in IPA order (a few runs rather than
+/// a thousand leaves: the checks run after every input).
 pub fn leaves(hyp: &mut Hyp<'_, Pool>) -> Vec<Leaf> {
-    let mut out = Vec::with_capacity(1024);
+    let mut out: Vec<Leaf> = Vec::with_capacity(16);
     hyp.for_each_stage2_leaf(|range, pa, attrs| {
+        if let Some(last) = out.last_mut() {
+            let joins = last.range.end() == range.start()
+                && last.pa.checked_add(last.range.size()) == Some(pa.get())
+                && last.perms == attrs.perms
+                && last.mem == attrs.mem;
+            if joins {
+                last.range = IpaRange::new(last.range.start(), last.range.size() + range.size())
+                    .expect("contiguous");
+                return;
+            }
+        }
         out.push(Leaf {
             range,
             pa: pa.get(),
@@ -72,45 +85,71 @@ pub fn check_stage2(leaves: &[Leaf], kp: &KernelProtect) {
     let protected = kp.is_protected().then(|| kp.reported_layout()).flatten();
     for l in leaves {
         let r = l.range;
-        assert_eq!(r.start().get(), next, "stage 2 leaves a hole or overlaps: {l:?}");
+        assert_eq!(
+            r.start().get(),
+            next,
+            "stage 2 leaves a hole or overlaps: {l:?}"
+        );
         next = r.end().get();
-        assert_eq!(l.pa, r.start().get(), "stage 2 is not an identity map: {l:?}");
+        assert_eq!(
+            l.pa,
+            r.start().get(),
+            "stage 2 is not an identity map: {l:?}"
+        );
         assert!(ram.covers(&r), "stage 2 maps outside guest RAM: {l:?}");
         assert!(
             !r.overlaps(&hyp) && !hyp.contains(Ipa(l.pa)),
             "stage 2 maps hypervisor memory: {l:?}"
         );
         assert_eq!(l.mem, MemType::Normal, "guest RAM mapped as device: {l:?}");
-        check_leaf_perms(l, protected.as_ref());
+        check_run_perms(l, protected.as_ref());
     }
     assert_eq!(next, ram.end().get(), "stage 2 does not cover guest RAM");
 }
 
-fn check_leaf_perms(l: &Leaf, protected: Option<&Layout>) {
-    let Some(layout) = protected else {
-        assert_eq!(l.perms, Perms::RWX, "permissions changed while unprotected: {l:?}");
+/// Every piece of the run `l` between two region boundaries has the
+/// permissions of the region it lies in (RWX outside them).
+fn check_run_perms(l: &Leaf, protected: Option<&Layout>) {
+    // Reported regions lie in the extents (checked by `check_layout`):
+    // RAM outside them keeps the boot path's RWX.
+    let image = extents().rx;
+    let Some(layout) = protected.filter(|_| image.overlaps(&l.range)) else {
+        assert_eq!(
+            l.perms,
+            Perms::RWX,
+            "permissions changed where nothing is protected: {l:?}"
+        );
         return;
     };
-    let mut expected = Perms::RWX;
+    let (start, end) = (l.range.start().get(), l.range.end().get());
+    let mut cuts = vec![start, end];
     for ty in RegionType::IPA {
-        let Some(span) = layout.span(ty) else { continue };
-        let span: IpaRange = span.into();
-        if !span.overlaps(&l.range) {
+        if let Some(span) = layout.span(ty) {
+            cuts.extend(
+                [span.start(), span.end()]
+                    .into_iter()
+                    .filter(|&c| start < c && c < end),
+            );
+        }
+    }
+    cuts.sort_unstable();
+    for piece in cuts.windows(2) {
+        let (a, b) = (piece[0], piece[1]);
+        if a == b {
             continue;
         }
-        assert!(
-            span.covers(&l.range),
-            "a {} region boundary falls inside a stage-2 block: {l:?}",
-            ty.name()
+        let expected = layout.region_of(a).map_or(Perms::RWX, protected_perms);
+        assert_eq!(
+            l.perms, expected,
+            "wrong permissions for {a:#x}..{b:#x} ({l:?}) under {layout:?}"
         );
-        expected = protected_perms(ty);
-        assert!(
-            !(l.perms.write && l.perms.exec_el1),
-            "{} page writable and EL1-executable: {l:?}",
-            ty.name()
-        );
+        if layout.region_of(a).is_some() {
+            assert!(
+                !(l.perms.write && l.perms.exec_el1),
+                "kernel image page writable and EL1-executable at {a:#x}"
+            );
+        }
     }
-    assert_eq!(l.perms, expected, "wrong permissions for {l:?} under {layout:?}");
 }
 
 /// A reported layout lies in the extents the resource manager granted.
@@ -119,8 +158,14 @@ pub fn check_layout(kp: &KernelProtect) {
         return;
     };
     let x = extents();
-    assert!(x.rx.covers(&l.text().into()), "TEXT outside its extent: {l:?}");
-    assert!(x.ro.covers(&l.rodata().into()), "RODATA outside its extent: {l:?}");
+    assert!(
+        x.rx.covers(&l.text().into()),
+        "TEXT outside its extent: {l:?}"
+    );
+    assert!(
+        x.ro.covers(&l.rodata().into()),
+        "RODATA outside its extent: {l:?}"
+    );
     assert!(x.rw.covers(&l.data().into()) && x.rw.covers(&l.bss().into()));
 }
 
@@ -185,10 +230,16 @@ pub fn check_guard(guard: &MmioGuard, expected: &RangeSet) {
         .collect();
     for (i, &(s, e)) in got.iter().enumerate() {
         let r = IpaRange::new(Ipa(s), e - s).expect("non-empty");
-        assert!(window.covers(&r), "guarded range outside the window: {s:#x}..{e:#x}");
+        assert!(
+            window.covers(&r),
+            "guarded range outside the window: {s:#x}..{e:#x}"
+        );
         assert!(!ram.overlaps(&r), "guarded range in RAM: {s:#x}..{e:#x}");
         if let Some(&(_, prev_end)) = i.checked_sub(1).and_then(|j| got.get(j)) {
-            assert!(prev_end < s, "guarded ranges unsorted or not coalesced: {got:x?}");
+            assert!(
+                prev_end < s,
+                "guarded ranges unsorted or not coalesced: {got:x?}"
+            );
         }
     }
     assert_eq!(

@@ -95,12 +95,18 @@ fn check(c: &Check) {
             assert_eq!(branch_target(b, site), Some(target));
         }
         (Err(_), None) => {}
-        (got, want) => panic!("validate({old:#x}, {new:#x}, {site:#x}) = {got:?}, rule says {want:?}"),
+        (got, want) => {
+            panic!("validate({old:#x}, {new:#x}, {site:#x}) = {got:?}, rule says {want:?}")
+        }
     }
     // encode_b and branch_target agree wherever a branch can be encoded.
     let to = site.wrapping_add(u64::from(new));
     if let Some(b) = encode_b(site, to) {
-        assert_eq!(branch_target(b, site), Some(to), "encode_b({site:#x}, {to:#x})");
+        assert_eq!(
+            branch_target(b, site),
+            Some(to),
+            "encode_b({site:#x}, {to:#x})"
+        );
     }
 }
 

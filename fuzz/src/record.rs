@@ -160,7 +160,11 @@ pub fn run(input: &Input) {
         Ok(rec) => {
             assert_eq!(rec.to_bytes(), bytes, "the record does not round-trip");
             let v = rec.validate(ram);
-            assert_eq!(v.is_ok(), expected, "validate disagrees with the rules: {v:?}");
+            assert_eq!(
+                v.is_ok(),
+                expected,
+                "validate disagrees with the rules: {v:?}"
+            );
             match v {
                 Ok(layout) => {
                     assert_eq!(layout.to_record().to_bytes(), bytes, "layout loses fields");
@@ -186,8 +190,15 @@ pub fn run(input: &Input) {
     collector(input, &bytes, ram, layout);
     let ipa = input.placed_at;
     let fits = (ipa % PAGE) + RECORD_SIZE as u64 <= PAGE;
-    let inside = ipa >= ram.0 && ipa.checked_add(RECORD_SIZE as u64).is_some_and(|e| e <= ram.1);
-    assert_eq!(record_placement(ipa, ram).is_ok(), fits && inside, "placement");
+    let inside = ipa >= ram.0
+        && ipa
+            .checked_add(RECORD_SIZE as u64)
+            .is_some_and(|e| e <= ram.1);
+    assert_eq!(
+        record_placement(ipa, ram).is_ok(),
+        fits && inside,
+        "placement"
+    );
 }
 
 /// The region-by-region path, in the input's order, agrees with the

@@ -410,14 +410,15 @@ impl<M: TableMemory> Stage2<M> {
     /// attributes, in IPA order. How tests and the fuzz targets check
     /// what stage 2 lets the guest reach without translating every page.
     pub fn for_each_leaf(&mut self, mut f: impl FnMut(IpaRange, PhysAddr, Attrs)) {
-        for i1 in 0..ENTRIES {
-            let l1 = self.mem.table(self.root)[i1];
+        // Each table is copied out before its entries are visited, so `f`
+        // runs without the table memory borrowed.
+        let root = *self.mem.table(self.root);
+        for (i1, &l1) in root.iter().enumerate() {
             if l1 & VALID == 0 {
                 continue;
             }
-            let l2_table = PhysAddr(l1 & ADDR_MASK);
-            for i2 in 0..ENTRIES {
-                let l2 = self.mem.table(l2_table)[i2];
+            let level2 = *self.mem.table(PhysAddr(l1 & ADDR_MASK));
+            for (i2, &l2) in level2.iter().enumerate() {
                 if l2 & VALID == 0 {
                     continue;
                 }
@@ -428,9 +429,8 @@ impl<M: TableMemory> Stage2<M> {
                     }
                     continue;
                 }
-                let l3_table = PhysAddr(l2 & ADDR_MASK);
-                for i3 in 0..ENTRIES {
-                    let l3 = self.mem.table(l3_table)[i3];
+                let level3 = *self.mem.table(PhysAddr(l2 & ADDR_MASK));
+                for (i3, &l3) in level3.iter().enumerate() {
                     if l3 & VALID == 0 {
                         continue;
                     }

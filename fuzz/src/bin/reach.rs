@@ -20,7 +20,9 @@ fn main() {
     for dir in dirs {
         let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{dir}: {e}"));
         for e in entries.flatten() {
-            let Ok(bytes) = std::fs::read(e.path()) else { continue };
+            let Ok(bytes) = std::fs::read(e.path()) else {
+                continue;
+            };
             let mut u = Unstructured::new(&bytes);
             let r = match target.as_str() {
                 "exit_path" => match pvguard_fuzz::exit_path::Input::arbitrary_take_rest(u) {
