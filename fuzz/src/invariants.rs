@@ -96,11 +96,11 @@ pub fn check_stage2(leaves: &[Leaf], kp: &KernelProtect) {
             r.start().get(),
             "stage 2 is not an identity map: {l:?}"
         );
-        assert!(ram.covers(&r), "stage 2 maps outside guest RAM: {l:?}");
         assert!(
             !r.overlaps(&hyp) && !hyp.contains(Ipa(l.pa)),
             "stage 2 maps hypervisor memory: {l:?}"
         );
+        assert!(ram.covers(&r), "stage 2 maps outside guest RAM: {l:?}");
         assert_eq!(l.mem, MemType::Normal, "guest RAM mapped as device: {l:?}");
         check_run_perms(l, protected.as_ref());
     }
@@ -246,4 +246,177 @@ pub fn check_guard(guard: &MmioGuard, expected: &RangeSet) {
         got, expected.0,
         "the guarded set is not the union of the live mappings"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    //! Controls: each invariant fails on the state it exists to catch.
+
+    use super::*;
+    use crate::machine::{Services, IMAGE};
+    use guest_kp::record::KernelAssetInfo;
+    use hyp_stub::boot::{HYP_BASE, RAM_BASE};
+    use hyp_stub::services::mmio_guard::Policy;
+
+    fn run(start: u64, end: u64, pa: u64, perms: Perms) -> Leaf {
+        Leaf {
+            range: IpaRange::new(Ipa(start), end - start).unwrap(),
+            pa,
+            perms,
+            mem: MemType::Normal,
+        }
+    }
+
+    fn booted() -> Vec<Leaf> {
+        vec![run(RAM_BASE, HYP_BASE, RAM_BASE, Perms::RWX)]
+    }
+
+    fn unprotected() -> KernelProtect {
+        KernelProtect::new()
+    }
+
+    fn hvc(hyp: &mut Hyp<'_, Pool>, plat: &mut crate::machine::Machine, x: [u64; 2]) -> u64 {
+        let mut v = hyp_stub::vcpu::Vcpu::default();
+        v.regs.x[..2].copy_from_slice(&x);
+        hyp.handle_sync(hyp_stub::esr::Esr(0x16 << 26), 0, 0, &mut v, plat);
+        v.regs.x[0]
+    }
+
+    /// Kernel protect with TEXT at the image's first page, RODATA, DATA
+    /// and BSS a page each after it, protected; and stage 2 as it is.
+    fn protected() -> (Services, Vec<Leaf>) {
+        let s = Services::new(Policy::AfterEnroll);
+        let (mut g, mut k) = s.handles();
+        let mut plat = crate::machine::Machine::new(false);
+        let boot = crate::machine::Boot {
+            policy: Policy::AfterEnroll,
+            hyp_cpu: false,
+            tables: 3,
+        };
+        let mut hyp = crate::machine::boot(&boot, &mut g, &mut k, &mut plat);
+        let mut rec = KernelAssetInfo::new();
+        for (i, ty) in RegionType::IPA.into_iter().enumerate() {
+            rec.set_region(
+                ty,
+                guest_kp::record::Region::new(IMAGE + i as u64 * 0x1000, 0x1000),
+            );
+        }
+        let fixmap = guest_kp::record::Region::new(crate::machine::FIXMAP_VA, 0x1000);
+        rec.set_region(RegionType::FixmapTextPoke0, fixmap);
+        plat.ram.write(crate::machine::RECORD_PAGE, &rec.to_bytes());
+        let compact = u64::from(guest_kp::abi::ASSET_INFO_COMPACT);
+        assert_eq!(
+            hvc(&mut hyp, &mut plat, [compact, crate::machine::RECORD_PAGE]),
+            0
+        );
+        let enable = u64::from(guest_kp::abi::ENABLE_VM_PROTECTION);
+        assert_eq!(hvc(&mut hyp, &mut plat, [enable, 0]), 0);
+        let l = leaves(&mut hyp);
+        drop(hyp);
+        (s, l)
+    }
+
+    #[test]
+    fn protection_as_applied_passes() {
+        let (s, l) = protected();
+        check_stage2(&l, &s.kp.lock());
+        assert!(l.iter().any(|l| l.perms == TEXT_PERMS), "{l:?}");
+    }
+
+    #[test]
+    #[should_panic(expected = "wrong permissions")]
+    fn writable_text_is_caught() {
+        let (s, mut l) = protected();
+        let text = l.iter_mut().find(|l| l.perms == TEXT_PERMS).unwrap();
+        text.perms = Perms::RWX;
+        check_stage2(&l, &s.kp.lock());
+    }
+
+    #[test]
+    #[should_panic(expected = "wrong permissions")]
+    fn unprotected_text_is_caught() {
+        let (s, _) = protected();
+        check_stage2(&booted(), &s.kp.lock());
+    }
+
+    #[test]
+    fn the_boot_mapping_passes() {
+        check_stage2(&booted(), &unprotected());
+    }
+
+    #[test]
+    #[should_panic(expected = "hypervisor memory")]
+    fn mapping_hypervisor_memory_is_caught() {
+        let mut l = booted();
+        l[0] = run(RAM_BASE, HYP_BASE, RAM_BASE, Perms::RWX);
+        l.push(run(HYP_BASE, HYP_BASE + 0x1000, HYP_BASE, Perms::RWX));
+        check_stage2(&l, &unprotected());
+    }
+
+    #[test]
+    #[should_panic(expected = "identity")]
+    fn a_remapped_page_is_caught() {
+        let l = vec![
+            run(RAM_BASE, IMAGE, RAM_BASE, Perms::RWX),
+            run(IMAGE, IMAGE + 0x1000, HYP_BASE, Perms::RWX),
+            run(IMAGE + 0x1000, HYP_BASE, IMAGE + 0x1000, Perms::RWX),
+        ];
+        check_stage2(&l, &unprotected());
+    }
+
+    #[test]
+    #[should_panic(expected = "hole")]
+    fn an_unmapped_page_is_caught() {
+        let l = vec![
+            run(RAM_BASE, IMAGE, RAM_BASE, Perms::RWX),
+            run(IMAGE + 0x1000, HYP_BASE, IMAGE + 0x1000, Perms::RWX),
+        ];
+        check_stage2(&l, &unprotected());
+    }
+
+    #[test]
+    #[should_panic(expected = "nothing is protected")]
+    fn a_permission_change_while_unprotected_is_caught() {
+        let l = vec![
+            run(RAM_BASE, IMAGE, RAM_BASE, Perms::RWX),
+            run(IMAGE, IMAGE + 0x1000, IMAGE, Perms::RX),
+            run(IMAGE + 0x1000, HYP_BASE, IMAGE + 0x1000, Perms::RWX),
+        ];
+        check_stage2(&l, &unprotected());
+    }
+
+    #[test]
+    #[should_panic(expected = "not the union")]
+    fn a_stale_guarded_granule_is_caught() {
+        let s = Services::new(Policy::AfterEnroll);
+        let (mut g, mut k) = s.handles();
+        let mut plat = crate::machine::Machine::new(false);
+        let boot = crate::machine::Boot {
+            policy: Policy::AfterEnroll,
+            hyp_cpu: false,
+            tables: 2,
+        };
+        let mut hyp = crate::machine::boot(&boot, &mut g, &mut k, &mut plat);
+        let mut v = hyp_stub::vcpu::Vcpu::default();
+        v.regs.x[0] = u64::from(mmio_guard::abi::MAP);
+        v.regs.x[1] = 0x0900_0000;
+        hyp.handle_sync(hyp_stub::esr::Esr(0x16 << 26), 0, 0, &mut v, &mut plat);
+        assert_eq!(v.regs.x[0], 0);
+        drop(hyp);
+        // The guest unmapped it (as far as the model knows).
+        check_guard(&s.guard.lock(), &RangeSet::default());
+    }
+
+    #[test]
+    fn range_set_adds_and_removes() {
+        let mut r = RangeSet::default();
+        r.add(0x1000, 0x3000);
+        r.add(0x3000, 0x4000);
+        r.add(0x8000, 0x9000);
+        assert_eq!(r.0, [(0x1000, 0x4000), (0x8000, 0x9000)]);
+        r.remove(0x2000, 0x3000);
+        assert_eq!(r.0, [(0x1000, 0x2000), (0x3000, 0x4000), (0x8000, 0x9000)]);
+        assert!(r.contains(0x1fff) && !r.contains(0x2000));
+        let _ = KernelAssetInfo::new();
+    }
 }

@@ -110,6 +110,10 @@ fn ns_per_flip(console: &str) -> Option<f64> {
     before.rsplit(' ').next()?.parse().ok()
 }
 
+/// The heading of the fuzzing section of `docs/benchmarks.md`, which
+/// this command keeps.
+const FUZZ_SECTION: &str = "## Coverage-guided fuzzing";
+
 /// Runs the benchmarks and writes `docs/benchmarks.md`.
 pub fn run(boots: usize) -> Result<(), String> {
     let a = build_all()?;
@@ -351,6 +355,12 @@ pub fn run(boots: usize) -> Result<(), String> {
         up_calls as f64 / our_calls.max(1) as f64
     );
     let out = paths::repo().join("docs/benchmarks.md");
+    // The fuzzing figures come from long `cargo xtask fuzz` runs, not from
+    // this command: keep that section as it is.
+    let old = std::fs::read_to_string(&out).unwrap_or_default();
+    if let Some(at) = old.find(FUZZ_SECTION) {
+        let _ = write!(doc, "\n{}", &old[at..]);
+    }
     std::fs::create_dir_all(out.parent().unwrap_or(&paths::repo())).map_err(|e| e.to_string())?;
     std::fs::write(&out, &doc).map_err(|e| format!("{}: {e}", out.display()))?;
     print!("{doc}");

@@ -5,6 +5,7 @@
 
 mod bench;
 mod deps;
+mod fuzz;
 mod initramfs;
 mod kernel;
 mod paths;
@@ -34,6 +35,8 @@ commands:
   test       host unit tests and QEMU system tests; ends with 'N passed, N failed'
   bench      benchmarks (boot time, static key flips, MMIO guard hypercalls) -> docs/benchmarks.md
                --boots N        boots of each boot-time configuration (default 40)
+  fuzz       coverage-guided fuzzing of hyp-stub and the ABI crates (nightly, cargo-fuzz)
+               --time S         seconds per target (default 60)
   kernel     build the guest kernel (patched Linux 6.12, Rust enabled)
   hyp        build hyp-stub
   initramfs  build the guest's userland
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Some("initramfs") => deps::ensure().and_then(|()| initramfs::build().map(drop)),
         Some("run") => run(&args[1..]),
         Some("test") => test::run(),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("bench") => bench_args(&args[1..]).and_then(bench::run),
         Some("-h") | Some("--help") | Some("help") => {
             print!("{USAGE}");

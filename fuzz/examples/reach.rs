@@ -3,7 +3,7 @@
 //! prints how many inputs reached each service, state and outcome: the
 //! evidence that the fuzzer gets past parsing and into every state.
 //!
-//! `cargo +nightly run --release --bin reach -- exit_path corpus/exit_path`
+//! `cargo +nightly run --release --example reach -- exit_path corpus/exit_path`
 
 use arbitrary::{Arbitrary, Unstructured};
 use pvguard_fuzz::exit_path::Reach;
