@@ -3,5 +3,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|input: pvguard_fuzz::mmio::Input| {
-    let _ = pvguard_fuzz::mmio::run(&input);
+    pvguard_fuzz::mmio::run(&input);
 });

@@ -3,5 +3,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|input: pvguard_fuzz::record::Input| {
-    let _ = pvguard_fuzz::record::run(&input);
+    pvguard_fuzz::record::run(&input);
 });

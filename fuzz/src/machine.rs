@@ -493,23 +493,24 @@ pub fn stage2(tables: usize) -> Option<Stage2<Pool>> {
     static BUILT: std::sync::OnceLock<Vec<Box<[u64; ENTRIES]>>> = std::sync::OnceLock::new();
     let built = BUILT.get_or_init(|| {
         let mut pool = Pool::new(2);
-        let mut s2 = Stage2::new(&mut pool).expect("root");
-        let ram = layout().guest_ram;
-        s2.map(
-            ram,
-            PhysAddr(ram.start().get()),
-            Attrs {
-                mem: MemType::Normal,
-                perms: Perms::RWX,
-            },
-            &mut Machine::new(false),
-        )
-        .expect("guest RAM fits in two tables");
-        let mut blocks = 0;
-        s2.for_each_leaf(|_, _, _| blocks += 1);
-        assert_eq!(blocks, 496, "guest RAM is mapped with 2 MiB blocks");
-        assert_eq!(s2.root(), PhysAddr(POOL_BASE));
-        drop(s2);
+        {
+            let mut s2 = Stage2::new(&mut pool).expect("root");
+            let ram = layout().guest_ram;
+            s2.map(
+                ram,
+                PhysAddr(ram.start().get()),
+                Attrs {
+                    mem: MemType::Normal,
+                    perms: Perms::RWX,
+                },
+                &mut Machine::new(false),
+            )
+            .expect("guest RAM fits in two tables");
+            let mut blocks = 0;
+            s2.for_each_leaf(|_, _, _| blocks += 1);
+            assert_eq!(blocks, 496, "guest RAM is mapped with 2 MiB blocks");
+            assert_eq!(s2.root(), PhysAddr(POOL_BASE));
+        }
         pool.tables
     });
     if tables < built.len() {

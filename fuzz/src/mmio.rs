@@ -304,12 +304,11 @@ fn check(guest: &Guard<SEGMENTS>, live: &[(u64, u64)], services: &Services, unsy
     let guard = services.guard.lock();
     if unsynced {
         for r in guard.guarded() {
-            for &(a, e) in &[(r.start().get(), r.end().get())] {
-                assert!(
-                    union.contains(a) && union.contains(e - 1),
-                    "guarded beyond the guest's mappings"
-                );
-            }
+            let (a, e) = (r.start().get(), r.end().get());
+            assert!(
+                union.contains(a) && union.contains(e - 1),
+                "guarded beyond the guest's mappings"
+            );
         }
     } else {
         invariants::check_guard(&guard, &union);

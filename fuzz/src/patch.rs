@@ -62,7 +62,7 @@ pub struct Input {
 /// TEXT and not the site; returns the target.
 fn reference(old: u32, new: u32, site: u64, text: (u64, u64)) -> Option<(u64, bool)> {
     let is_b = |i: u32| i >> 26 == 0b000101;
-    if site % 4 != 0 || site < text.0 || site.checked_add(4)? > text.1 || old == new {
+    if !site.is_multiple_of(4) || site < text.0 || site.checked_add(4)? > text.1 || old == new {
         return None;
     }
     let (branch, on) = match (old == NOP, new == NOP) {

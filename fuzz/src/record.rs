@@ -102,13 +102,17 @@ fn slot(bytes: &[u8; RECORD_SIZE], i: usize) -> (u64, u64) {
 /// The ABI's rules, from the design document, for one IPA region.
 fn ipa_region_ok(start: u64, size: u64, ram: (u64, u64)) -> Option<(u64, u64)> {
     let end = start.checked_add(size)?;
-    (size != 0 && start % PAGE == 0 && size % PAGE == 0 && start >= ram.0 && end <= ram.1)
+    (size != 0
+        && start.is_multiple_of(PAGE)
+        && size.is_multiple_of(PAGE)
+        && start >= ram.0
+        && end <= ram.1)
         .then_some((start, end))
 }
 
 fn fixmap_ok(va: u64, size: u64) -> bool {
     FIXMAP_SLOT_SIZES.contains(&size)
-        && va % size == 0
+        && va.is_multiple_of(size)
         && va.checked_add(size).is_some()
         && va >= KERNEL_VA_MIN
 }
