@@ -156,6 +156,11 @@ mod tests {
         let mut out = String::new();
         s.write_lines(&mut out).unwrap();
         assert!(out.starts_with("exits_total=3\nexit_hvc=0\nexit_smc=2\nexit_dabt=1\n"));
+        assert_eq!(
+            (s.exits_of(ExitKind::Smc), s.exits_of(ExitKind::Hvc)),
+            (2, 0)
+        );
+        assert_eq!(s.calls_total(), 3);
         let a = out.find("call_0x80000000=2").unwrap();
         let b = out.find("call_0x8600ff01=1").unwrap();
         assert!(a < b);

@@ -631,3 +631,19 @@ fn a_baseline_that_cannot_be_taken_fails_every_self_check() {
         assert!(stats(&kp).contains("kp_measurement=lost\n"));
     }
 }
+
+#[test]
+fn the_layout_and_protection_are_visible_to_inspection() {
+    let mut ops = Ops::new();
+    let mut kp = service(&mut ops);
+    assert_eq!((kp.reported_layout(), kp.is_protected()), (None, false));
+    assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+    let layout = kp.reported_layout().expect("reported");
+    assert_eq!((layout.text().start(), layout.bss().end()), (TEXT.0, BSS.1));
+    assert!(!kp.is_protected());
+    assert_eq!(enable(&mut kp, &mut ops)[0], 0);
+    assert_eq!(
+        (kp.reported_layout(), kp.is_protected()),
+        (Some(layout), true)
+    );
+}
