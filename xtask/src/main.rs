@@ -6,6 +6,7 @@
 mod bench;
 mod deps;
 mod doc;
+mod fuzz;
 mod initramfs;
 mod kernel;
 mod paths;
@@ -42,6 +43,8 @@ commands:
   soak       SMP soak: protected 4-CPU boots flipping static keys, loading modules and
              using guarded MMIO at once -> docs/benchmarks.md
                --boots N        boots (default 50)
+  fuzz       coverage-guided fuzzing of hyp-stub and the ABI crates (nightly, cargo-fuzz)
+               --time S         seconds per target (default 60)
   kernel     build the guest kernel (patched Linux 6.12, Rust enabled)
   hyp        build hyp-stub
   initramfs  build the guest's userland
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Some("test") => test::run(),
         Some("bench") => boots_arg(&args[1..], bench::BOOTS).and_then(bench::run),
         Some("soak") => boots_arg(&args[1..], soak::BOOTS).and_then(soak::run),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("-h") | Some("--help") | Some("help") => {
             print!("{USAGE}");
             Ok(())
