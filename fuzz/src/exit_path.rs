@@ -18,7 +18,7 @@ use guest_kp::record::{KernelAssetInfo, Region};
 use hyp_stub::addr::Ipa;
 use hyp_stub::boot::{HYP_BASE, RAM_BASE};
 use hyp_stub::esr::Esr;
-use hyp_stub::hyp::Hyp;
+use hyp_stub::hyp::{cpu_slot, Hyp, Next, Platform};
 use hyp_stub::service::Service;
 use hyp_stub::services::mmio_guard::Policy;
 use hyp_stub::smccc::{self, psci};
@@ -29,8 +29,8 @@ use mmio_guard::abi as mg;
 
 use crate::invariants::{self, Leaf, RangeSet};
 use crate::machine::{
-    self, Boot, Machine, Pool, Services, FIXMAP_VA, IMAGE, IMAGE_SIZE, LINEAR_VA, RAM_END,
-    RECORD_PAGE, VBAR,
+    self, Boot, Machine, Pool, Services, BOOT_MPIDR, FIXMAP_VA, HYP_ENTRY, IMAGE, IMAGE_SIZE,
+    LINEAR_VA, RAM_END, RECORD_PAGE, VBAR,
 };
 
 /// Function IDs of the real ABI lists (discovery, PSCI, MMIO guard,
@@ -377,6 +377,11 @@ pub struct Input {
     pub extra_tables: u8,
     /// What firmware answers CPU_ON.
     pub cpu_on_fails: bool,
+    /// The firmware refuses power-down suspends and CPU_OFF (so they
+    /// return, with DENIED).
+    pub power_refused: bool,
+    /// Polls of the background hash that find it still running.
+    pub hash_polls: u8,
     pub records: Vec<RecordSeed>,
     /// Jump-label sites in TEXT: word index in the image, and what it
     /// holds.
@@ -417,6 +422,22 @@ pub struct Reach {
     pub ram_retried: u64,
     /// CPUs started.
     pub cpus_started: u64,
+    /// Power-down suspends the guest resumed from.
+    pub power_downs: u64,
+    /// vCPUs turned off.
+    pub cpus_off: u64,
+}
+
+/// What became of the calling vCPU once the EL2 code finished an exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum After {
+    /// It returns to the guest where the core (or the device access)
+    /// left it.
+    Stayed,
+    /// It powered down and resumed at its entry point.
+    Resumed { entry: u64, context: u64 },
+    /// Its CPU is off.
+    Off,
 }
 
 const MAX_OPS: usize = 256;
@@ -436,6 +457,9 @@ struct Guest<'a, 's> {
     /// changes them).
     leaves: Vec<Leaf>,
     reach: Reach,
+    /// The CPU the ops come from is off: nothing runs on it until a
+    /// secondary boot brings a vCPU up.
+    off: bool,
 }
 
 fn kind_index(k: ExitKind) -> usize {
@@ -472,12 +496,100 @@ impl Guest<'_, '_> {
         invariants::check_stage2(&self.leaves, &self.services.kp.lock());
     }
 
-    fn exit(&mut self, esr: u64, far: u64, ipa: u64, kind: ExitKind) {
+    fn exit(&mut self, esr: u64, far: u64, ipa: u64, kind: ExitKind) -> After {
         self.fed[kind_index(kind)] += 1;
         self.plat.take_events();
         let hpfar = (ipa >> 12) << 4;
-        self.hyp
+        let next = self
+            .hyp
             .handle_sync(Esr(esr), far, hpfar, &mut self.vcpu, &mut self.plat);
+        let hypercall = matches!(kind, ExitKind::Hvc | ExitKind::Smc);
+        assert!(
+            hypercall || matches!(next, Next::Guest | Next::Mmio(_)),
+            "a {kind:?} exit asked for {next:?}"
+        );
+        let after = self.complete(next);
+        invariants::check_firmware_calls(&self.plat.firmware);
+        after
+    }
+
+    /// What the EL2 code does once the core is released
+    /// (`handle_lower_sync` and `power_down` in hyp-stub's el2 module),
+    /// against the fake firmware.
+    fn complete(&mut self, next: Next) -> After {
+        match next {
+            Next::Guest => After::Stayed,
+            Next::Mmio(access) => {
+                access.perform(&mut self.vcpu, &mut self.plat);
+                After::Stayed
+            }
+            Next::Standby(state) => {
+                let r = self
+                    .plat
+                    .firmware_call(psci::CPU_SUSPEND_64, [state.raw().into(), 0, 0]);
+                self.vcpu.regs.x[0] = r[0];
+                After::Stayed
+            }
+            Next::PowerDown { slot, state } => {
+                assert_eq!(
+                    Some(slot),
+                    cpu_slot(self.plat.mpidr),
+                    "a vCPU powered down another's CPU"
+                );
+                let r = self.plat.firmware_call(
+                    psci::CPU_SUSPEND_64,
+                    [state.raw().into(), HYP_ENTRY, slot as u64],
+                );
+                if r[0] != psci::SUCCESS {
+                    self.hyp.suspend_failed(slot);
+                    self.vcpu.regs.x[0] = r[0];
+                    return After::Stayed;
+                }
+                // The firmware returned success (as QEMU's does): the
+                // vCPU resumes at its own entry.
+                let (entry, context) = self
+                    .hyp
+                    .secondary_boot(slot)
+                    .expect("a suspended vCPU has nowhere to resume");
+                self.resume(entry, context);
+                self.reach.power_downs += 1;
+                After::Resumed { entry, context }
+            }
+            Next::CpuOff { slot } => {
+                assert_eq!(
+                    Some(slot),
+                    cpu_slot(self.plat.mpidr),
+                    "a vCPU turned off another's CPU"
+                );
+                let r = self.plat.firmware_call(psci::CPU_OFF, [0; 3]);
+                if r[0] == psci::SUCCESS {
+                    // CPU_OFF does not return when it works.
+                    self.off = true;
+                    self.reach.cpus_off += 1;
+                    return After::Off;
+                }
+                self.hyp.cpu_off_failed(slot);
+                self.vcpu.regs.x[0] = r[0];
+                After::Stayed
+            }
+        }
+    }
+
+    /// The calling CPU enters the guest at `entry`, as after CPU_ON: the
+    /// entry must be one the core accepted (guest RAM, aligned).
+    fn resume(&mut self, entry: u64, context: u64) {
+        assert!(
+            machine::layout().guest_ram.contains(Ipa(entry)) && entry % 4 == 0,
+            "a vCPU resumes at {entry:#x}, not an entry in guest RAM"
+        );
+        self.vcpu = Vcpu {
+            pc: entry,
+            // EL1h, interrupts masked.
+            pstate: 0x3c5,
+            ..Vcpu::default()
+        };
+        self.vcpu.regs.x[0] = context;
+        self.off = false;
     }
 
     fn call(&mut self, smc: bool, imm: u16, fid: u32, args: [u64; 3]) {
@@ -491,26 +603,35 @@ impl Guest<'_, '_> {
         } else {
             ((0x16 << 26) | (1 << 25), ExitKind::Hvc)
         };
-        self.exit(esr | u64::from(imm), 0, 0, kind);
+        let after = self.exit(esr | u64::from(imm), 0, 0, kind);
         let x = self.vcpu.regs.x;
-        assert_eq!(
-            self.vcpu.pc,
-            pc.wrapping_add(if smc { 4 } else { 0 }),
-            "a hypercall moved the PC wrongly"
-        );
+        match after {
+            After::Stayed => assert_eq!(
+                self.vcpu.pc,
+                pc.wrapping_add(if smc { 4 } else { 0 }),
+                "a hypercall moved the PC wrongly"
+            ),
+            After::Resumed { entry, context } => {
+                assert!(psci::is_psci(fid), "{fid:#x} suspended the vCPU");
+                assert_eq!((self.vcpu.pc, x[0]), (entry, context));
+            }
+            After::Off => {
+                assert_eq!(fid, psci::CPU_OFF, "{fid:#x} turned the CPU off");
+                return;
+            }
+        }
         assert!(
             self.plat.injected.is_empty(),
             "a hypercall injected an exception"
         );
         assert!(self.plat.accesses.is_empty() && self.plat.insn_writes.is_empty());
-        // Only PSCI reaches firmware, and CPU_ON never as the guest
-        // made it (the hypervisor starts the CPU at its own entry).
-        for &f in &self.plat.firmware {
-            assert!(
-                psci::is_psci(f) && f != psci::CPU_ON_32 && f != psci::CPU_ON_64,
-                "firmware got {f:#x} for guest call {fid:#x}"
-            );
-        }
+        // Only PSCI reaches firmware (and only as the hypervisor's own
+        // calls, which `exit` checked).
+        assert!(
+            self.plat.firmware.is_empty() || psci::is_psci(fid),
+            "guest call {fid:#x} reached the firmware: {:x?}",
+            self.plat.firmware
+        );
         if imm != 0 {
             let expected = if imm == kp_abi::PROTECT_VM_ASSETS_HVC_IMM {
                 self.reach.protect_vm_assets += 1;
@@ -624,7 +745,7 @@ impl Guest<'_, '_> {
         let srt = srt % 31;
         let (sas, fsc) = if ram.contains(Ipa(ipa)) {
             let perms = self.perms_at(ipa).expect("all of RAM is mapped");
-            let allowed = if write { perms.write } else { perms.read };
+            let allowed = perms.contains(if write { Perms::WRITE } else { Perms::READ });
             if allowed {
                 if write {
                     // Guest stores at the granularity it likes; words here.
@@ -655,7 +776,11 @@ impl Guest<'_, '_> {
 
     fn fetch(&mut self, ipa: u64) {
         let ram = machine::layout().guest_ram;
-        if ram.contains(Ipa(ipa)) && self.perms_at(ipa).is_some_and(|p| p.exec_el1) {
+        if ram.contains(Ipa(ipa))
+            && self
+                .perms_at(ipa)
+                .is_some_and(|p| p.contains(Perms::EXEC_EL1))
+        {
             return;
         }
         let fsc = if ram.contains(Ipa(ipa)) {
@@ -684,6 +809,10 @@ impl Guest<'_, '_> {
     }
 
     fn op(&mut self, op: Op) {
+        if self.off && !matches!(op, Op::SecondaryBoot { .. } | Op::DeviceValue(_)) {
+            // Nothing runs on a CPU that is off.
+            return;
+        }
         match op {
             Op::Call {
                 smc,
@@ -761,7 +890,14 @@ impl Guest<'_, '_> {
                 self.hyp.handle_async();
             }
             Op::SecondaryBoot { slot } => {
-                let _ = self.hyp.secondary_boot(usize::from(slot % 10));
+                // A CPU started (or woken) for `slot` comes up at the
+                // hypervisor's entry; if the core has a vCPU for it, the
+                // ops from now on are that vCPU's.
+                let slot = slot % 10;
+                if let Some((entry, context)) = self.hyp.secondary_boot(usize::from(slot)) {
+                    self.plat.mpidr = BOOT_MPIDR | u64::from(slot);
+                    self.resume(entry, context);
+                }
             }
             Op::DeviceValue(v) => self.plat.device_value = v,
         }
@@ -855,6 +991,8 @@ pub fn run(input: &Input) -> Reach {
     let mut plat = Machine::new(boot.hyp_cpu);
     plat.lose_digest = input.lose_digest;
     plat.cpu_on_result = if input.cpu_on_fails { psci::DENIED } else { 0 };
+    plat.power_refused = input.power_refused;
+    plat.hash_polls = input.hash_polls % 4;
     for seed in input.records.iter().take(16) {
         plat.ram.write(record_ipa(seed.slot), &seed.record());
     }
@@ -876,6 +1014,7 @@ pub fn run(input: &Input) -> Reach {
         guarded: RangeSet::default(),
         leaves: Vec::new(),
         reach: Reach::default(),
+        off: false,
     };
     // The boot path leaves all of RAM RWX in 2 MiB blocks (checked when
     // the tables were built); walked again after protection and at the
@@ -920,6 +1059,8 @@ pub fn well_behaved() -> Input {
         lose_digest: false,
         extra_tables: 1,
         cpu_on_fails: false,
+        power_refused: false,
+        hash_polls: 0,
         records: vec![record],
         sites: vec![(0x40, Insn::Nop)],
         ops: vec![

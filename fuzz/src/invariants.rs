@@ -8,17 +8,13 @@ use hyp_stub::addr::{Ipa, IpaRange};
 use hyp_stub::hyp::Hyp;
 use hyp_stub::services::kernel_protect::KernelProtect;
 use hyp_stub::services::mmio_guard::MmioGuard;
+use hyp_stub::smccc::psci::{self, PowerState};
 use hyp_stub::stage2::{MemType, Perms};
 
-use crate::machine::{extents, hyp_memory, layout, Pool};
+use crate::machine::{extents, hyp_memory, layout, Pool, HYP_ENTRY};
 
 /// TEXT as kernel protect maps it: read and execute at EL1 only.
-pub const TEXT_PERMS: Perms = Perms {
-    read: true,
-    write: false,
-    exec_el1: true,
-    exec_el0: false,
-};
+pub const TEXT_PERMS: Perms = Perms::READ.union(Perms::EXEC_EL1);
 
 /// The permissions stage 2 must give `ty` once protected.
 pub fn protected_perms(ty: RegionType) -> Perms {
@@ -44,10 +40,11 @@ pub struct Leaf {
 
 /// The guest's stage 2 as runs of leaves that are contiguous in IPA and
 /// output, with the same attributes, in IPA order (a few runs rather than
-/// a thousand leaves: the checks run after every input).
+/// a thousand leaves: the checks run after every input). Tables that do
+/// not walk (an entry leading outside the table pool) are a violation.
 pub fn leaves(hyp: &mut Hyp<'_, Pool>) -> Vec<Leaf> {
     let mut out: Vec<Leaf> = Vec::with_capacity(16);
-    hyp.for_each_stage2_leaf(|range, pa, attrs| {
+    let walked = hyp.for_each_stage2_leaf(|range, pa, attrs| {
         if let Some(last) = out.last_mut() {
             let joins = last.range.end() == range.start()
                 && last.pa.checked_add(last.range.size()) == Some(pa.get())
@@ -66,7 +63,36 @@ pub fn leaves(hyp: &mut Hyp<'_, Pool>) -> Vec<Leaf> {
             mem: attrs.mem,
         })
     });
+    if let Err(e) = walked {
+        panic!("the stage-2 tables do not walk: {e:?}");
+    }
     out
+}
+
+/// Every call that reached the firmware is one the hypervisor makes on
+/// its own terms, never a guest's call passed through: CPU_ON and
+/// power-down CPU_SUSPEND carry the hypervisor's own entry point
+/// ([`HYP_ENTRY`]), a standby CPU_SUSPEND none, and the argument-less
+/// calls no arguments. A guest's entry point reaching the firmware would
+/// wake a CPU at EL2 in guest code.
+pub fn check_firmware_calls(calls: &[(u32, [u64; 3])]) {
+    for &(fid, args) in calls {
+        let ok = match fid {
+            psci::CPU_ON_64 => args[1] == HYP_ENTRY,
+            psci::CPU_SUSPEND_64 => match PowerState::decode(args[0]) {
+                Some(PowerState::PowerDown(_)) => args[1] == HYP_ENTRY,
+                Some(PowerState::Standby(_)) => args[1..] == [0, 0],
+                None => false,
+            },
+            psci::AFFINITY_INFO_64 => args[1..] == [0, 0],
+            psci::CPU_OFF | psci::SYSTEM_OFF | psci::SYSTEM_RESET => args == [0; 3],
+            _ => false,
+        };
+        assert!(
+            ok,
+            "firmware got {fid:#x} with {args:#x?} (a guest's call passed through)"
+        );
+    }
 }
 
 /// Stage 2 maps exactly guest RAM, identity, as normal memory, never the
@@ -145,7 +171,7 @@ fn check_run_perms(l: &Leaf, protected: Option<&Layout>) {
         );
         if layout.region_of(a).is_some() {
             assert!(
-                !(l.perms.write && l.perms.exec_el1),
+                !l.perms.contains(Perms::WRITE | Perms::EXEC_EL1),
                 "kernel image page writable and EL1-executable at {a:#x}"
             );
         }
@@ -278,7 +304,8 @@ mod tests {
     fn hvc(hyp: &mut Hyp<'_, Pool>, plat: &mut crate::machine::Machine, x: [u64; 2]) -> u64 {
         let mut v = hyp_stub::vcpu::Vcpu::default();
         v.regs.x[..2].copy_from_slice(&x);
-        hyp.handle_sync(hyp_stub::esr::Esr(0x16 << 26), 0, 0, &mut v, plat);
+        let next = hyp.handle_sync(hyp_stub::esr::Esr(0x16 << 26), 0, 0, &mut v, plat);
+        assert_eq!(next, hyp_stub::hyp::Next::Guest);
         v.regs.x[0]
     }
 
@@ -400,11 +427,65 @@ mod tests {
         let mut v = hyp_stub::vcpu::Vcpu::default();
         v.regs.x[0] = u64::from(mmio_guard::abi::MAP);
         v.regs.x[1] = 0x0900_0000;
-        hyp.handle_sync(hyp_stub::esr::Esr(0x16 << 26), 0, 0, &mut v, &mut plat);
+        let next = hyp.handle_sync(hyp_stub::esr::Esr(0x16 << 26), 0, 0, &mut v, &mut plat);
+        assert_eq!(next, hyp_stub::hyp::Next::Guest);
         assert_eq!(v.regs.x[0], 0);
         drop(hyp);
         // The guest unmapped it (as far as the model knows).
         check_guard(&s.guard.lock(), &RangeSet::default());
+    }
+
+    /// A CPU_ON the core answers, with a guest entry point in RAM.
+    fn cpu_on_calls() -> Vec<(u32, [u64; 3])> {
+        let s = Services::new(Policy::AfterEnroll);
+        let (mut g, mut k) = s.handles();
+        let mut plat = crate::machine::Machine::new(false);
+        let boot = crate::machine::Boot {
+            policy: Policy::AfterEnroll,
+            hyp_cpu: false,
+            tables: 2,
+        };
+        let mut hyp = crate::machine::boot(&boot, &mut g, &mut k, &mut plat);
+        let mut v = hyp_stub::vcpu::Vcpu::default();
+        v.regs.x[..4].copy_from_slice(&[u64::from(psci::CPU_ON_64), 1, IMAGE, 7]);
+        plat.take_events();
+        hyp.handle_sync(hyp_stub::esr::Esr(0x16 << 26), 0, 0, &mut v, &mut plat);
+        assert_eq!(v.regs.x[0], psci::SUCCESS);
+        plat.firmware.clone()
+    }
+
+    #[test]
+    fn the_hypervisors_own_calls_pass() {
+        let calls = cpu_on_calls();
+        assert_eq!(calls.len(), 1, "{calls:x?}");
+        check_firmware_calls(&calls);
+        check_firmware_calls(&[
+            (psci::CPU_SUSPEND_64, [1 << 16, HYP_ENTRY, 0]),
+            (psci::CPU_SUSPEND_64, [0, 0, 0]),
+            (psci::CPU_OFF, [0; 3]),
+            (psci::AFFINITY_INFO_64, [1, 0, 0]),
+        ]);
+    }
+
+    #[test]
+    #[should_panic(expected = "passed through")]
+    fn a_guest_entry_point_at_the_firmware_is_caught() {
+        // The same CPU_ON with the guest's entry forwarded as it made it.
+        let mut calls = cpu_on_calls();
+        calls[0].1[1] = IMAGE;
+        check_firmware_calls(&calls);
+    }
+
+    #[test]
+    #[should_panic(expected = "passed through")]
+    fn a_forwarded_power_down_suspend_is_caught() {
+        check_firmware_calls(&[(psci::CPU_SUSPEND_64, [1 << 16, IMAGE, 0])]);
+    }
+
+    #[test]
+    #[should_panic(expected = "passed through")]
+    fn a_forwarded_system_suspend_is_caught() {
+        check_firmware_calls(&[(psci::SYSTEM_SUSPEND_64, [IMAGE, 0, 0])]);
     }
 
     #[test]

@@ -18,7 +18,9 @@ use hyp_stub::addr::{Ipa, IpaRange, PhysAddr};
 use hyp_stub::boot::{HYP_BASE, HYP_END, RAM_BASE};
 use hyp_stub::esr::Width;
 use hyp_stub::hyp::{Hyp, Layout, Platform};
-use hyp_stub::service::{Call, CallResult, FaultAction, GuestFault, HypOps, MmioVerdict, Service};
+use hyp_stub::service::{
+    BackgroundHash, Call, CallResult, FaultAction, GuestFault, HypOps, MmioVerdict, Service,
+};
 use hyp_stub::services::kernel_protect::{AssetExtents, KernelProtect};
 use hyp_stub::services::mmio_guard::{MmioGuard, Policy};
 use hyp_stub::stage2::{Attrs, MemType, Perms, Stage2, TableMemory, Tlb, ENTRIES, PAGE_SIZE};
@@ -47,6 +49,12 @@ pub const POOL_BASE: u64 = HYP_BASE + 0x40_0000;
 pub const VBAR: u64 = 0xffff_8000_0801_0000;
 /// The MPIDR of the CPU the hypervisor keeps, when it keeps one.
 pub const HYP_CPU_MPIDR: u64 = 0x8000_0007;
+/// The MPIDR of the boot CPU, which runs vCPU 0.
+pub const BOOT_MPIDR: u64 = 0x8000_0000;
+/// The hypervisor's own entry point for CPUs it starts or wakes (its
+/// `secondary_entry`): inside its memory, so never a valid guest entry.
+/// The only entry point the firmware may ever be given.
+pub const HYP_ENTRY: u64 = HYP_BASE + 0x1000;
 
 /// Guest RAM and the device window, as on the `virt` board.
 pub fn layout() -> Layout {
@@ -96,16 +104,16 @@ impl TableMemory for Pool {
             POOL_BASE + (self.tables.len() as u64 - 1) * PAGE_SIZE,
         ))
     }
-    fn table(&mut self, table: PhysAddr) -> &mut [u64; ENTRIES] {
-        let i = table
-            .get()
-            .checked_sub(POOL_BASE)
-            .map(|o| (o / PAGE_SIZE) as usize)
-            .filter(|&i| i < self.tables.len());
-        // The core only follows entries it wrote: anything else is a bug
-        // in the stage-2 code, which is what fuzzing looks for.
-        let i = i.unwrap_or_else(|| panic!("stage 2 followed a non-table address {table:#x}"));
-        &mut self.tables[i]
+    fn table(&mut self, table: PhysAddr) -> Option<&mut [u64; ENTRIES]> {
+        // Only the page-aligned start of a table handed out is one. The
+        // core reports anything else as an error, which the invariants
+        // treat as a violation (it only follows entries it wrote).
+        let offset = table.get().checked_sub(POOL_BASE)?;
+        if !offset.is_multiple_of(PAGE_SIZE) {
+            return None;
+        }
+        let i = usize::try_from(offset / PAGE_SIZE).ok()?;
+        self.tables.get_mut(i).map(|t| &mut **t)
     }
 }
 
@@ -113,7 +121,7 @@ impl TableMemory for &mut Pool {
     fn alloc(&mut self) -> Option<PhysAddr> {
         (**self).alloc()
     }
-    fn table(&mut self, table: PhysAddr) -> &mut [u64; ENTRIES] {
+    fn table(&mut self, table: PhysAddr) -> Option<&mut [u64; ENTRIES]> {
         (**self).table(table)
     }
 }
@@ -233,8 +241,9 @@ pub struct Machine {
     /// Instructions written on the guest's behalf since the last
     /// [`Machine::take_events`].
     pub insn_writes: Vec<(u64, u32)>,
-    /// Firmware calls since the last [`Machine::take_events`].
-    pub firmware: Vec<u32>,
+    /// Firmware calls (function ID and arguments) since the last
+    /// [`Machine::take_events`].
+    pub firmware: Vec<(u32, [u64; 3])>,
     /// Exceptions injected since the last [`Machine::take_events`].
     pub injected: Vec<El1Exception>,
     /// Totals over the whole input.
@@ -245,7 +254,15 @@ pub struct Machine {
     pub hyp_cpu: bool,
     /// Whether the hypervisor's CPU loses its digest.
     pub lose_digest: bool,
+    /// Whether the firmware refuses power-down suspends and CPU_OFF.
+    pub power_refused: bool,
+    /// How many polls of a background hash answer "pending" before it
+    /// is done.
+    pub hash_polls: u8,
+    /// The CPU the guest's next exit comes from.
+    pub mpidr: u64,
     background: Option<Vec<(PhysAddr, u64)>>,
+    polls_left: u8,
     console: NullConsole,
 }
 
@@ -276,7 +293,11 @@ impl Machine {
             cpu_on_result: 0,
             hyp_cpu,
             lose_digest: false,
+            power_refused: false,
+            hash_polls: 0,
+            mpidr: BOOT_MPIDR,
             background: None,
+            polls_left: 0,
             console: NullConsole,
         }
     }
@@ -287,6 +308,20 @@ impl Machine {
         self.insn_writes.clear();
         self.firmware.clear();
         self.injected.clear();
+    }
+
+    /// The digest of the background hash started, if one was and the
+    /// hypervisor's CPU did not lose it.
+    fn take_background(&mut self) -> Option<[u8; 32]> {
+        let spans = self.background.take()?;
+        if self.lose_digest {
+            return None;
+        }
+        let mut h = hyp_stub::sha256::Sha256::new(cheap_compress);
+        for (pa, len) in spans {
+            self.ram.hash(pa.get(), len, &mut h);
+        }
+        Some(h.finalize())
     }
 
     fn check_ram(&self, pa: u64, len: u64, what: &str) {
@@ -314,20 +349,24 @@ impl Platform for Machine {
         }
         if self.hyp_cpu && self.background.is_none() {
             self.background = Some(spans.to_vec());
+            self.polls_left = self.hash_polls;
             return true;
         }
         false
     }
-    fn finish_background_hash(&mut self) -> Option<[u8; 32]> {
-        let spans = self.background.take()?;
-        if self.lose_digest {
-            return None;
+    fn poll_background_hash(&mut self) -> BackgroundHash {
+        if self.background.is_none() {
+            return BackgroundHash::None;
         }
-        let mut h = hyp_stub::sha256::Sha256::new(cheap_compress);
-        for (pa, len) in spans {
-            self.ram.hash(pa.get(), len, &mut h);
+        if self.polls_left > 0 {
+            self.polls_left -= 1;
+            return BackgroundHash::Pending;
         }
-        Some(h.finalize())
+        self.take_background()
+            .map_or(BackgroundHash::None, BackgroundHash::Done)
+    }
+    fn wait_background_hash(&mut self) -> Option<[u8; 32]> {
+        self.take_background()
     }
     fn read_ram(&mut self, pa: PhysAddr, buf: &mut [u8]) {
         self.check_ram(pa.get(), buf.len() as u64, "read");
@@ -339,16 +378,30 @@ impl Platform for Machine {
         self.insn_writes.push((pa.get(), insn));
         self.totals.insn_writes += 1;
     }
-    fn firmware_call(&mut self, fid: u32, _args: [u64; 3]) -> [u64; 4] {
-        self.firmware.push(fid);
+    fn firmware_call(&mut self, fid: u32, args: [u64; 3]) -> [u64; 4] {
+        // Every call succeeds (AFFINITY_INFO: still on) unless power
+        // management is refused; the harness models the calls that do
+        // not return as the EL2 code does.
+        self.firmware.push((fid, args));
+        let power = fid == hyp_stub::smccc::psci::CPU_OFF
+            || (fid == hyp_stub::smccc::psci::CPU_SUSPEND_64 && args[1] != 0);
+        if self.power_refused && power {
+            return [hyp_stub::smccc::psci::DENIED, 0, 0, 0];
+        }
         [0, 0, 0, 0]
     }
-    fn start_cpu(&mut self, _mpidr: u64, _slot: usize) -> u64 {
+    fn start_cpu(&mut self, mpidr: u64, slot: usize) -> u64 {
+        // As the EL2 board does: CPU_ON to the firmware with the
+        // hypervisor's own entry point, recorded like any firmware call.
+        self.firmware.push((
+            hyp_stub::smccc::psci::CPU_ON_64,
+            [mpidr, HYP_ENTRY, slot as u64],
+        ));
         self.totals.cpus_started += 1;
         self.cpu_on_result
     }
     fn current_mpidr(&self) -> u64 {
-        0x8000_0000
+        self.mpidr
     }
     fn mmio_read(&mut self, pa: PhysAddr, width: Width) -> u64 {
         self.accesses.push(DeviceAccess {
@@ -507,7 +560,8 @@ pub fn stage2(tables: usize) -> Option<Stage2<Pool>> {
             )
             .expect("guest RAM fits in two tables");
             let mut blocks = 0;
-            s2.for_each_leaf(|_, _, _| blocks += 1);
+            s2.for_each_leaf(|_, _, _| blocks += 1)
+                .expect("the tables just built walk");
             assert_eq!(blocks, 496, "guest RAM is mapped with 2 MiB blocks");
             assert_eq!(s2.root(), PhysAddr(POOL_BASE));
         }

@@ -9,7 +9,7 @@
 use arbitrary::Arbitrary;
 use hyp_stub::addr::Ipa;
 use hyp_stub::esr::Esr;
-use hyp_stub::hyp::Hyp;
+use hyp_stub::hyp::{Hyp, Next};
 use hyp_stub::services::mmio_guard::Policy;
 use hyp_stub::vcpu::Vcpu;
 use mmio_guard::abi::GRANULE;
@@ -85,12 +85,18 @@ impl Hypervisor for Bridge<'_, '_> {
         self.calls += 1;
         self.vcpu.regs.x[0] = u64::from(fid);
         self.vcpu.regs.x[1..4].copy_from_slice(&args);
-        self.hyp.handle_sync(
+        let next = self.hyp.handle_sync(
             Esr((0x16 << 26) | (1 << 25)),
             0,
             0,
             &mut self.vcpu,
             self.plat,
+        );
+        // MMIO guard calls return to the guest; nothing waits.
+        assert_eq!(
+            next,
+            Next::Guest,
+            "MMIO guard call {fid:#x} asked for {next:?}"
         );
         let x = &self.vcpu.regs.x;
         [x[0], x[1], x[2], x[3]]
@@ -228,8 +234,16 @@ pub fn run(input: &Input) {
                     | (1 << 16)
                     | (u64::from(write) << 6)
                     | 7;
-                b.hyp
-                    .handle_sync(Esr(esr), ipa & 0xfff, (ipa >> 12) << 4, &mut v, b.plat);
+                let next =
+                    b.hyp
+                        .handle_sync(Esr(esr), ipa & 0xfff, (ipa >> 12) << 4, &mut v, b.plat);
+                // An allowed access is done on the device once the core is
+                // released, as the EL2 code does.
+                match next {
+                    Next::Guest => {}
+                    Next::Mmio(access) => access.perform(&mut v, b.plat),
+                    other => panic!("an MMIO access asked for {other:?}"),
+                }
                 exits += 1;
                 let emulated = !b.plat.accesses.is_empty();
                 let guard = services.guard.lock();

@@ -194,6 +194,8 @@ pub fn run(input: &Input) -> exit_path::Reach {
         lose_digest: input.lose_digest,
         extra_tables: 1,
         cpu_on_fails: false,
+        power_refused: false,
+        hash_polls: 0,
         records: vec![record],
         sites: input.sites.clone(),
         ops,
