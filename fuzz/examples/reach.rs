@@ -58,6 +58,8 @@ fn main() {
             sum.ram_refused += r.ram_refused;
             sum.ram_retried += r.ram_retried;
             sum.cpus_started += r.cpus_started;
+            sum.power_downs += r.power_downs;
+            sum.cpus_off += r.cpus_off;
         }
     }
     println!("inputs={inputs}");
@@ -86,4 +88,6 @@ fn main() {
     println!("ram_faults_refused={}", sum.ram_refused);
     println!("ram_faults_retried={}", sum.ram_retried);
     println!("cpus_started={}", sum.cpus_started);
+    println!("power_downs={}", sum.power_downs);
+    println!("cpus_off={}", sum.cpus_off);
 }

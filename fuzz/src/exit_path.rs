@@ -579,7 +579,7 @@ impl Guest<'_, '_> {
     /// entry must be one the core accepted (guest RAM, aligned).
     fn resume(&mut self, entry: u64, context: u64) {
         assert!(
-            machine::layout().guest_ram.contains(Ipa(entry)) && entry % 4 == 0,
+            machine::layout().guest_ram.contains(Ipa(entry)) && entry.is_multiple_of(4),
             "a vCPU resumes at {entry:#x}, not an entry in guest RAM"
         );
         self.vcpu = Vcpu {
@@ -1113,5 +1113,51 @@ mod tests {
             "{r:?}"
         );
         assert_eq!(r.protect_vm_assets, 1);
+    }
+
+    /// A guest that starts vCPU 1, powers vCPU 0 down and turns vCPU 1
+    /// off once it runs: each reaches the firmware only as the
+    /// hypervisor's own call, and each vCPU resumes at its entry.
+    fn power_managing(power_refused: bool) -> Input {
+        let call = |fid: u32, args: [Value; 3]| Op::Call {
+            smc: true,
+            imm: Imm::Zero,
+            fid: Fid::Raw(fid),
+            args,
+        };
+        let entry = Value::ImagePage(1);
+        Input {
+            power_refused,
+            ops: vec![
+                call(psci::CPU_ON_64, [Value::Small(1), entry, Value::Small(9)]),
+                call(
+                    psci::CPU_SUSPEND_64,
+                    [Value::Raw(1 << 16), entry, Value::Small(5)],
+                ),
+                // Standby: no entry point.
+                call(psci::CPU_SUSPEND_64, [Value::Zero, entry, Value::Zero]),
+                Op::SecondaryBoot { slot: 1 },
+                call(psci::CPU_OFF, [Value::Zero; 3]),
+                // Nothing runs on an off CPU.
+                call(psci::CPU_OFF, [Value::Zero; 3]),
+            ],
+            ..well_behaved()
+        }
+    }
+
+    #[test]
+    fn power_management_reaches_the_firmware_only_as_the_hypervisors_calls() {
+        let r = run(&power_managing(false));
+        assert_eq!(
+            (r.cpus_started, r.power_downs, r.cpus_off),
+            (1, 1, 1),
+            "{r:?}"
+        );
+        let r = run(&power_managing(true));
+        assert_eq!(
+            (r.cpus_started, r.power_downs, r.cpus_off),
+            (1, 0, 0),
+            "{r:?}"
+        );
     }
 }
