@@ -110,9 +110,6 @@ fn ns_per_flip(console: &str) -> Option<f64> {
     before.rsplit(' ').next()?.parse().ok()
 }
 
-/// The heading of the fuzzing section of `docs/benchmarks.md`, which
-/// this command keeps.
-
 /// Runs the benchmarks and writes `docs/benchmarks.md`.
 pub fn run(boots: usize) -> Result<(), String> {
     let a = build_all()?;
