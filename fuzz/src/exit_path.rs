@@ -80,6 +80,10 @@ pub const KNOWN_FIDS: [u32; 36] = [
 pub enum Fid {
     /// One of [`KNOWN_FIDS`].
     Known(u8),
+    /// Any function of the PSCI range, SMC64 or SMC32: the allowlist must
+    /// refuse the ones it does not name, which a random ID hardly ever
+    /// hits.
+    Psci { smc64: bool, n: u8 },
     /// Anything.
     Raw(u32),
 }
@@ -88,6 +92,10 @@ impl Fid {
     fn get(self) -> u32 {
         match self {
             Fid::Known(i) => KNOWN_FIDS[usize::from(i) % KNOWN_FIDS.len()],
+            Fid::Psci { smc64, n } => {
+                let base = if smc64 { 0xc400_0000 } else { 0x8400_0000 };
+                base | u32::from(n % 0x20)
+            }
             Fid::Raw(f) => f,
         }
     }
