@@ -351,6 +351,18 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
         &self.stage2
     }
 
+    /// Calls `f` with every leaf of the guest's stage-2 tables (see
+    /// [`Stage2::for_each_leaf`]), for checks of what the guest can reach.
+    ///
+    /// # Errors
+    /// As [`Stage2::for_each_leaf`].
+    pub fn for_each_stage2_leaf(
+        &mut self,
+        f: impl FnMut(IpaRange, PhysAddr, crate::stage2::Attrs),
+    ) -> Result<(), Stage2Error> {
+        self.stage2.for_each_leaf(f)
+    }
+
     /// Handles a synchronous exception from the guest; says what the CPU
     /// does once the core is released.
     pub fn handle_sync(

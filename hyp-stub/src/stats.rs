@@ -102,6 +102,19 @@ impl Stats {
             .map_or(0, |(_, n)| *n)
     }
 
+    /// Exits of `kind` so far.
+    pub fn exits_of(&self, kind: ExitKind) -> u64 {
+        EXIT_KINDS
+            .iter()
+            .position(|(k, _)| *k == kind)
+            .map_or(0, |i| self.exits[i])
+    }
+
+    /// Calls counted so far, per function ID or together.
+    pub fn calls_total(&self) -> u64 {
+        self.calls.iter().map(|(_, n)| n).sum::<u64>() + self.calls_untracked
+    }
+
     /// Total exits so far.
     pub fn exits_total(&self) -> u64 {
         self.exits.iter().sum()
@@ -155,6 +168,11 @@ mod tests {
         let mut out = String::new();
         s.write_lines(&mut out).unwrap();
         assert!(out.starts_with("exits_total=3\nexit_hvc=0\nexit_smc=2\nexit_dabt=1\n"));
+        assert_eq!(
+            (s.exits_of(ExitKind::Smc), s.exits_of(ExitKind::Hvc)),
+            (2, 0)
+        );
+        assert_eq!(s.calls_total(), 3);
         let a = out.find("call_0x80000000=2").unwrap();
         let b = out.find("call_0x8600ff01=1").unwrap();
         assert!(a < b);

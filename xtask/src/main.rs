@@ -7,6 +7,7 @@ mod bench;
 mod debian;
 mod deps;
 mod doc;
+mod fuzz;
 mod initramfs;
 mod kernel;
 mod patches;
@@ -44,6 +45,8 @@ commands:
   soak       SMP soak: protected 4-CPU boots flipping static keys, loading modules and
              using guarded MMIO at once -> docs/benchmarks.md
                --boots N        boots (default 50)
+  fuzz       coverage-guided fuzzing of hyp-stub and the ABI crates (nightly, cargo-fuzz)
+               --time S         seconds per target (default 60)
   kernel     build the guest kernel (patched Linux 6.12, Rust enabled)
   hyp        build hyp-stub
   initramfs  build the guest's userland
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Some("check-series") => deps::ensure().and_then(|()| kernel::check_series()),
         Some("deb") => deps::ensure().and_then(|()| kernel::deb().map(drop)),
         Some("debian-config") => deps::ensure().and_then(|()| kernel::debian_config_check()),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("-h") | Some("--help") | Some("help") => {
             print!("{USAGE}");
             Ok(())

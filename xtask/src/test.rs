@@ -185,12 +185,53 @@ pub fn run() -> Result<(), String> {
             }
         }
     }
+    paths::step("fuzz smoke: each coverage-guided target for a few seconds");
+    let fuzz_ok = fuzz_smoke(&mut totals);
     println!("{} passed, {} failed", totals.passed, totals.failed);
-    if host_ok && qemu_ok && style_ok && totals.failed == 0 {
+    if host_ok && qemu_ok && style_ok && fuzz_ok && totals.failed == 0 {
         Ok(())
     } else {
         Err("some tests failed".into())
     }
+}
+
+/// Runs every fuzz target for [`crate::fuzz::SMOKE_SECS`] seconds, one
+/// pass or fail line each (a target that cannot be built or run fails).
+fn fuzz_smoke(totals: &mut Totals) -> bool {
+    use crate::fuzz;
+    let mut ok = true;
+    let ready = fuzz::ensure_tools().and_then(|()| fuzz::build());
+    match ready.clone().and_then(|()| fuzz::unit_tests()) {
+        Ok(out) => out.lines().for_each(|l| {
+            println!("{l}");
+            totals.add_line(l);
+        }),
+        Err(e) => {
+            println!("fuzz harness tests ... FAILED\n{e}");
+            totals.failed += 1;
+            ok = false;
+        }
+    }
+    for target in fuzz::TARGETS {
+        let result = ready
+            .clone()
+            .and_then(|()| fuzz::run_target(target, fuzz::SMOKE_SECS));
+        match result {
+            Ok(s) => {
+                println!(
+                    "fuzz {target} ... ok ({} runs, cov {}, 0 crashes)",
+                    s.runs, s.cov
+                );
+                totals.passed += 1;
+            }
+            Err(e) => {
+                println!("fuzz {target} ... FAILED\n{e}");
+                totals.failed += 1;
+                ok = false;
+            }
+        }
+    }
+    ok
 }
 
 #[cfg(test)]

@@ -190,6 +190,20 @@ impl KernelProtect {
         Ok(())
     }
 
+    /// The layout the guest reported, once it has (in the reported and
+    /// the protected states).
+    pub fn reported_layout(&self) -> Option<Layout> {
+        match self.state {
+            State::Reported(l) | State::Protected(l) => Some(l),
+            State::Inactive | State::Active => None,
+        }
+    }
+
+    /// Whether stage-2 protection is enforced.
+    pub fn is_protected(&self) -> bool {
+        matches!(self.state, State::Protected(_))
+    }
+
     fn within_extents(&self, layout: &Layout) -> bool {
         let Some(x) = self.extents else { return false };
         x.rx.covers(&layout.text().into())

@@ -93,6 +93,18 @@ impl MmioGuard {
             .is_some_and(|&(_, e)| a < e)
     }
 
+    /// Whether the guest has called ENROLL.
+    pub fn enrolled(&self) -> bool {
+        self.enrolled
+    }
+
+    /// The guarded ranges, sorted and disjoint.
+    pub fn guarded(&self) -> impl Iterator<Item = IpaRange> + '_ {
+        self.ranges
+            .iter()
+            .filter_map(|&(s, e)| IpaRange::new(Ipa(s), e - s))
+    }
+
     /// Number of guarded granules.
     pub fn granules(&self) -> u64 {
         self.ranges

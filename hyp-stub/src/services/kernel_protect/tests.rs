@@ -684,3 +684,19 @@ fn summary_says_what_is_protected_and_the_self_check_verdict() {
     assert!(s.contains("MODIFIED (1 of 2 checks failed)"), "{s}");
     assert!(!s.contains('='), "no key=value lines in the summary: {s}");
 }
+
+#[test]
+fn the_layout_and_protection_are_visible_to_inspection() {
+    let mut ops = Ops::new();
+    let mut kp = service(&mut ops);
+    assert_eq!((kp.reported_layout(), kp.is_protected()), (None, false));
+    assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+    let layout = kp.reported_layout().expect("reported");
+    assert_eq!((layout.text().start(), layout.bss().end()), (TEXT.0, BSS.1));
+    assert!(!kp.is_protected());
+    assert_eq!(enable(&mut kp, &mut ops)[0], 0);
+    assert_eq!(
+        (kp.reported_layout(), kp.is_protected()),
+        (Some(layout), true)
+    );
+}

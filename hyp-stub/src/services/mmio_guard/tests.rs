@@ -221,3 +221,22 @@ fn summary_says_whether_mmio_is_guarded() {
     assert!(s.contains("1 unguarded accesses blocked"), "{s}");
     assert!(summary(&guard(Policy::FromBoot)).contains("enforcing from boot"));
 }
+
+#[test]
+fn guarded_ranges_and_enrollment_are_visible_to_inspection() {
+    let mut g = guard(Policy::AfterEnroll);
+    assert!(!g.enrolled() && g.guarded().next().is_none());
+    assert_eq!(call(&mut g, abi::MAP, [0x0900_0000, 0, 0]), 0);
+    assert_eq!(call(&mut g, abi::MAP_RANGE, [0x0900_1000, 0x2000, 0]), 0);
+    assert_eq!(call(&mut g, abi::MAP, [0x0a00_0000, 0, 0]), 0);
+    let ranges: Vec<(u64, u64)> = g
+        .guarded()
+        .map(|r| (r.start().get(), r.end().get()))
+        .collect();
+    assert_eq!(
+        ranges,
+        [(0x0900_0000, 0x0900_3000), (0x0a00_0000, 0x0a00_1000)]
+    );
+    assert_eq!(call(&mut g, abi::ENROLL, [0; 3]), 0);
+    assert!(g.enrolled());
+}
