@@ -13,13 +13,16 @@
  *   turns the CPU off with CPU_OFF. Linux still counts that CPU as
  *   online (it never returned from the thread that suspended it), so the
  *   module then ends the machine itself with SYSTEM_OFF rather than let
- *   Linux wait for the CPU on its way down.
+ *   Linux wait for the CPU on its way down. What must go on once that
+ *   CPU is gone runs in a thread bound to another CPU (see
+ *   round_trip_thread()).
  *
  * Linux's own suspend path is not used: the test kernel has neither
  * CONFIG_SUSPEND nor CONFIG_CPU_IDLE, so this module makes the calls.
  */
 #include <linux/arm-smccc.h>
-#include <linux/delay.h>
+#include <linux/completion.h>
+#include <linux/hrtimer.h>
 #include <linux/io.h>
 #include <linux/kthread.h>
 #include <linux/module.h>
@@ -124,6 +127,19 @@ static void wake(void *unused)
 {
 }
 
+/*
+ * Sleeps on this CPU's own timer. A timer-wheel sleep (msleep) of a CPU
+ * that goes idle may be left to a busy CPU to expire (timer migration, on
+ * tickless kernels), and to Linux the suspended CPU is busy for good.
+ */
+static void sleep_here(unsigned int ms)
+{
+	ktime_t t = ms_to_ktime(ms);
+
+	set_current_state(TASK_UNINTERRUPTIBLE);
+	schedule_hrtimeout(&t, HRTIMER_MODE_REL_PINNED);
+}
+
 static void power_down_round_trip(unsigned int cpu)
 {
 	struct mailbox *box = kzalloc(sizeof(*box), GFP_KERNEL);
@@ -150,11 +166,11 @@ static void power_down_round_trip(unsigned int cpu)
 	 * mailbox the MMU-off writes went to.
 	 */
 	for (i = 0; i < 5000 && !READ_ONCE(box->mpidr); i++)
-		msleep(1);
-	msleep(5);
+		sleep_here(1);
+	sleep_here(5);
 	smp_call_function_single(cpu, wake, NULL, 0);
 	for (i = 0; i < 200 && READ_ONCE(box->magic) != PROBE_MAGIC; i++)
-		msleep(10);
+		sleep_here(10);
 	mpidr = READ_ONCE(box->mpidr);
 	expect("power-down suspend resumed at the guest's entry",
 	       READ_ONCE(box->magic) == PROBE_MAGIC, 1);
@@ -163,13 +179,49 @@ static void power_down_round_trip(unsigned int cpu)
 	for (i = 0; i < 200; i++) {
 		if (call(PSCI_0_2_FN64_AFFINITY_INFO, mpidr, 0, 0) == 1)
 			break;
-		msleep(10);
+		sleep_here(10);
 	}
 	expect("the resumed CPU turned itself off (AFFINITY_INFO)",
 	       call(PSCI_0_2_FN64_AFFINITY_INFO, mpidr, 0, 0), 1);
 	pr_info("psci-probe: done, %d failures; powering off\n", failures);
 	/* The CPU is gone: end the machine here (see the top of the file). */
 	call(PSCI_0_2_FN_SYSTEM_OFF, 0, 0, 0);
+}
+
+static unsigned int round_trip_target;
+static DECLARE_COMPLETION(round_trip_returned);
+
+/*
+ * The suspended CPU never comes back to Linux, and what is queued on it
+ * stays there: runnable tasks, timers. So the task that waits for it
+ * must not be able to run there, as insmod's can (it may be running on
+ * that very CPU): this thread is bound to the first CPU and suspends the
+ * last.
+ */
+static int round_trip_thread(void *unused)
+{
+	power_down_round_trip(round_trip_target);
+	complete(&round_trip_returned);
+	return 0;
+}
+
+/*
+ * Returns only if the round trip stopped short of SYSTEM_OFF (after a
+ * failure it reported); insmod's task sleeps meanwhile, wherever it is.
+ */
+static void round_trip_from_another_cpu(void)
+{
+	struct task_struct *t;
+
+	round_trip_target = cpumask_last(cpu_online_mask);
+	t = kthread_run_on_cpu(round_trip_thread, NULL,
+			       cpumask_first(cpu_online_mask),
+			       "psci-probe-wait/%u");
+	if (IS_ERR(t)) {
+		expect("round-trip thread", PTR_ERR(t), 0);
+		return;
+	}
+	wait_for_completion(&round_trip_returned);
 }
 
 static int __init psci_probe_init(void)
@@ -210,7 +262,7 @@ static int __init psci_probe_init(void)
 	       PSCI_RET_SUCCESS);
 	local_irq_restore(flags);
 	if (num_online_cpus() > 1)
-		power_down_round_trip(cpumask_last(cpu_online_mask));
+		round_trip_from_another_cpu();
 	pr_info("psci-probe: done, %d failures\n", failures);
 	return 0;
 }
