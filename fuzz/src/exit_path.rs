@@ -703,7 +703,7 @@ impl Guest<'_, '_> {
             assert_eq!(a.pa, ipa, "emulated at another address");
             assert_eq!(a.write, write);
             assert!(
-                machine::layout().mmio_window.contains(Ipa(ipa)),
+                machine::layout().devices.contains(Ipa(ipa)),
                 "emulated outside the device window: {ipa:#x}"
             );
             assert_eq!(ipa % a.width.bytes(), 0, "misaligned access emulated");

@@ -248,7 +248,7 @@ impl RangeSet {
 /// The guard's ranges are inside the device window, never RAM, sorted,
 /// disjoint and coalesced, and equal `expected`.
 pub fn check_guard(guard: &MmioGuard, expected: &RangeSet) {
-    let window = layout().mmio_window;
+    let window = layout().devices;
     let ram = layout().guest_ram;
     let got: Vec<(u64, u64)> = guard
         .guarded()

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use hyp_stub::addr::{Ipa, IpaRange, PhysAddr};
 use hyp_stub::boot::{HYP_BASE, HYP_END, RAM_BASE};
+use hyp_stub::devices::DeviceWindows;
 use hyp_stub::esr::Width;
 use hyp_stub::hyp::{Hyp, Layout, Platform};
 use hyp_stub::service::{
@@ -58,10 +59,18 @@ pub const HYP_ENTRY: u64 = HYP_BASE + 0x1000;
 
 /// Guest RAM and the device window, as on the `virt` board.
 pub fn layout() -> Layout {
-    Layout {
-        guest_ram: IpaRange::new(Ipa(RAM_BASE), RAM_END - RAM_BASE).expect("RAM"),
-        mmio_window: IpaRange::new(Ipa(0), RAM_BASE).expect("window"),
+    let guest_ram = IpaRange::new(Ipa(RAM_BASE), RAM_END - RAM_BASE).expect("RAM");
+    let mut devices = DeviceWindows::empty();
+    // The low devices below RAM, the high PCIe ECAM and the 64-bit PCIe
+    // window, as hyp-stub finds them in the `virt` board's device tree.
+    for (base, size) in [
+        (0, RAM_BASE),
+        (0x40_1000_0000, 0x1000_0000),
+        (0x80_0000_0000, 0x80_0000_0000),
+    ] {
+        devices.add(base, size, guest_ram).expect("window");
     }
+    Layout { guest_ram, devices }
 }
 
 /// The hypervisor's own memory, which stage 2 must never map.

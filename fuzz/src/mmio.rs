@@ -249,7 +249,7 @@ pub fn run(input: &Input) {
                 let guard = services.guard.lock();
                 // What the core sees: IPA bits [51:12] and the page offset.
                 let seen = ipa & 0x000f_ffff_ffff_ffff;
-                let window = machine::layout().mmio_window.contains(Ipa(seen));
+                let window = machine::layout().devices.contains(Ipa(seen));
                 // Synced, the guest's own books say what is allowed;
                 // before that, what was noted may not be guarded yet.
                 let mapped = if unsynced {
