@@ -132,6 +132,16 @@ pub struct KernelProtect {
     counters: Counters,
 }
 
+/// Bytes as lowercase hex digits, as the stats block and the summary
+/// show digests.
+struct Hex<'a>(&'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
 fn ret(e: KpError) -> CallResult {
     [e.as_raw(), 0, 0, 0]
 }
@@ -663,16 +673,10 @@ impl Service for KernelProtect {
             Baseline::Lost => write!(out, "lost")?,
             // All zeros until protection is enabled.
             Baseline::NotTaken | Baseline::Taken { .. } => {
-                for b in self.digest().unwrap_or([0; 32]) {
-                    write!(out, "{b:02x}")?;
-                }
+                write!(out, "{}", Hex(&self.digest().unwrap_or([0; 32])))?;
             }
         }
-        write!(out, "\nkp_patch_log=")?;
-        for b in self.patch_log {
-            write!(out, "{b:02x}")?;
-        }
-        writeln!(out)
+        writeln!(out, "\nkp_patch_log={}", Hex(&self.patch_log))
     }
 
     fn write_summary(&self, out: &mut dyn Write) -> fmt::Result {
@@ -697,10 +701,7 @@ impl Service for KernelProtect {
             Baseline::Pending => writeln!(out, "still being taken")?,
             Baseline::Lost => writeln!(out, "LOST: the baseline could not be taken")?,
             Baseline::Taken { digest, on } => {
-                write!(out, "SHA-256 of text+rodata ")?;
-                for b in digest {
-                    write!(out, "{b:02x}")?;
-                }
+                write!(out, "SHA-256 of text+rodata {}", Hex(&digest))?;
                 let on = match on {
                     MeasuredOn::GuestCpu => "the guest's CPU",
                     MeasuredOn::HypervisorCpu => "the hypervisor's CPU",
