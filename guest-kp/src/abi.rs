@@ -11,6 +11,8 @@
 //! | [`ASSET_INFO`] | `0xC606_005F` | x1 = region type, x2 = start, x3 = size |
 //! | [`ENABLE_VM_PROTECTION`] | `0xC606_0060` | x1 = target address space ([`SELF_ADDRSPACE`]) |
 //! | [`ASSET_INFO_COMPACT`] | `0xC606_0061` | x1 = IPA of one 132-byte record |
+//! | [`PATCH_SITES`] | `0xC606_0063` | x1 = [`SiteTable`], x2 = IPA of the table, x3 = entries, x4 = VA of TEXT's start |
+//! | [`TEXT_PATCH`] | `0xC606_0064` | x1 = IPA of [`TextPatch`] entries, x2 = how many |
 //! | protect_vm_assets | `hvc #0x6094` ([`PROTECT_VM_ASSETS_HVC_IMM`]) | resource manager only |
 //!
 //! The three SMCCC IDs are fast, SMC64, owner 6 (vendor hypervisor) calls
@@ -42,8 +44,148 @@ pub const ENABLE_VM_PROTECTION: u32 = 0xC606_0060;
 /// 132-byte `kernel_asset_info` record (see `record::KernelAssetInfo`).
 pub const ASSET_INFO_COMPACT: u32 = 0xC606_0061;
 
+/// PATCH_SITES: register a table of text-patch sites, which the
+/// hypervisor reads and checks itself. x1 = the table's kind
+/// ([`SiteTable`]), x2 = its IPA (inside the kernel image, 8-byte
+/// aligned), x3 = its number of entries, x4 = the VA at which TEXT starts
+/// (tables of absolute VAs are turned into IPAs with it: under KASLR,
+/// sites and targets move together). Accepted only between the layout
+/// report and ENABLE_VM_PROTECTION, once per kind, and all or nothing.
+/// Returns x1 = sites registered, x2 = entries skipped because they lie
+/// outside TEXT (init text, which is freed before protection).
+pub const PATCH_SITES: u32 = 0xC606_0063;
+
+/// TEXT_PATCH: apply a batch of text patches. x1 = IPA of an array of
+/// [`TextPatch`] entries, x2 = their number (1..=[`MAX_TEXT_PATCH_BATCH`]).
+/// Entries are checked and applied in order, each against TEXT as the
+/// entries before it left it; the first refused entry stops the batch.
+/// Returns x1 = entries applied (all of them on success); on a refusal x0
+/// = [`KpError::Denied`] and x1 = the index of the refused entry.
+pub const TEXT_PATCH: u32 = 0xC606_0064;
+
 /// The SMCCC function IDs a protected guest may call.
-pub const FUNCTION_IDS: [u32; 3] = [ASSET_INFO, ENABLE_VM_PROTECTION, ASSET_INFO_COMPACT];
+pub const FUNCTION_IDS: [u32; 5] = [
+    ASSET_INFO,
+    ENABLE_VM_PROTECTION,
+    ASSET_INFO_COMPACT,
+    PATCH_SITES,
+    TEXT_PATCH,
+];
+
+/// The kinds of table [`PATCH_SITES`] registers (its x1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum SiteTable {
+    /// The kernel's `__jump_table`: arm64 `struct jump_entry`, 16 bytes
+    /// each (`s32 code`, `s32 target`, both relative to their own field,
+    /// then `long key`). x4 is ignored.
+    JumpTable = 0,
+    /// ftrace's `__mcount_loc` built from `__patchable_function_entries`
+    /// (`-fpatchable-function-entry=4,2`): u64 VAs, each of the 8-byte
+    /// literal before a function whose entry holds `[BTI C,] MOV X9, X30;
+    /// NOP`.
+    McountLoc = 1,
+    /// The ftrace trampolines a call site may branch to (`ftrace_caller`):
+    /// u64 VAs, at most [`MAX_FTRACE_CALLERS`].
+    FtraceCallers = 2,
+}
+
+impl SiteTable {
+    /// Decodes x1 of [`PATCH_SITES`].
+    ///
+    /// # Errors
+    /// [`KpError::ArgumentInvalid`] for a kind the ABI does not define.
+    pub const fn from_raw(raw: u64) -> Result<Self, KpError> {
+        match raw {
+            0 => Ok(SiteTable::JumpTable),
+            1 => Ok(SiteTable::McountLoc),
+            2 => Ok(SiteTable::FtraceCallers),
+            _ => Err(KpError::ArgumentInvalid),
+        }
+    }
+
+    /// The raw value of x1.
+    pub const fn as_raw(self) -> u64 {
+        self as u64
+    }
+
+    /// Bytes per entry.
+    pub const fn entry_size(self) -> u64 {
+        match self {
+            SiteTable::JumpTable => JUMP_ENTRY_SIZE,
+            SiteTable::McountLoc | SiteTable::FtraceCallers => 8,
+        }
+    }
+}
+
+/// Size of arm64's `struct jump_entry` with relative references.
+pub const JUMP_ENTRY_SIZE: u64 = 16;
+
+/// How many ftrace trampolines [`SiteTable::FtraceCallers`] may name.
+pub const MAX_FTRACE_CALLERS: u64 = 4;
+
+/// Most entries one [`TEXT_PATCH`] call takes.
+pub const MAX_TEXT_PATCH_BATCH: u64 = 512;
+
+/// Size in bytes of one [`TextPatch`] entry.
+pub const TEXT_PATCH_ENTRY_SIZE: usize = 24;
+
+/// One entry of a [`TEXT_PATCH`] batch, 24 bytes little-endian:
+/// `u64 ipa`, `u64 value`, `u32 size` (4 for an instruction, 8 for an
+/// ftrace call site's literal), `u32` reserved (0).
+///
+/// ```
+/// use guest_kp::abi::TextPatch;
+///
+/// let p = TextPatch { ipa: 0x4021_0004, value: 0xd503_201f, size: 4 };
+/// assert_eq!(TextPatch::from_bytes(&p.to_bytes()), Ok(p));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TextPatch {
+    /// IPA of the patched instruction or literal.
+    pub ipa: u64,
+    /// The new instruction (low 32 bits) or literal.
+    pub value: u64,
+    /// 4 or 8.
+    pub size: u32,
+}
+
+impl TextPatch {
+    /// The entry's bytes.
+    pub fn to_bytes(&self) -> [u8; TEXT_PATCH_ENTRY_SIZE] {
+        let mut b = [0u8; TEXT_PATCH_ENTRY_SIZE];
+        b[..8].copy_from_slice(&self.ipa.to_le_bytes());
+        b[8..16].copy_from_slice(&self.value.to_le_bytes());
+        b[16..20].copy_from_slice(&self.size.to_le_bytes());
+        b
+    }
+
+    /// Decodes an entry.
+    ///
+    /// # Errors
+    /// [`KpError::ArgumentSize`] if `size` is neither 4 nor 8 or a 4-byte
+    /// entry's value does not fit 32 bits; [`KpError::ArgumentInvalid`] if
+    /// the reserved word is not 0.
+    pub fn from_bytes(b: &[u8; TEXT_PATCH_ENTRY_SIZE]) -> Result<Self, KpError> {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[..8]);
+        let ipa = u64::from_le_bytes(w);
+        w.copy_from_slice(&b[8..16]);
+        let value = u64::from_le_bytes(w);
+        let mut h = [0u8; 4];
+        h.copy_from_slice(&b[16..20]);
+        let size = u32::from_le_bytes(h);
+        h.copy_from_slice(&b[20..24]);
+        if u32::from_le_bytes(h) != 0 {
+            return Err(KpError::ArgumentInvalid);
+        }
+        match size {
+            4 if value <= u64::from(u32::MAX) => Ok(Self { ipa, value, size }),
+            8 => Ok(Self { ipa, value, size }),
+            _ => Err(KpError::ArgumentSize),
+        }
+    }
+}
 
 /// The immediate of `hvc #0x6094`, protect_vm_assets: Gunyah's resource
 /// manager gives a VM's address space its four extents (RO, RW, RX,
