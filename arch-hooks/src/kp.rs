@@ -7,9 +7,9 @@
 use core::fmt::{self, Write};
 
 use crate::cmdline::Mode;
-use crate::guest_kp::abi::{KpError, RegionType};
+use crate::guest_kp::abi::{KpError, RegionType, SiteTable, PATCH_SITES, TEXT_PATCH};
 use crate::guest_kp::builder::Builder;
-use crate::guest_kp::guest::{self, Hypercall, ReportPath, SelfCheck};
+use crate::guest_kp::guest::{self, Hypercall, Registered, ReportPath, SelfCheck};
 use crate::guest_kp::record::{KernelAssetInfo, RecordError};
 
 /// How often a self-check is asked again while the hypervisor answers
@@ -37,6 +37,53 @@ pub enum Status {
     Protected,
 }
 
+/// Where one table of text-patch sites lies, for PATCH_SITES.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Table {
+    /// IPA of the first entry.
+    pub ipa: u64,
+    /// Number of entries (0: the kernel has no such table).
+    pub entries: u64,
+}
+
+/// The kernel's tables of text-patch sites.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PatchTables {
+    /// The VA at which TEXT starts (`_stext`).
+    pub text_va: u64,
+    /// `__jump_table`.
+    pub jump_table: Table,
+    /// ftrace's trampolines (`ftrace_caller`).
+    pub ftrace_callers: Table,
+    /// `__mcount_loc`.
+    pub mcount_loc: Table,
+}
+
+/// What became of one table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TableOutcome {
+    /// Not sent (none in this kernel, or kernel protect is not in use).
+    #[default]
+    NotSent,
+    /// The hypervisor accepted it.
+    Registered(Registered),
+    /// The hypervisor refused it: patches at its sites will be refused.
+    Refused(KpError),
+}
+
+/// The outcome of registering each table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SiteTables {
+    /// `__jump_table`.
+    pub jump_table: TableOutcome,
+    /// ftrace's trampolines.
+    pub ftrace_callers: TableOutcome,
+    /// `__mcount_loc`.
+    pub mcount_loc: TableOutcome,
+    /// Whether the hypervisor takes batches (TEXT_PATCH).
+    pub batches: bool,
+}
+
 /// The guest's kernel-protect state.
 pub struct KpState {
     mode: Mode,
@@ -44,6 +91,7 @@ pub struct KpState {
     record: KernelAssetInfo,
     last: Option<SelfCheck>,
     checks: u64,
+    sites: SiteTables,
 }
 
 impl Default for KpState {
@@ -61,7 +109,83 @@ impl KpState {
             record: KernelAssetInfo::new(),
             last: None,
             checks: 0,
+            sites: SiteTables {
+                jump_table: TableOutcome::NotSent,
+                ftrace_callers: TableOutcome::NotSent,
+                mcount_loc: TableOutcome::NotSent,
+                batches: false,
+            },
         }
+    }
+
+    /// Registers the kernel's tables of text-patch sites, between the
+    /// report and enabling protection: the hypervisor accepts patches
+    /// only at registered sites. The trampolines go before
+    /// `__mcount_loc`, whose sites the hypervisor checks against them. A
+    /// hypervisor without PATCH_SITES is sent nothing.
+    pub fn register_sites(&mut self, hv: &mut dyn Hypercall, tables: &PatchTables) -> SiteTables {
+        if !matches!(self.status, Status::Reported(_)) || !guest::implements(hv, PATCH_SITES) {
+            return self.sites;
+        }
+        let mut send = |kind: SiteTable, t: Table| {
+            if t.entries == 0 {
+                return TableOutcome::NotSent;
+            }
+            match guest::register_sites(hv, kind, t.ipa, t.entries, tables.text_va) {
+                Ok(r) => TableOutcome::Registered(r),
+                Err(e) => TableOutcome::Refused(e),
+            }
+        };
+        let jump_table = send(SiteTable::JumpTable, tables.jump_table);
+        let ftrace_callers = send(SiteTable::FtraceCallers, tables.ftrace_callers);
+        // Without its trampolines no ftrace site can be checked.
+        let mcount_loc = match ftrace_callers {
+            TableOutcome::Registered(_) => send(SiteTable::McountLoc, tables.mcount_loc),
+            _ => TableOutcome::NotSent,
+        };
+        self.sites = SiteTables {
+            jump_table,
+            ftrace_callers,
+            mcount_loc,
+            batches: guest::implements(hv, TEXT_PATCH),
+        };
+        self.sites
+    }
+
+    /// The outcome of [`Self::register_sites`].
+    pub fn sites(&self) -> SiteTables {
+        self.sites
+    }
+
+    /// Whether text patches may go to the hypervisor in batches: it is
+    /// protecting the kernel, takes TEXT_PATCH, and knows ftrace's sites.
+    pub fn batches(&self) -> bool {
+        self.status == Status::Protected
+            && self.sites.batches
+            && matches!(self.sites.mcount_loc, TableOutcome::Registered(_))
+    }
+
+    /// The patch-site part of the debugfs report.
+    ///
+    /// # Errors
+    /// Whatever `w` returns.
+    pub fn write_sites(&self, w: &mut dyn Write) -> fmt::Result {
+        for (name, t) in [
+            ("jump_table", self.sites.jump_table),
+            ("ftrace_callers", self.sites.ftrace_callers),
+            ("mcount_loc", self.sites.mcount_loc),
+        ] {
+            match t {
+                TableOutcome::NotSent => writeln!(w, "{name}=not-sent")?,
+                TableOutcome::Registered(r) => writeln!(
+                    w,
+                    "{name}=registered sites={} skipped={}",
+                    r.sites, r.skipped
+                )?,
+                TableOutcome::Refused(e) => writeln!(w, "{name}=refused {e}")?,
+            }
+        }
+        writeln!(w, "batches={}", if self.batches() { "yes" } else { "no" })
     }
 
     /// Records the command line's request.

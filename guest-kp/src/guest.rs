@@ -7,7 +7,9 @@
 //! hypervisor.
 
 use super::abi::{
-    KpError, RegionType, ASSET_INFO, ASSET_INFO_COMPACT, ENABLE_VM_PROTECTION, SELF_ADDRSPACE,
+    KpError, RegionType, SiteTable, TextPatch, ASSET_INFO, ASSET_INFO_COMPACT,
+    ENABLE_VM_PROTECTION, MAX_TEXT_PATCH_BATCH, PATCH_SITES, SELF_ADDRSPACE, TEXT_PATCH,
+    TEXT_PATCH_ENTRY_SIZE,
 };
 use super::record::{record_fits_in_page, KernelAssetInfo, RecordError};
 
@@ -44,6 +46,12 @@ pub fn offered<H: Hypercall + ?Sized>(hv: &mut H) -> bool {
     let mut has =
         |fid: u32| (hv.call(SMCCC_ARCH_FEATURES, [u64::from(fid), 0, 0, 0])[0] as i64) >= 0;
     (has(ASSET_INFO_COMPACT) || has(ASSET_INFO)) && has(ENABLE_VM_PROTECTION)
+}
+
+/// Whether the hypervisor says (SMCCC_ARCH_FEATURES) that it implements
+/// the call `fid`.
+pub fn implements<H: Hypercall + ?Sized>(hv: &mut H, fid: u32) -> bool {
+    (hv.call(SMCCC_ARCH_FEATURES, [u64::from(fid), 0, 0, 0])[0] as i64) >= 0
 }
 
 fn status<H: Hypercall + ?Sized>(hv: &mut H, fid: u32, args: [u64; 4]) -> Result<(), KpError> {
@@ -119,6 +127,163 @@ pub fn enable_protection<H: Hypercall + ?Sized>(hv: &mut H) -> Result<SelfCheck,
         patches: x2,
         measurement: x3,
     })
+}
+
+/// What the hypervisor made of one table of patch sites.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Registered {
+    /// Sites it will accept patches at.
+    pub sites: u64,
+    /// Entries it skipped because they lie outside TEXT (init text).
+    pub skipped: u64,
+}
+
+/// Registers a table of text-patch sites (PATCH_SITES). The table lies
+/// at `table_ipa` with `entries` entries of `kind`; `text_va` is the VA
+/// at which TEXT starts, which the hypervisor needs to turn the absolute
+/// VAs of some tables into IPAs. Nothing is sent for an empty table.
+///
+/// # Errors
+/// Any [`KpError`] the hypervisor returns: it refuses a table as a whole
+/// (e.g. [`KpError::ArgumentInvalid`] for a malformed entry,
+/// [`KpError::ObjectState`] once protection is enabled).
+pub fn register_sites<H: Hypercall + ?Sized>(
+    hv: &mut H,
+    kind: SiteTable,
+    table_ipa: u64,
+    entries: u64,
+    text_va: u64,
+) -> Result<Registered, KpError> {
+    if entries == 0 {
+        return Ok(Registered::default());
+    }
+    let [x0, x1, x2, _] = hv.call(PATCH_SITES, [kind.as_raw(), table_ipa, entries, text_va]);
+    KpError::from_raw(x0)?;
+    Ok(Registered {
+        sites: x1,
+        skipped: x2,
+    })
+}
+
+/// How a batch ended when it did not end well.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchError {
+    /// The hypervisor refused entry `index`; the entries before it were
+    /// applied.
+    Refused {
+        /// The refused entry.
+        index: usize,
+    },
+    /// The call failed as a whole (nothing was applied).
+    Call(KpError),
+}
+
+/// How many entries [`TextBatch`] holds: one TEXT_PATCH call's worth.
+pub const BATCH_ENTRIES: usize = MAX_TEXT_PATCH_BATCH as usize;
+
+/// Text patches queued for one TEXT_PATCH call: the entries as the
+/// hypervisor reads them, and the VA each patches so the caller can do
+/// its cache maintenance once they are applied. It must live where its
+/// IPA does not change (a static in the kernel image).
+#[repr(C, align(64))]
+pub struct TextBatch {
+    entries: [[u8; TEXT_PATCH_ENTRY_SIZE]; BATCH_ENTRIES],
+    vas: [(u64, u32); BATCH_ENTRIES],
+    len: usize,
+}
+
+impl Default for TextBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TextBatch {
+    /// An empty batch.
+    pub const fn new() -> Self {
+        Self {
+            entries: [[0; TEXT_PATCH_ENTRY_SIZE]; BATCH_ENTRIES],
+            vas: [(0, 0); BATCH_ENTRIES],
+            len: 0,
+        }
+    }
+
+    /// Entries queued.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether another entry would not fit.
+    pub fn is_full(&self) -> bool {
+        self.len >= BATCH_ENTRIES
+    }
+
+    /// The entries' bytes, whose IPA the caller passes to [`Self::flush`].
+    pub fn entries(&self) -> *const u8 {
+        self.entries.as_ptr().cast()
+    }
+
+    /// Queues `patch`, which writes the VA `va`. Returns `false` (and
+    /// queues nothing) when the batch is full: flush it first.
+    pub fn push(&mut self, va: u64, patch: TextPatch) -> bool {
+        match (self.entries.get_mut(self.len), self.vas.get_mut(self.len)) {
+            (Some(e), Some(v)) => {
+                *e = patch.to_bytes();
+                *v = (va, patch.size);
+                self.len += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Applies the queued entries with one TEXT_PATCH call, the entries
+    /// lying at `entries_ipa`. While the hypervisor answers BUSY (its
+    /// measurement is still being taken) the call is made again, `retries`
+    /// times at most with a pause between. `applied(va, size)` is called
+    /// for every entry the hypervisor applied, in order; then the batch is
+    /// empty whatever happened. Returns how many were applied.
+    ///
+    /// # Errors
+    /// [`BatchError::Refused`] with the index of the entry the hypervisor
+    /// refused; [`BatchError::Call`] if it refused the call itself.
+    pub fn flush<H: Hypercall + ?Sized>(
+        &mut self,
+        hv: &mut H,
+        entries_ipa: u64,
+        retries: u32,
+        mut applied: impl FnMut(u64, u32),
+    ) -> Result<usize, BatchError> {
+        if self.len == 0 {
+            return Ok(0);
+        }
+        let mut tries = 0;
+        let (result, done) = loop {
+            let [x0, x1, ..] = hv.call(TEXT_PATCH, [entries_ipa, self.len as u64, 0, 0]);
+            match KpError::from_raw(x0) {
+                Err(KpError::Busy) if tries < retries => {
+                    tries += 1;
+                    hv.pause();
+                }
+                Ok(()) => break (Ok(self.len), self.len),
+                Err(KpError::Denied) => {
+                    let index = usize::try_from(x1).unwrap_or(usize::MAX).min(self.len);
+                    break (Err(BatchError::Refused { index }), index);
+                }
+                Err(e) => break (Err(BatchError::Call(e)), 0),
+            }
+        };
+        for &(va, size) in self.vas.iter().take(done) {
+            applied(va, size);
+        }
+        self.len = 0;
+        result
+    }
 }
 
 #[cfg(test)]

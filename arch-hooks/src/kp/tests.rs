@@ -253,3 +253,133 @@ fn nothing_is_sent_to_a_hypervisor_that_does_not_offer_kernel_protect() {
     assert_eq!(s.enable(&mut hv), Status::NotOffered, "and no enable call");
     assert!(hv.calls.iter().all(|&f| f == guest::SMCCC_ARCH_FEATURES));
 }
+
+/// A hypervisor with PATCH_SITES (and TEXT_PATCH, unless `batches` is
+/// false) that refuses the table kinds in `refuse`.
+struct Sites {
+    batches: bool,
+    refuse: Vec<u64>,
+    tables: Vec<[u64; 4]>,
+}
+
+impl Hypercall for Sites {
+    fn call(&mut self, fid: u32, a: [u64; 4]) -> [u64; 4] {
+        match fid {
+            guest::SMCCC_ARCH_FEATURES => match a[0] as u32 {
+                abi::TEXT_PATCH if !self.batches => [u64::MAX, 0, 0, 0],
+                _ => [0, 0, 0, 0],
+            },
+            abi::ASSET_INFO_COMPACT => [0, 0, 0, 0],
+            abi::ENABLE_VM_PROTECTION => [0, 1, 0, 0xabcd],
+            abi::PATCH_SITES => {
+                self.tables.push(a);
+                if self.refuse.contains(&a[0]) {
+                    [KpError::ArgumentInvalid.as_raw(), 0, 0, 0]
+                } else {
+                    [0, a[2] - 1, 1, 0]
+                }
+            }
+            _ => [u64::MAX, 0, 0, 0],
+        }
+    }
+}
+
+fn tables() -> PatchTables {
+    PatchTables {
+        text_va: 0xffff_8000_8001_0000,
+        jump_table: Table {
+            ipa: 0x40b0_0000,
+            entries: 1029,
+        },
+        ftrace_callers: Table {
+            ipa: 0x40b1_0000,
+            entries: 1,
+        },
+        mcount_loc: Table {
+            ipa: 0x40c0_0000,
+            entries: 18_541,
+        },
+    }
+}
+
+fn reported(hv: &mut dyn Hypercall) -> KpState {
+    let mut s = KpState::new();
+    s.set_mode(Mode::On);
+    s.report(hv, &layout(), |_| 0x4100_0000);
+    s
+}
+
+#[test]
+fn sites_are_registered_trampolines_first_and_batches_follow_protection() {
+    let mut hv = Sites {
+        batches: true,
+        refuse: Vec::new(),
+        tables: Vec::new(),
+    };
+    let mut s = reported(&mut hv);
+    let t = s.register_sites(&mut hv, &tables());
+    let kinds: Vec<u64> = hv.tables.iter().map(|a| a[0]).collect();
+    assert_eq!(kinds, [0, 2, 1], "jump table, trampolines, then mcount_loc");
+    assert!(hv.tables.iter().all(|a| a[3] == 0xffff_8000_8001_0000));
+    assert_eq!(
+        t.mcount_loc,
+        TableOutcome::Registered(Registered {
+            sites: 18_540,
+            skipped: 1
+        })
+    );
+    assert!(!s.batches(), "no batches before protection");
+    s.enable(&mut hv);
+    assert!(s.batches());
+    let dump = text(|s, w| s.write_sites(w), &s);
+    assert!(
+        dump.contains("mcount_loc=registered sites=18540 skipped=1\n"),
+        "{dump}"
+    );
+    assert!(dump.ends_with("batches=yes\n"));
+}
+
+#[test]
+fn a_refused_trampoline_table_keeps_mcount_loc_back() {
+    let mut hv = Sites {
+        batches: true,
+        refuse: vec![SiteTable::FtraceCallers.as_raw()],
+        tables: Vec::new(),
+    };
+    let mut s = reported(&mut hv);
+    let t = s.register_sites(&mut hv, &tables());
+    assert_eq!(
+        t.ftrace_callers,
+        TableOutcome::Refused(KpError::ArgumentInvalid)
+    );
+    assert_eq!(t.mcount_loc, TableOutcome::NotSent);
+    assert!(matches!(t.jump_table, TableOutcome::Registered(_)));
+    s.enable(&mut hv);
+    assert!(!s.batches());
+    assert!(text(|s, w| s.write_sites(w), &s).contains("ftrace_callers=refused ARGUMENT_INVALID\n"));
+}
+
+#[test]
+fn no_batches_without_text_patch_and_no_tables_unless_reported() {
+    let mut hv = Sites {
+        batches: false,
+        refuse: Vec::new(),
+        tables: Vec::new(),
+    };
+    let mut s = reported(&mut hv);
+    s.register_sites(&mut hv, &tables());
+    s.enable(&mut hv);
+    assert!(!s.batches());
+    // Off: nothing is sent.
+    let mut hv = Sites {
+        batches: true,
+        refuse: Vec::new(),
+        tables: Vec::new(),
+    };
+    let mut off = KpState::new();
+    assert_eq!(
+        off.register_sites(&mut hv, &tables()),
+        SiteTables::default()
+    );
+    assert!(hv.tables.is_empty());
+}

@@ -385,3 +385,174 @@ fn works_through_a_trait_object() {
     assert_eq!(report(hv, &rec, RECORD_IPA), Ok(ReportPath::Compact));
     assert_eq!(enable_protection(hv).map(drop), Ok(()));
 }
+
+/// A hypervisor that answers TEXT_PATCH from a script and records calls.
+struct Batcher {
+    answers: Vec<[u64; 4]>,
+    calls: Vec<[u64; 4]>,
+    pauses: u32,
+}
+
+impl Hypercall for Batcher {
+    fn call(&mut self, fid: u32, a: [u64; 4]) -> [u64; 4] {
+        assert_eq!(fid, TEXT_PATCH);
+        self.calls.push(a);
+        if self.answers.is_empty() {
+            [0, a[1], 0, 0]
+        } else {
+            self.answers.remove(0)
+        }
+    }
+    fn pause(&mut self) {
+        self.pauses += 1;
+    }
+}
+
+fn batcher(answers: &[[u64; 4]]) -> Batcher {
+    Batcher {
+        answers: answers.to_vec(),
+        calls: Vec::new(),
+        pauses: 0,
+    }
+}
+
+fn filled(n: usize) -> Box<TextBatch> {
+    let mut b = Box::new(TextBatch::new());
+    for i in 0..n {
+        let p = TextPatch {
+            ipa: 0x4020_0000 + 4 * i as u64,
+            value: 0xd503_201f,
+            size: 4,
+        };
+        assert!(b.push(0xffff_8000_8020_0000 + 4 * i as u64, p));
+    }
+    b
+}
+
+#[test]
+fn a_batch_is_one_call_and_every_entry_is_reported_applied() {
+    let mut b = filled(3);
+    let mut hv = batcher(&[]);
+    let mut seen = Vec::new();
+    assert_eq!(
+        b.flush(&mut hv, 0x4100_0000, 10, |va, sz| seen.push((va, sz))),
+        Ok(3)
+    );
+    assert_eq!(hv.calls, vec![[0x4100_0000, 3, 0, 0]]);
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[2], (0xffff_8000_8020_0008, 4));
+    assert!(b.is_empty());
+    // The bytes the hypervisor reads are the entries' encoding.
+    // SAFETY: `entries()` points at the batch's own array.
+    let first = unsafe { core::slice::from_raw_parts(b.entries(), TEXT_PATCH_ENTRY_SIZE) };
+    assert_eq!(
+        TextPatch::from_bytes(first.try_into().unwrap())
+            .unwrap()
+            .ipa,
+        0x4020_0000
+    );
+}
+
+#[test]
+fn an_empty_batch_makes_no_call() {
+    let mut b = Box::new(TextBatch::new());
+    let mut hv = batcher(&[]);
+    assert_eq!(b.flush(&mut hv, 0x4100_0000, 10, |_, _| panic!()), Ok(0));
+    assert!(hv.calls.is_empty());
+}
+
+#[test]
+fn a_full_batch_takes_no_more() {
+    let mut b = filled(BATCH_ENTRIES);
+    assert!(b.is_full());
+    let p = TextPatch {
+        ipa: 0,
+        value: 0,
+        size: 4,
+    };
+    assert!(!b.push(0, p));
+    assert_eq!(b.len(), BATCH_ENTRIES);
+}
+
+#[test]
+fn a_refusal_reports_only_the_entries_before_it() {
+    let mut b = filled(5);
+    let mut hv = batcher(&[[KpError::Denied.as_raw(), 2, 0, 0]]);
+    let mut seen = 0;
+    assert_eq!(
+        b.flush(&mut hv, 0x4100_0000, 10, |_, _| seen += 1),
+        Err(BatchError::Refused { index: 2 })
+    );
+    assert_eq!(seen, 2);
+    assert!(b.is_empty(), "a refused batch is dropped, not retried");
+    // An index beyond the batch is clamped, never trusted.
+    let mut b = filled(2);
+    let mut hv = batcher(&[[KpError::Denied.as_raw(), u64::MAX, 0, 0]]);
+    assert_eq!(
+        b.flush(&mut hv, 0, 10, |_, _| {}),
+        Err(BatchError::Refused { index: 2 })
+    );
+}
+
+#[test]
+fn busy_is_retried_a_bounded_number_of_times() {
+    let busy = [KpError::Busy.as_raw(), 0, 0, 0];
+    let mut b = filled(1);
+    let mut hv = batcher(&[busy, busy]);
+    assert_eq!(b.flush(&mut hv, 0, 10, |_, _| {}), Ok(1));
+    assert_eq!((hv.calls.len(), hv.pauses), (3, 2));
+    let mut b = filled(1);
+    let mut hv = batcher(&[busy; 4]);
+    assert_eq!(
+        b.flush(&mut hv, 0, 2, |_, _| panic!("nothing was applied")),
+        Err(BatchError::Call(KpError::Busy))
+    );
+    assert_eq!(hv.calls.len(), 3);
+}
+
+#[test]
+fn registering_sites_passes_the_table_and_returns_the_counts() {
+    let mut hv = Scripted::new(0, 0, 0);
+    // An empty table is not sent at all.
+    assert_eq!(
+        register_sites(
+            &mut hv,
+            SiteTable::McountLoc,
+            0x4060_0000,
+            0,
+            0xffff_8000_8001_0000
+        ),
+        Ok(Registered::default())
+    );
+    assert!(hv.log.is_empty());
+    struct Counts(Vec<(u32, [u64; 4])>, u64);
+    impl Hypercall for Counts {
+        fn call(&mut self, fid: u32, a: [u64; 4]) -> [u64; 4] {
+            self.0.push((fid, a));
+            [self.1, 18_000, 541, 0]
+        }
+    }
+    let mut hv = Counts(Vec::new(), 0);
+    assert_eq!(
+        register_sites(
+            &mut hv,
+            SiteTable::McountLoc,
+            0x4060_0000,
+            18_541,
+            0xffff_8000_8001_0000
+        ),
+        Ok(Registered {
+            sites: 18_000,
+            skipped: 541
+        })
+    );
+    assert_eq!(
+        hv.0,
+        vec![(PATCH_SITES, [1, 0x4060_0000, 18_541, 0xffff_8000_8001_0000])]
+    );
+    let mut hv = Counts(Vec::new(), KpError::ObjectState.as_raw());
+    assert_eq!(
+        register_sites(&mut hv, SiteTable::JumpTable, 0x4050_0000, 10, 0),
+        Err(KpError::ObjectState)
+    );
+}
