@@ -17,6 +17,7 @@
 use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_int, CStr};
 use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use kernel::error::code::{EINVAL, EPERM};
 
@@ -39,6 +40,7 @@ pub mod guest_kp {
     pub mod guest;
     pub mod patch;
     pub mod record;
+    pub mod sites;
 }
 
 #[path = "rust/arch_hooks/cmdline.rs"]
@@ -52,16 +54,18 @@ pub mod text;
 
 use cmdline::Mode;
 use guest_kp::builder::Builder;
-use guest_kp::guest::Hypercall;
+use guest_kp::abi::TextPatch;
+use guest_kp::guest::{BatchError, Hypercall, TextBatch};
 use guest_kp::record::{AlignedRecord, KernelAssetInfo};
-use kp::KpState;
+use guest_kp::sites::PatchPolicy;
+use kp::{KpState, PatchTables, Table};
 use mmio::{InitOutcome, MmioState, Reason, Status};
 use mmio_guard::guard::Hypervisor;
 use text::SliceWriter;
 
 extern "C" {
     /// One SMCCC call through the kernel's conduit (`glue.c`).
-    fn pvguard_smccc(fid: u32, a1: u64, a2: u64, a3: u64, res: *mut u64);
+    fn pvguard_smccc(fid: u32, a1: u64, a2: u64, a3: u64, a4: u64, res: *mut u64);
     /// The physical address of a kernel-image symbol (`__pa_symbol`).
     fn pvguard_pa_symbol(addr: *const core::ffi::c_void) -> u64;
 }
@@ -73,15 +77,18 @@ impl Hypervisor for Smccc {
     fn call(&mut self, fid: u32, args: [u64; 3]) -> [u64; 4] {
         let mut res = [0u64; 4];
         // SAFETY: `pvguard_smccc` writes exactly four `u64`s to `res`.
-        unsafe { pvguard_smccc(fid, args[0], args[1], args[2], res.as_mut_ptr()) };
+        unsafe { pvguard_smccc(fid, args[0], args[1], args[2], 0, res.as_mut_ptr()) };
         res
     }
 }
 
 impl Hypercall for Smccc {
     fn call(&mut self, fid: u32, args: [u64; 4]) -> [u64; 4] {
-        // x4 is never used by the kernel-protect calls.
-        Hypervisor::call(self, fid, [args[0], args[1], args[2]])
+        let [a1, a2, a3, a4] = args;
+        let mut res = [0u64; 4];
+        // SAFETY: `pvguard_smccc` writes exactly four `u64`s to `res`.
+        unsafe { pvguard_smccc(fid, a1, a2, a3, a4, res.as_mut_ptr()) };
+        res
     }
     fn pause(&mut self) {
         // Callers hold `pvguard_lock` (a raw spinlock): a busy-wait, not
@@ -346,6 +353,192 @@ pub extern "C" fn pvguard_rust_kp_self_check() -> c_int {
     }
 }
 
+/// The kernel's patch-site tables as `glue.c` fills them: physical
+/// addresses and entry counts.
+#[repr(C)]
+pub struct KernelPatchTables {
+    text_va: u64,
+    jump_table: [u64; 2],
+    ftrace_callers: [u64; 2],
+    mcount_loc: [u64; 2],
+}
+
+/// What `pvguard_ftrace=` and `pvguard_kprobes=` allow, once read.
+static FTRACE_REFUSED: AtomicBool = AtomicBool::new(false);
+static KPROBES_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Registers the kernel's patch-site tables with the hypervisor (a late
+/// initcall: after the report, before init memory, which holds
+/// `__mcount_loc`, is freed) and reads the patch policy from the command
+/// line the hypervisor reads too.
+///
+/// # Safety
+/// `tables` points to a valid [`KernelPatchTables`], `cmdline` to a
+/// NUL-terminated string, and `pvguard_lock` is held.
+#[no_mangle]
+pub unsafe extern "C" fn pvguard_rust_kp_register_sites(
+    tables: *const KernelPatchTables,
+    cmdline: *const c_char,
+) {
+    // SAFETY: the caller passes a valid table description and string.
+    let (t, cmdline) = unsafe { (&*tables, CStr::from_ptr(cmdline)) };
+    // SAFETY: called with `pvguard_lock` held.
+    let kp = unsafe { &mut guest().kp };
+    if !matches!(kp.status(), kp::Status::Reported(_)) {
+        return;
+    }
+    let policy = PatchPolicy::from_cmdline(cmdline.to_bytes());
+    FTRACE_REFUSED.store(!policy.ftrace, Ordering::Relaxed);
+    KPROBES_REFUSED.store(!policy.kprobes, Ordering::Relaxed);
+    let table = |t: [u64; 2]| Table {
+        ipa: t[0],
+        entries: t[1],
+    };
+    let sites = kp.register_sites(
+        &mut Smccc,
+        &PatchTables {
+            text_va: t.text_va,
+            jump_table: table(t.jump_table),
+            ftrace_callers: table(t.ftrace_callers),
+            mcount_loc: table(t.mcount_loc),
+        },
+    );
+    for (name, outcome) in [
+        ("jump labels", sites.jump_table),
+        ("ftrace trampolines", sites.ftrace_callers),
+        ("ftrace call sites", sites.mcount_loc),
+    ] {
+        match outcome {
+            kp::TableOutcome::NotSent => {}
+            kp::TableOutcome::Registered(r) => kernel::pr_info!(
+                "kernel protect: {} sites of {} registered ({} outside text skipped)\n",
+                r.sites,
+                name,
+                r.skipped
+            ),
+            kp::TableOutcome::Refused(e) => kernel::pr_err!(
+                "kernel protect: the hypervisor refused the {} table: {}; their patches will fail\n",
+                name,
+                e
+            ),
+        }
+    }
+}
+
+/// Whether ftrace may patch text: `pvguard_ftrace=refuse` under kernel
+/// protect says no, and the hypervisor refuses its patches.
+#[no_mangle]
+pub extern "C" fn pvguard_rust_ftrace_allowed() -> bool {
+    !FTRACE_REFUSED.load(Ordering::Relaxed)
+}
+
+/// Whether a kprobe may be armed: `pvguard_kprobes=refuse` under kernel
+/// protect says no, and the hypervisor refuses its `BRK`.
+#[no_mangle]
+pub extern "C" fn pvguard_rust_kprobes_allowed() -> bool {
+    !KPROBES_REFUSED.load(Ordering::Relaxed)
+}
+
+/// The batch of text patches being gathered.
+struct Batch(UnsafeCell<TextBatch>);
+
+// SAFETY: `patches` is touched only by the batch's owner: `glue.c` lets
+// one task at a time open a batch (under `text_mutex`, which ftrace holds
+// around its updates) and passes only that task's patches here.
+unsafe impl Sync for Batch {}
+
+static BATCH: Batch = Batch(UnsafeCell::new(TextBatch::new()));
+
+/// How often a batch is sent again while the hypervisor answers BUSY:
+/// with a 1 ms pause, the time a self-check waits.
+const BATCH_BUSY_RETRIES: u32 = kp::BUSY_RETRIES;
+
+/// Opens a batch if the hypervisor takes them. Called with
+/// `pvguard_lock` held, by a task that holds `text_mutex`.
+#[no_mangle]
+pub extern "C" fn pvguard_rust_text_batch_begin() -> bool {
+    // SAFETY: called with `pvguard_lock` held.
+    unsafe { guest().kp.batches() }
+}
+
+/// The batch, for its owner.
+///
+/// # Safety
+/// Only the task that opened the batch calls this, and does not keep the
+/// reference.
+unsafe fn batch() -> &'static mut TextBatch {
+    // SAFETY: exclusive access is guaranteed by the caller (see above).
+    unsafe { &mut *BATCH.0.get() }
+}
+
+/// Sends the queued patches; on a refusal, says which.
+fn flush(b: &mut TextBatch) -> c_int {
+    let p: *const u8 = b.entries();
+    // SAFETY: the batch is part of a static in the kernel image.
+    let ipa = unsafe { pvguard_pa_symbol(p.cast()) };
+    let r = b.flush(&mut Smccc, ipa, BATCH_BUSY_RETRIES, |va, size| {
+        // SAFETY: cleaning and invalidating to the PoU by VA has no
+        // memory-safety effect; `va` is kernel text the hypervisor just
+        // wrote.
+        unsafe {
+            kernel::bindings::caches_clean_inval_pou(va as usize, (va + u64::from(size)) as usize)
+        };
+    });
+    match r {
+        Ok(_) => 0,
+        Err(BatchError::Refused { index }) => {
+            kernel::pr_err!(
+                "kernel protect: the hypervisor refused text patch {} of a batch\n",
+                index
+            );
+            EPERM.to_errno()
+        }
+        Err(BatchError::Call(e)) => {
+            kernel::pr_err!("kernel protect: a batch of text patches failed: {}\n", e);
+            EPERM.to_errno()
+        }
+    }
+}
+
+/// Queues a patch of `size` bytes (4 or 8) at `va` (IPA `ipa`); sends
+/// the batch first when it is full. Returns 0 or a negative errno.
+///
+/// # Safety
+/// Called only by the task that opened the batch, between
+/// [`pvguard_rust_text_batch_begin`] and [`pvguard_rust_text_batch_end`].
+#[no_mangle]
+pub unsafe extern "C" fn pvguard_rust_text_batch_add(
+    va: u64,
+    ipa: u64,
+    value: u64,
+    size: u32,
+) -> c_int {
+    // SAFETY: the caller owns the batch.
+    let b = unsafe { batch() };
+    if b.is_full() {
+        let r = flush(b);
+        if r != 0 {
+            return r;
+        }
+    }
+    if b.push(va, TextPatch { ipa, value, size }) {
+        0
+    } else {
+        EINVAL.to_errno()
+    }
+}
+
+/// Sends what is left of the batch and closes it. Returns 0 or a
+/// negative errno.
+///
+/// # Safety
+/// As for [`pvguard_rust_text_batch_add`].
+#[no_mangle]
+pub unsafe extern "C" fn pvguard_rust_text_batch_end() -> c_int {
+    // SAFETY: the caller owns the batch.
+    flush(unsafe { batch() })
+}
+
 /// The `ioremap` hook: guards the range, or fails the `ioremap`.
 #[no_mangle]
 pub extern "C" fn pvguard_rust_ioremap(phys: u64, size: usize) -> c_int {
@@ -404,6 +597,7 @@ pub unsafe extern "C" fn pvguard_rust_show(
         (b"kernel_protect", b"regions") => g.kp.write_regions(&mut w),
         (b"kernel_protect", b"self_check") => g.kp.write_verdict(&mut w),
         (b"kernel_protect", b"self_check_report") => g.kp.write_self_check(&mut w),
+        (b"kernel_protect", b"patch_sites") => g.kp.write_sites(&mut w),
         _ => return EINVAL.to_errno() as isize,
     };
     match r {

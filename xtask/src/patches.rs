@@ -20,7 +20,7 @@ use crate::{paths, sh};
 /// The patch's place in the series and its file name.
 pub const NUMBER: usize = 2;
 /// Patches in the series, this one included.
-const TOTAL: usize = 7;
+const TOTAL: usize = 12;
 const FILE: &str = "0002-virt-pvguard-Add-the-Rust-logic-shared-with-the-pvgu.patch";
 const SUBJECT: &str = "virt: pvguard: Add the Rust logic shared with the pvguard crates";
 const AUTHOR: &str =
@@ -153,10 +153,12 @@ fn generate_in(dir: &Path) -> Result<String, String> {
             .arg(NUMBER.to_string()),
         "git format-patch",
     )?;
-    // One commit knows only its own place: give it the series' total.
+    // One commit knows only its own place: give it the series' total,
+    // numbered as git numbers a series of that length.
+    let width = TOTAL.to_string().len();
     Ok(patch.replacen(
         &format!("[PATCH {NUMBER}/{NUMBER}]"),
-        &format!("[PATCH {NUMBER}/{TOTAL}]"),
+        &format!("[PATCH {NUMBER:0width$}/{TOTAL}]"),
         1,
     ))
 }
