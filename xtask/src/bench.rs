@@ -353,3 +353,108 @@ pub fn run(boots: usize) -> Result<(), String> {
     print!("{doc}");
     Ok(())
 }
+
+/// Boots of each configuration of the text-patch benchmark.
+const PATCH_BOOTS: usize = 5;
+/// Function-tracer enable+disable rounds timed in each boot.
+const TRACER_ROUNDS: usize = 5;
+
+/// The guest's time for the rounds: kernel timestamps of the marks its
+/// shell writes to `/dev/kmsg`, in seconds.
+fn tracer_seconds(console: &str) -> Option<f64> {
+    Some(stamp(console, "ftrace-bench-end")? - stamp(console, "ftrace-bench-start")?)
+}
+
+/// `cargo xtask bench-patch`: the function tracer over all functions,
+/// enabled and disabled [`TRACER_ROUNDS`] times, protected (ftrace's
+/// call-site patches go to the hypervisor in batches) and unprotected,
+/// boots interleaved; and what a round costs in exits.
+///
+/// # Errors
+/// A build or a boot that fails.
+pub fn text_patch() -> Result<(), String> {
+    let a = build_all()?;
+    let t = "/sys/kernel/tracing";
+    let each: Vec<String> = (1..=TRACER_ROUNDS).map(|i| i.to_string()).collect();
+    let each = each.join(" ");
+    let rounds = format!(
+        "mount -t tracefs nodev {t}; echo ftrace-bench-start > /dev/kmsg; \
+         for i in {each}; do echo function > {t}/current_tracer; echo nop > {t}/current_tracer; done; \
+         echo ftrace-bench-end > /dev/kmsg"
+    );
+    let unprotected = Boot {
+        append: "pvguard=off".into(),
+        exec: Some(rounds.clone()),
+        timeout: Duration::from_secs(300),
+        ..Boot::default()
+    };
+    let protected = Boot {
+        append: "pvguard=on".into(),
+        ..unprotected.clone()
+    };
+    let idle = Boot {
+        exec: None,
+        ..protected.clone()
+    };
+    paths::step(&format!(
+        "text patches: {PATCH_BOOTS} boots each, {TRACER_ROUNDS} function-tracer enable+disable rounds, with and without protection"
+    ));
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    let mut stats = None;
+    for _ in 0..PATCH_BOOTS {
+        let o = boot(&a, &unprotected, "bench-ftrace-off")?;
+        off.push(tracer_seconds(&o.console).ok_or("no timing marks in the guest's output")?);
+        let o = boot(&a, &protected, "bench-ftrace-on")?;
+        on.push(tracer_seconds(&o.console).ok_or("no timing marks in the guest's output")?);
+        stats = o.stats();
+    }
+    let s = stats.ok_or("no stats")?;
+    let base = boot(&a, &idle, "bench-ftrace-idle")?
+        .stats()
+        .ok_or("no stats")?;
+    let (m_off, m_on) = (median(&mut off), median(&mut on));
+    let updates = (2 * TRACER_ROUNDS) as u64;
+    let sites = s.num("kp_sites_ftrace");
+    let batches = s.num("call_0xc6060064");
+    let patches = s.num("kp_patches_ftrace");
+    let exits = s.num("exits_total").saturating_sub(base.num("exits_total"));
+    let per_update = batches as f64 / updates as f64;
+
+    let mut doc = String::new();
+    let _ = writeln!(doc, "## Text patches: `cargo xtask bench-patch`\n");
+    let _ = writeln!(
+        doc,
+        "Reproduce with `cargo xtask bench-patch`. The guest mounts tracefs and\n\
+         times, with kernel timestamps, {TRACER_ROUNDS} rounds of `echo function >\n\
+         current_tracer; echo nop > current_tracer`: the function tracer over all\n\
+         {sites} traceable functions of core kernel text, enabled and disabled.\n\
+         Protected, ftrace queues its writes (an ops literal and a NOP/BL per\n\
+         function) and hyp-stub checks each against the registered sites and\n\
+         applies them, 512 per TEXT_PATCH call. {PATCH_BOOTS} boots of each\n\
+         configuration, interleaved.\n"
+    );
+    let _ = writeln!(doc, "| configuration | median seconds for {TRACER_ROUNDS} rounds |");
+    let _ = writeln!(doc, "|---|---|");
+    let _ = writeln!(doc, "| pvguard off | {m_off:.3} |");
+    let _ = writeln!(doc, "| pvguard=on (patches checked and applied by hyp-stub) | {m_on:.3} |\n");
+    let _ = writeln!(
+        doc,
+        "- protected / unprotected: **{:.2}** (target <= 2)",
+        m_on / m_off
+    );
+    let _ = writeln!(
+        doc,
+        "- TEXT_PATCH calls per enable or disable: **{per_update:.1}** for {sites} sites, \
+         one per {:.0} sites (target: at most one per 64); {patches} patches in {batches} calls over {updates} updates",
+        sites as f64 / per_update.max(1.0)
+    );
+    let _ = writeln!(
+        doc,
+        "- all exits of a protected boot with the rounds, beyond an idle protected boot: {exits} \
+         ({:.0} per update, timer and console included)\n",
+        exits as f64 / updates as f64
+    );
+    crate::doc::write_benchmarks_section("text-patch", &doc)?;
+    print!("{doc}");
+    Ok(())
+}

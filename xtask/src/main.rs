@@ -41,6 +41,8 @@ commands:
                --shell          interactive guest shell
   test       host unit tests and QEMU system tests; ends with 'N passed, N failed'
   bench      benchmarks (boot time, static key flips, MMIO guard hypercalls) -> docs/benchmarks.md
+  bench-patch
+             the function tracer over all functions, protected and not -> docs/benchmarks.md
                --boots N        boots of each boot-time configuration (default 40)
   soak       SMP soak: protected 4-CPU boots flipping static keys, loading modules and
              using guarded MMIO at once -> docs/benchmarks.md
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("test") => test::run(),
         Some("bench") => boots_arg(&args[1..], bench::BOOTS).and_then(bench::run),
+        Some("bench-patch") => bench::text_patch(),
         Some("soak") => boots_arg(&args[1..], soak::BOOTS).and_then(soak::run),
         Some("patches") => patches::write(),
         Some("check-series") => deps::ensure().and_then(|()| kernel::check_series()),
