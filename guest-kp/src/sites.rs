@@ -146,6 +146,9 @@ pub struct JumpSite {
 }
 
 impl JumpSite {
+    /// An unused slot (what storage starts as).
+    pub const EMPTY: JumpSite = JumpSite { site: 0, target: 0 };
+
     const B_AT_ENABLE: u32 = 1;
 
     fn offset(self) -> u64 {
@@ -162,6 +165,9 @@ impl JumpSite {
 pub struct FtraceSite(u32);
 
 impl FtraceSite {
+    /// An unused slot (what storage starts as).
+    pub const EMPTY: FtraceSite = FtraceSite(0);
+
     const BTI: u32 = 1 << 3;
     const STATE: u32 = 7;
 

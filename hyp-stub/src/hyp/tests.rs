@@ -77,6 +77,11 @@ impl Platform for FakePlatform {
     fn write_insn(&mut self, pa: PhysAddr, insn: u32) {
         self.insns.push((pa, insn));
     }
+    fn write_u64(&mut self, pa: PhysAddr, value: u64) {
+        for (i, b) in value.to_le_bytes().into_iter().enumerate() {
+            self.ram.insert(pa.get() + i as u64, b);
+        }
+    }
     fn firmware_call(&mut self, fid: u32, args: [u64; 3]) -> [u64; 4] {
         self.firmware.push((fid, args));
         [self.firmware_answer.unwrap_or(0x1_0001), 0, 0, 0]

@@ -4,8 +4,9 @@
 
 use std::vec::Vec;
 
-use guest_kp::patch::{encode_b, NOP};
+use guest_kp::patch::{encode_b, encode_bl, NOP};
 use guest_kp::record::Region;
+use guest_kp::sites::{FtraceSite, JumpSite, BTI_C, MOV_X9_X30};
 
 use super::*;
 use crate::addr::GuestVa;
@@ -23,6 +24,14 @@ const DATA: (u64, u64) = (0x4050_0000, 0x4058_0000);
 const BSS: (u64, u64) = (0x4058_0000, 0x4060_0000);
 const FIXMAP: u64 = 0xffff_7fff_fe7f_d000;
 const RECORD_IPA: u64 = 0x4055_0000;
+/// Where the tests put their PATCH_SITES tables (in DATA).
+const TABLE_IPA: u64 = 0x4056_0000;
+/// TEXT's virtual address.
+const TEXT_VA: u64 = 0xffff_8000_8020_0000;
+/// Where the tests put their TEXT_PATCH batches (outside the image).
+const BATCH_IPA: u64 = 0x4070_0000;
+/// A kernel pointer, as ftrace_nop_ops.
+const NOP_OPS: u64 = 0xffff_8000_8250_1000;
 
 /// 8 MiB of fake guest RAM at RAM, and optionally a hypervisor CPU for
 /// background hashing. Its hash is computed only when the digest is
@@ -64,6 +73,15 @@ impl Ops {
     fn word(&mut self, ipa: u64) -> u32 {
         let b = self.at(ipa);
         u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+    fn dword(&mut self, ipa: u64) -> u64 {
+        u64::from_le_bytes(self.at(ipa)[..8].try_into().unwrap())
+    }
+    fn put(&mut self, ipa: u64, insn: u32) {
+        self.at(ipa)[..4].copy_from_slice(&insn.to_le_bytes());
+    }
+    fn put64(&mut self, ipa: u64, v: u64) {
+        self.at(ipa)[..8].copy_from_slice(&v.to_le_bytes());
     }
 }
 
@@ -125,6 +143,11 @@ impl HypOps for Ops {
         }
         Some(h.finalize())
     }
+    fn write_guest_u64(&mut self, ipa: Ipa, value: u64) -> Result<(), OpsError> {
+        assert!(ipa.is_aligned(8), "the service checks alignment first");
+        self.at(ipa.get())[..8].copy_from_slice(&value.to_le_bytes());
+        Ok(())
+    }
     fn write_guest_insn(&mut self, ipa: Ipa, insn: u32) -> Result<(), OpsError> {
         self.at(ipa.get())[..4].copy_from_slice(&insn.to_le_bytes());
         Ok(())
@@ -159,20 +182,50 @@ fn extents() -> AssetExtents {
     }
 }
 
-fn service(ops: &mut Ops) -> KernelProtect {
-    let mut kp = KernelProtect::new();
+/// Site storage for one service. Leaked: the service borrows it for
+/// `'static`, as the boot path's static arrays are.
+fn storage(jump: usize, ftrace: usize) -> SiteStorage<'static> {
+    SiteStorage {
+        jump: vec![JumpSite::default(); jump].leak(),
+        ftrace: vec![FtraceSite::default(); ftrace].leak(),
+    }
+}
+
+fn service(ops: &mut Ops) -> KernelProtect<'static> {
+    let mut kp = KernelProtect::with_sites(storage(256, 256));
     kp.init(ops).unwrap();
     kp.protect_vm_assets(extents()).unwrap();
     kp
 }
 
 fn call(kp: &mut KernelProtect, ops: &mut Ops, fid: u32, a: [u64; 3]) -> CallResult {
+    call4(kp, ops, fid, [a[0], a[1], a[2], 0])
+}
+
+fn call4(kp: &mut KernelProtect, ops: &mut Ops, fid: u32, a: [u64; 4]) -> CallResult {
     kp.call(
         &Call {
             fid,
-            args: [a[0], a[1], a[2], 0, 0, 0],
+            args: [a[0], a[1], a[2], a[3], 0, 0],
         },
         ops,
+    )
+}
+
+/// Writes a `__jump_table` of (site, target) IPAs at [`TABLE_IPA`] and
+/// registers it.
+fn register_jumps(kp: &mut KernelProtect, ops: &mut Ops, entries: &[(u64, u64)]) -> CallResult {
+    for (i, &(site, target)) in entries.iter().enumerate() {
+        let e = TABLE_IPA + i as u64 * 16;
+        ops.put(e, site.wrapping_sub(e) as u32);
+        ops.put(e + 4, target.wrapping_sub(e + 4) as u32);
+        ops.put64(e + 8, 0xffff_8000_8300_0000);
+    }
+    call4(
+        kp,
+        ops,
+        abi::PATCH_SITES,
+        [0, TABLE_IPA, entries.len() as u64, TEXT_VA],
     )
 }
 
@@ -195,7 +248,7 @@ fn submit(kp: &mut KernelProtect, ops: &mut Ops, rec: &KernelAssetInfo) -> u64 {
     call(kp, ops, abi::ASSET_INFO_COMPACT, [RECORD_IPA, 0, 0])[0]
 }
 
-fn protected() -> (KernelProtect, Ops) {
+fn protected() -> (KernelProtect<'static>, Ops) {
     let mut ops = Ops::new();
     let mut kp = service(&mut ops);
     assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
@@ -415,6 +468,10 @@ fn jump_label_patches(mut ops: Ops) {
     ops.at(site)[..4].copy_from_slice(&NOP.to_le_bytes());
     let mut kp = service(&mut ops);
     assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+    assert_eq!(
+        register_jumps(&mut kp, &mut ops, &[(site, site + 0x80)]),
+        [0, 1, 0, 0]
+    );
     assert_eq!(enable(&mut kp, &mut ops)[1], 1);
     let mut regs = GuestRegs::default();
     regs.x[3] = u64::from(b);
@@ -441,6 +498,8 @@ fn patched_sites_on_several_pages_are_undone_in_the_measurement() {
     }
     let mut kp = service(&mut ops);
     assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+    let table: Vec<(u64, u64)> = sites.iter().map(|&s| (s, TEXT.0)).collect();
+    assert_eq!(register_jumps(&mut kp, &mut ops, &table)[..2], [0, 4]);
     assert_eq!(enable(&mut kp, &mut ops)[1], 1);
     let mut regs = GuestRegs::default();
     // Patched in reverse order, so the list is not filled in IPA order.
@@ -463,13 +522,17 @@ fn other_writes_and_executes_are_refused_and_counted() {
     let site = TEXT.0 + 0x100;
     let va = FIXMAP + 0x100;
     let mut regs = GuestRegs::default();
-    regs.x[1] = 0xd280_0000; // movz x0, #0: not a jump-label transition
+    regs.x[1] = 0xd280_0000; // movz x0, #0: not a patch site
     let f = fault(site, va, store(1, 2), &regs, false);
-    assert_eq!(kp.guest_fault(&f, &mut ops), FaultAction::Refused);
+    assert_eq!(
+        kp.guest_fault(&f, &mut ops),
+        FaultAction::RefusedRecoverable,
+        "through the fixmap: an error the patcher recovers from"
+    );
     let f = fault(site, va, store(1, 3), &regs, false);
     assert_eq!(
         kp.guest_fault(&f, &mut ops),
-        FaultAction::Refused,
+        FaultAction::RefusedRecoverable,
         "64-bit store"
     );
     assert_eq!(kp.counters.patches_refused, 2);
@@ -602,6 +665,7 @@ fn a_patch_waits_for_the_background_baseline() {
         ops.at(site)[..4].copy_from_slice(&NOP.to_le_bytes());
         let mut kp = service(ops);
         assert_eq!(submit(&mut kp, ops, &record()), 0);
+        assert_eq!(register_jumps(&mut kp, ops, &[(site, site + 0x40)])[0], 0);
         enable(&mut kp, ops);
         kp
     };
