@@ -1135,3 +1135,54 @@ fn a_fault_a_service_defers_is_re_executed_not_injected() {
     assert_eq!(hyp.stats.ram_faults_emulated, 1);
     assert_eq!(hyp.stats.ram_faults_refused, 0);
 }
+
+/// Refuses every RAM fault, recoverably or not.
+struct Refusing {
+    recoverable: bool,
+}
+
+impl Service for Refusing {
+    fn name(&self) -> &'static str {
+        "refusing"
+    }
+    fn function_ids(&self) -> &'static [u32] {
+        &[]
+    }
+    fn init(&mut self, _: &mut dyn HypOps) -> Result<(), ServiceError> {
+        Ok(())
+    }
+    fn call(&mut self, _: &Call, _: &mut dyn HypOps) -> CallResult {
+        [smccc::NOT_SUPPORTED, 0, 0, 0]
+    }
+    fn guest_fault(&mut self, _: &GuestFault<'_>, _: &mut dyn HypOps) -> FaultAction {
+        if self.recoverable {
+            FaultAction::RefusedRecoverable
+        } else {
+            FaultAction::Refused
+        }
+    }
+}
+
+#[test]
+fn a_recoverable_refusal_is_a_permission_fault_at_the_va() {
+    let esr = Esr(dabt(2, 1, true, false, false).0 & !0x3f | 0x0f);
+    let ipa = 0x4020_0234u64;
+    let va = 0xffff_7fff_fe7f_d234u64;
+    for (recoverable, fsc) in [(true, 0x0f), (false, 0x10)] {
+        let mut svc = Refusing { recoverable };
+        let mut reg = Registry::new();
+        reg.register(&mut svc).unwrap();
+        let mut hyp = hyp_with(reg);
+        let mut plat = FakePlatform::default();
+        let mut v = vcpu_with(&[0, 0xdead]);
+        v.pstate = 0b00101; // EL1h
+        let _ = hyp.handle_sync(esr, va, (ipa >> 12) << 4, &mut v, &mut plat);
+        let e = plat.injected.expect("injected");
+        assert_eq!(e.esr >> 26, 0x25, "data abort, same EL");
+        assert_eq!(e.esr & 0x3f, fsc, "recoverable: {recoverable}");
+        assert_ne!(e.esr & (1 << 6), 0, "WnR");
+        assert_eq!(e.far, va);
+        assert_eq!(hyp.stats.aborts_injected, 1);
+        assert_eq!(hyp.stats.ram_faults_refused, 1);
+    }
+}
