@@ -2,14 +2,15 @@
 //! pvguard kernel protect: the ABI shared by the guest and the
 //! hypervisor (function IDs, region types, error codes and the compact
 //! `kernel_asset_info` record), the rules both sides validate it by, the
-//! guest's reporting logic, and the hypervisor's text-patch validator.
+//! guest's reporting logic, and the rules for text patches (the site
+//! registry and the patch policy).
 //!
 //! The Linux kernel compiles these same files without Cargo, as modules
 //! of its own built-in Rust code:
 //!
 //! ```text
 //! #[path = "<copy of guest-kp/src>"]
-//! pub mod guest_kp { pub mod abi; pub mod record; pub mod builder; pub mod guest; pub mod patch; }
+//! pub mod guest_kp { pub mod abi; pub mod record; pub mod builder; pub mod guest; pub mod patch; pub mod sites; }
 //! ```
 //!
 //! So this file holds nothing but attributes and the module list; the
@@ -23,3 +24,4 @@ pub mod builder;
 pub mod guest;
 pub mod patch;
 pub mod record;
+pub mod sites;

@@ -1,22 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0 OR MIT
-//! Validating a text patch: what the hypervisor decides when the guest
-//! writes through the `FIX_TEXT_POKE0` fixmap slot into protected text.
-//!
-//! On arm64 Linux 6.12 the only runtime text patcher that matters for a
-//! protected guest is jump labels (static keys):
-//! `arch_jump_label_transform_queue()` writes either `NOP` or
-//! `B <label>` (no link) over the 4-byte jump site, through
-//! `aarch64_insn_patch_text_nosync()`, which is one 32-bit store to the
-//! fixmap alias of the text page. So the hypervisor accepts exactly two
-//! transitions, `NOP -> B <target>` and `B <target> -> NOP`, where the
-//! branch target lies inside TEXT. `B -> B` is refused: jump labels
-//! always go through `NOP`.
-//!
-//! Static calls are not a second case: arm64 does not select
-//! `HAVE_STATIC_CALL` in 6.12, so static calls there are plain indirect
-//! calls through a pointer in data and never patch text. Other 6.12
-//! patchers (ftrace `NOP <-> BL`, kprobes' `BRK`, the BPF JIT's
-//! trampolines) are refused by design.
+//! arm64 branch encodings for text patching: `NOP`, `B` and `BL`, decoded
+//! and encoded on IPAs. What may be patched where is decided in
+//! [`super::sites`]; this module only knows instructions.
 //!
 //! Everything is computed on IPAs: the fixmap maps the physical page of
 //! the instruction, the hypervisor learns its IPA from the fault, and the
@@ -25,10 +10,6 @@
 //!
 //! Instructions are the 32-bit values as they sit in memory read
 //! little-endian (arm64 instructions are always little-endian).
-
-use core::fmt;
-
-use super::record::IpaSpan;
 
 /// The arm64 `NOP` (`HINT #0`).
 pub const NOP: u32 = 0xd503_201f;
@@ -51,16 +32,44 @@ pub const B_MAX_FORWARD: u64 = ((1 << 25) - 1) * 4;
 /// Largest backward branch offset: `2^25 * 4` (128 MiB).
 pub const B_MAX_BACKWARD: u64 = (1 << 25) * 4;
 
-/// The byte offset of `B imm26` (sign-extended `imm26 * 4`), or `None` if
-/// `insn` is not an unconditional branch without link.
-pub const fn branch_offset(insn: u32) -> Option<i64> {
-    if insn & B_MASK != B_OPCODE {
+/// Opcode bits of `BL imm26` (`0b100101`), a call: how ftrace's call
+/// sites reach their trampoline.
+pub const BL_OPCODE: u32 = 0x9400_0000;
+
+/// The byte offset of an `imm26` branch whose opcode bits are `opcode`
+/// (sign-extended `imm26 * 4`), or `None` if `insn` is not one.
+const fn imm26_offset(insn: u32, opcode: u32) -> Option<i64> {
+    if insn & B_MASK != opcode {
         return None;
     }
     // Put imm26 in bits 63:38, then shift back arithmetically by 36:
     // sign-extends and multiplies by 4 in one step.
     let imm = (insn & IMM26_MASK) as i64;
     Some((imm << 38) >> 36)
+}
+
+/// The byte offset of `B imm26` (sign-extended `imm26 * 4`), or `None` if
+/// `insn` is not an unconditional branch without link.
+pub const fn branch_offset(insn: u32) -> Option<i64> {
+    imm26_offset(insn, B_OPCODE)
+}
+
+/// Where `BL` at `insn_ipa` calls, or `None` if `insn` is not a `BL` or
+/// the target would wrap around the address space.
+///
+/// ```
+/// use guest_kp::patch::{call_target, encode_bl};
+///
+/// let bl = encode_bl(0x4020_1000, 0x4020_0000).unwrap();
+/// assert_eq!(bl, 0x97ff_fc00);
+/// assert_eq!(call_target(bl, 0x4020_1000), Some(0x4020_0000));
+/// assert_eq!(call_target(0x17ff_fc00, 0x4020_1000), None); // a B
+/// ```
+pub const fn call_target(insn: u32, insn_ipa: u64) -> Option<u64> {
+    match imm26_offset(insn, BL_OPCODE) {
+        Some(off) => insn_ipa.checked_add_signed(off),
+        None => None,
+    }
 }
 
 /// Where `B` at `insn_ipa` jumps, or `None` if `insn` is not a `B` or the
@@ -84,6 +93,16 @@ pub const fn branch_target(insn: u32, insn_ipa: u64) -> Option<u64> {
 /// assert_eq!(branch_target(b, 0x4020_1000), Some(0x4020_0ff0));
 /// ```
 pub const fn encode_b(from_ipa: u64, to_ipa: u64) -> Option<u32> {
+    encode_imm26(B_OPCODE, from_ipa, to_ipa)
+}
+
+/// Encodes `BL` at `from_ipa` calling `to_ipa`, under the same conditions
+/// as [`encode_b`].
+pub const fn encode_bl(from_ipa: u64, to_ipa: u64) -> Option<u32> {
+    encode_imm26(BL_OPCODE, from_ipa, to_ipa)
+}
+
+const fn encode_imm26(opcode: u32, from_ipa: u64, to_ipa: u64) -> Option<u32> {
     let (distance, forward) = if to_ipa >= from_ipa {
         (to_ipa - from_ipa, true)
     } else {
@@ -101,134 +120,7 @@ pub const fn encode_b(from_ipa: u64, to_ipa: u64) -> Option<u32> {
     } else {
         words.wrapping_neg() & IMM26_MASK
     };
-    Some(B_OPCODE | imm26)
-}
-
-/// An accepted patch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PatchKind {
-    /// A static key switched on: `NOP` became `B target`.
-    NopToBranch {
-        /// IPA the new branch jumps to.
-        target: u64,
-    },
-    /// A static key switched off: `B target` became `NOP`.
-    BranchToNop {
-        /// IPA the old branch jumped to.
-        target: u64,
-    },
-}
-
-/// Why a patch was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PatchRefusal {
-    /// The instruction's IPA is not 4-byte aligned.
-    Misaligned,
-    /// The instruction does not lie inside TEXT.
-    OutsideText,
-    /// The new instruction equals the old one (not a transition).
-    Identical,
-    /// `B -> B`: jump labels only toggle between `NOP` and `B`.
-    BranchToBranch,
-    /// Neither `NOP -> B` nor `B -> NOP` (another patcher, or an attack).
-    NotJumpLabel,
-    /// The branch target wraps around the address space.
-    TargetWraps,
-    /// The branch target is outside TEXT.
-    TargetOutsideText {
-        /// The target's IPA.
-        target: u64,
-    },
-    /// The branch jumps to itself (`B .`), which no jump label does: the
-    /// target is the label, never the jump site.
-    SelfBranch,
-}
-
-impl fmt::Display for PatchRefusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            PatchRefusal::Misaligned => f.write_str("instruction address is misaligned"),
-            PatchRefusal::OutsideText => f.write_str("instruction is outside kernel text"),
-            PatchRefusal::Identical => f.write_str("new instruction equals the old one"),
-            PatchRefusal::BranchToBranch => f.write_str("B -> B is not a jump label transition"),
-            PatchRefusal::NotJumpLabel => f.write_str("not a NOP <-> B jump label transition"),
-            PatchRefusal::TargetWraps => f.write_str("branch target wraps"),
-            PatchRefusal::TargetOutsideText { target } => {
-                write!(f, "branch target {target:#x} is outside kernel text")
-            }
-            PatchRefusal::SelfBranch => f.write_str("branch to itself"),
-        }
-    }
-}
-
-/// Decides whether replacing `old` with `new` at `insn_ipa` is a jump
-/// label transition the hypervisor may perform, with TEXT at `text`.
-///
-/// Checks, in order: `insn_ipa` aligned; the instruction inside `text`;
-/// `new != old`; the transition `NOP -> B` or `B -> NOP`; the branch
-/// (new or old) landing inside `text` and not on itself.
-///
-/// ```
-/// use guest_kp::patch::{encode_b, validate, PatchKind, PatchRefusal, NOP};
-/// use guest_kp::record::IpaSpan;
-///
-/// let text = IpaSpan::new(0x4020_0000, 0x40a0_0000).unwrap();
-/// let site = 0x4030_0000;
-/// let b = encode_b(site, site + 0x40).unwrap();
-/// assert_eq!(validate(NOP, b, site, text), Ok(PatchKind::NopToBranch { target: site + 0x40 }));
-/// assert_eq!(validate(b, NOP, site, text), Ok(PatchKind::BranchToNop { target: site + 0x40 }));
-/// assert_eq!(validate(b, b, site, text), Err(PatchRefusal::Identical));
-/// ```
-///
-/// # Errors
-/// - [`PatchRefusal::Misaligned`]: `insn_ipa` is not a multiple of 4.
-/// - [`PatchRefusal::OutsideText`]: `[insn_ipa, insn_ipa + 4)` is not
-///   inside `text`.
-/// - [`PatchRefusal::Identical`]: `new == old`.
-/// - [`PatchRefusal::BranchToBranch`]: both are `B`.
-/// - [`PatchRefusal::NotJumpLabel`]: any other pair.
-/// - [`PatchRefusal::TargetWraps`]: the branch target wraps.
-/// - [`PatchRefusal::TargetOutsideText`]: the branch target is outside
-///   `text` (`text.end()` itself is outside).
-/// - [`PatchRefusal::SelfBranch`]: the branch targets `insn_ipa`.
-pub fn validate(
-    old: u32,
-    new: u32,
-    insn_ipa: u64,
-    text: IpaSpan,
-) -> Result<PatchKind, PatchRefusal> {
-    if insn_ipa & (INSN_SIZE - 1) != 0 {
-        return Err(PatchRefusal::Misaligned);
-    }
-    if !text.contains_range(insn_ipa, INSN_SIZE) {
-        return Err(PatchRefusal::OutsideText);
-    }
-    if old == new {
-        return Err(PatchRefusal::Identical);
-    }
-    let (branch, nop_to_branch) = match (old == NOP, new == NOP) {
-        (true, false) => (new, true),
-        (false, true) => (old, false),
-        _ if branch_offset(old).is_some() && branch_offset(new).is_some() => {
-            return Err(PatchRefusal::BranchToBranch)
-        }
-        _ => return Err(PatchRefusal::NotJumpLabel),
-    };
-    if branch_offset(branch).is_none() {
-        return Err(PatchRefusal::NotJumpLabel);
-    }
-    let target = branch_target(branch, insn_ipa).ok_or(PatchRefusal::TargetWraps)?;
-    if target == insn_ipa {
-        return Err(PatchRefusal::SelfBranch);
-    }
-    if !text.contains(target) {
-        return Err(PatchRefusal::TargetOutsideText { target });
-    }
-    Ok(if nop_to_branch {
-        PatchKind::NopToBranch { target }
-    } else {
-        PatchKind::BranchToNop { target }
-    })
+    Some(opcode | imm26)
 }
 
 #[cfg(test)]

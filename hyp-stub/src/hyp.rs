@@ -46,6 +46,9 @@ pub trait Platform: Tlb {
     /// Writes one instruction to RAM at `pa` (checked, 4-byte aligned)
     /// and makes it visible to instruction fetch.
     fn write_insn(&mut self, pa: PhysAddr, insn: u32);
+    /// Writes one 64-bit word of data to RAM at `pa` (checked, 8-byte
+    /// aligned) with a single store.
+    fn write_u64(&mut self, pa: PhysAddr, value: u64);
     /// Issues an SMC to the platform firmware (PSCI).
     fn firmware_call(&mut self, fid: u32, args: [u64; 3]) -> [u64; 4];
     /// Starts physical CPU `mpidr` at the hypervisor's secondary entry,
@@ -113,6 +116,14 @@ impl<M: TableMemory> HypOps for Ops<'_, M> {
         }
         self.ram_range(ipa, 4)?;
         self.plat.write_insn(PhysAddr(ipa.get()), insn);
+        Ok(())
+    }
+    fn write_guest_u64(&mut self, ipa: Ipa, value: u64) -> Result<(), OpsError> {
+        if !ipa.is_aligned(8) {
+            return Err(OpsError::Misaligned);
+        }
+        self.ram_range(ipa, 8)?;
+        self.plat.write_u64(PhysAddr(ipa.get()), value);
         Ok(())
     }
     fn sha256_compress(&self) -> crate::sha256::CompressFn {
@@ -575,6 +586,20 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
             // The access runs again once the core is released.
             FaultAction::Retry => {
                 self.stats.ram_faults_deferred += 1;
+                return;
+            }
+            FaultAction::RefusedRecoverable => {
+                // The service explained the refusal; the guest's
+                // exception table turns this fault into an error.
+                self.stats.ram_faults_refused += 1;
+                self.inject(
+                    vcpu,
+                    plat,
+                    Injection::PermissionFault {
+                        far,
+                        write: abort.write(),
+                    },
+                );
                 return;
             }
             FaultAction::NotMine | FaultAction::Refused => {}

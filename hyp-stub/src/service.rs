@@ -93,6 +93,14 @@ pub trait HypOps {
     /// # Errors
     /// [`OpsError`] if `ipa` is not a 4-byte aligned guest RAM address.
     fn write_guest_insn(&mut self, ipa: Ipa, insn: u32) -> Result<(), OpsError>;
+    /// Writes one 64-bit word of data into guest RAM at `ipa` on the
+    /// guest's behalf (one single-copy-atomic store: the guest may read
+    /// it concurrently, as ftrace's trampoline reads a call site's
+    /// literal).
+    ///
+    /// # Errors
+    /// [`OpsError`] if `ipa` is not an 8-byte aligned guest RAM address.
+    fn write_guest_u64(&mut self, ipa: Ipa, value: u64) -> Result<(), OpsError>;
     /// The SHA-256 block function to measure with (the CPU's instructions
     /// where available).
     fn sha256_compress(&self) -> crate::sha256::CompressFn {
@@ -132,8 +140,13 @@ pub enum FaultAction {
     NotMine,
     /// Handled on the guest's behalf: skip the instruction.
     Emulated,
-    /// Refused: the guest gets an abort.
+    /// Refused: the guest gets an external abort, which it cannot
+    /// recover from.
     Refused,
+    /// Refused, and the guest gets a permission fault at the faulting VA,
+    /// which its exception table can resolve (text patching through
+    /// `copy_to_kernel_nofault()` then returns an error).
+    RefusedRecoverable,
     /// Not yet: the guest re-executes the access (the service is waiting
     /// for something that must not be waited for under the core's lock).
     Retry,

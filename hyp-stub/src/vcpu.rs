@@ -66,6 +66,17 @@ pub enum Injection {
         /// Whether the access was a write.
         write: bool,
     },
+    /// Permission fault (level 3) on a data access at `far`, as the
+    /// guest's own stage-1 tables would raise it: unlike an external
+    /// abort, Linux resolves it through the exception table when the
+    /// access was made by `copy_to_kernel_nofault()` (text patching), so
+    /// the patcher gets `-EFAULT` instead of an oops.
+    PermissionFault {
+        /// Faulting virtual address.
+        far: u64,
+        /// Whether the access was a write.
+        write: bool,
+    },
     /// Synchronous external abort on an instruction fetch at `far`.
     InstrAbort {
         /// Faulting virtual address.
@@ -86,6 +97,10 @@ const SCTLR_SPAN: u64 = 1 << 23;
 const SCTLR_DSSBS: u64 = 1 << 44;
 const ESR_IL: u64 = 1 << 25;
 const FSC_EXTERNAL: u64 = 0x10;
+/// DFSC 0b001111: permission fault, level 3.
+const FSC_PERMISSION_L3: u64 = 0x0f;
+/// ISS.WnR: the access was a write.
+const ISS_WNR: u64 = 1 << 6;
 
 impl Vcpu {
     fn at_el0(&self) -> bool {
@@ -100,7 +115,12 @@ impl Vcpu {
             // Data abort from a lower / the same EL.
             Injection::DataAbort { far, write } => (
                 if from_el0 { 0x24 } else { 0x25 },
-                FSC_EXTERNAL | (u64::from(write) << 6),
+                FSC_EXTERNAL | if write { ISS_WNR } else { 0 },
+                far,
+            ),
+            Injection::PermissionFault { far, write } => (
+                if from_el0 { 0x24 } else { 0x25 },
+                FSC_PERMISSION_L3 | if write { ISS_WNR } else { 0 },
                 far,
             ),
             Injection::InstrAbort { far } => {
@@ -166,6 +186,39 @@ mod tests {
         assert_eq!(e.far, 0x1234);
         assert_eq!(v.pc, 0xffff_8000_0000_0200);
         assert_eq!(v.pstate, MODE_EL1H | PSTATE_DAIF | PSTATE_PAN);
+    }
+
+    #[test]
+    fn permission_fault_is_a_same_el_level_3_permission_fault() {
+        let mut v = Vcpu {
+            pc: 0xffff_8000_8012_3450,
+            pstate: MODE_EL1H,
+            ..Default::default()
+        };
+        let e = v.inject(
+            Injection::PermissionFault {
+                far: 0xffff_7fff_fe7f_d234,
+                write: true,
+            },
+            El1Context {
+                vbar: 0xffff_8000_8001_0000,
+                sctlr: 0,
+            },
+        );
+        // EC 0x25 (data abort, same EL), IL, WnR, DFSC 0b001111; ISV,
+        // FnV and everything else clear.
+        assert_eq!(e.esr, (0x25 << 26) | (1 << 25) | (1 << 6) | 0x0f);
+        assert_eq!(e.far, 0xffff_7fff_fe7f_d234);
+        assert_eq!(e.elr, 0xffff_8000_8012_3450);
+        assert_eq!(v.pc, 0xffff_8000_8001_0200, "current EL, SP_ELx vector");
+        let e = v.inject(
+            Injection::PermissionFault {
+                far: 8,
+                write: false,
+            },
+            El1Context::default(),
+        );
+        assert_eq!(e.esr & 0x7f, 0x0f, "a read: WnR clear");
     }
 
     #[test]

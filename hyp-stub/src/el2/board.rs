@@ -210,6 +210,14 @@ impl Platform for Board {
         }
     }
 
+    fn write_u64(&mut self, pa: PhysAddr, value: u64) {
+        // SAFETY: the core checked that `pa` is 8-byte aligned guest RAM,
+        // mapped at EL2 with the guest's cacheable attributes, so one
+        // aligned store is single-copy atomic and coherent with the
+        // guest's data reads; it is data, so no I-cache maintenance.
+        unsafe { (pa.get() as *mut u64).write_volatile(value) };
+    }
+
     fn firmware_call(&mut self, fid: u32, args: [u64; 3]) -> [u64; 4] {
         let mut full = [0u64; 17];
         full[..3].copy_from_slice(&args);

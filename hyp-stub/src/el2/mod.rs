@@ -16,6 +16,9 @@ use core::panic::PanicInfo;
 use core::ptr::addr_of_mut;
 
 use aarch64_cpu::registers::{CNTHCTL_EL2, HCR_EL2, ID_AA64DFR0_EL1, ID_AA64PFR0_EL1};
+use guest_kp::sites::{
+    FtraceSite, JumpSite, PatchPolicy, SiteStorage, MAX_FTRACE_SITES, MAX_JUMP_SITES,
+};
 use hyp_stub::addr::{Ipa, IpaRange, PhysAddr};
 use hyp_stub::boot::{self, KernelImage, Manifest, Services};
 use hyp_stub::devices::DeviceWindows;
@@ -43,6 +46,10 @@ static STAGE2_REGS: Mutex<(u64, u64)> = Mutex::new((0, 0));
 /// Scratch space for the guest's device tree while it is rewritten.
 const DTB_BUF_SIZE: usize = 0x10000;
 static mut DTB_BUF: [u8; DTB_BUF_SIZE] = [0; DTB_BUF_SIZE];
+
+/// Kernel protect's patch-site registry (in BSS: 128 KiB + 256 KiB).
+static mut JUMP_SITES: [JumpSite; MAX_JUMP_SITES] = [JumpSite::EMPTY; MAX_JUMP_SITES];
+static mut FTRACE_SITES: [FtraceSite; MAX_FTRACE_SITES] = [FtraceSite::EMPTY; MAX_FTRACE_SITES];
 
 /// Stops the machine after a boot failure, saying why.
 fn refuse_to_boot(why: core::fmt::Arguments<'_>) -> ! {
@@ -103,6 +110,13 @@ extern "C" fn hyp_main() -> ! {
         .unwrap_or_else(|| refuse_to_boot(format_args!("empty guest RAM")));
     // Read now: the guest's tree replaces QEMU's in place below.
     let devices = device_windows(&fdt, ram_base, ram_size);
+    // What may be patched in the guest's text: from its command line,
+    // read before it runs, so nothing the guest does later changes it.
+    let patch_policy = match fdt.chosen("bootargs") {
+        Ok(Some(args)) => PatchPolicy::from_cmdline(args),
+        Ok(None) => PatchPolicy::from_cmdline(b""),
+        Err(e) => refuse_to_boot(format_args!("cannot read /chosen/bootargs ({e:?})")),
+    };
 
     let mut manifest_bytes = [0u8; boot::MANIFEST_SIZE];
     for (i, b) in manifest_bytes.iter_mut().enumerate() {
@@ -238,8 +252,22 @@ extern "C" fn hyp_main() -> ! {
         }
     }
     if services.contains(Services::KERNEL_PROTECT) {
-        static KP: StaticCell<KernelProtect> = StaticCell::new();
-        let kp = KP.init(KernelProtect::new());
+        static KP: StaticCell<KernelProtect<'static>> = StaticCell::new();
+        // SAFETY: boot is single-threaded and these arrays are taken only
+        // here, once (KP.init would panic on a second pass).
+        let storage = unsafe {
+            SiteStorage {
+                jump: &mut *addr_of_mut!(JUMP_SITES),
+                ftrace: &mut *addr_of_mut!(FTRACE_SITES),
+            }
+        };
+        let kp = KP.init(KernelProtect::with_sites(storage));
+        kp.set_policy(patch_policy);
+        println!(
+            "text patches: ftrace {}, kprobes {} (command line)",
+            PatchPolicy::word(patch_policy.ftrace),
+            PatchPolicy::word(patch_policy.kprobes)
+        );
         // The resource manager's protect_vm_assets: the guest's kernel
         // regions must lie in the image it was given (header image_size,
         // BSS included). The guest itself cannot make this call.

@@ -77,6 +77,11 @@ impl Platform for FakePlatform {
     fn write_insn(&mut self, pa: PhysAddr, insn: u32) {
         self.insns.push((pa, insn));
     }
+    fn write_u64(&mut self, pa: PhysAddr, value: u64) {
+        for (i, b) in value.to_le_bytes().into_iter().enumerate() {
+            self.ram.insert(pa.get() + i as u64, b);
+        }
+    }
     fn firmware_call(&mut self, fid: u32, args: [u64; 3]) -> [u64; 4] {
         self.firmware.push((fid, args));
         [self.firmware_answer.unwrap_or(0x1_0001), 0, 0, 0]
@@ -1129,4 +1134,55 @@ fn a_fault_a_service_defers_is_re_executed_not_injected() {
     assert_eq!(hyp.stats.ram_faults_deferred, 2);
     assert_eq!(hyp.stats.ram_faults_emulated, 1);
     assert_eq!(hyp.stats.ram_faults_refused, 0);
+}
+
+/// Refuses every RAM fault, recoverably or not.
+struct Refusing {
+    recoverable: bool,
+}
+
+impl Service for Refusing {
+    fn name(&self) -> &'static str {
+        "refusing"
+    }
+    fn function_ids(&self) -> &'static [u32] {
+        &[]
+    }
+    fn init(&mut self, _: &mut dyn HypOps) -> Result<(), ServiceError> {
+        Ok(())
+    }
+    fn call(&mut self, _: &Call, _: &mut dyn HypOps) -> CallResult {
+        [smccc::NOT_SUPPORTED, 0, 0, 0]
+    }
+    fn guest_fault(&mut self, _: &GuestFault<'_>, _: &mut dyn HypOps) -> FaultAction {
+        if self.recoverable {
+            FaultAction::RefusedRecoverable
+        } else {
+            FaultAction::Refused
+        }
+    }
+}
+
+#[test]
+fn a_recoverable_refusal_is_a_permission_fault_at_the_va() {
+    let esr = Esr(dabt(2, 1, true, false, false).0 & !0x3f | 0x0f);
+    let ipa = 0x4020_0234u64;
+    let va = 0xffff_7fff_fe7f_d234u64;
+    for (recoverable, fsc) in [(true, 0x0f), (false, 0x10)] {
+        let mut svc = Refusing { recoverable };
+        let mut reg = Registry::new();
+        reg.register(&mut svc).unwrap();
+        let mut hyp = hyp_with(reg);
+        let mut plat = FakePlatform::default();
+        let mut v = vcpu_with(&[0, 0xdead]);
+        v.pstate = 0b00101; // EL1h
+        let _ = hyp.handle_sync(esr, va, (ipa >> 12) << 4, &mut v, &mut plat);
+        let e = plat.injected.expect("injected");
+        assert_eq!(e.esr >> 26, 0x25, "data abort, same EL");
+        assert_eq!(e.esr & 0x3f, fsc, "recoverable: {recoverable}");
+        assert_ne!(e.esr & (1 << 6), 0, "WnR");
+        assert_eq!(e.far, va);
+        assert_eq!(hyp.stats.aborts_injected, 1);
+        assert_eq!(hyp.stats.ram_faults_refused, 1);
+    }
 }

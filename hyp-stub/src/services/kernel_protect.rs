@@ -10,15 +10,27 @@
 //!
 //! Faults on protected memory go to one handler per kind (RX, RO, RW). A
 //! write fault whose VA lies in the guest's FIXMAP_TEXT_POKE0 slot is the
-//! text-patching path: a 32-bit store that is a jump-label transition
-//! (NOP <-> B into TEXT) is performed on the guest's behalf, recorded and
-//! folded into the patch log; anything else is refused.
+//! text-patching path for single patches; `TEXT_PATCH` applies batches.
+//! Both judge each write by the same rules (`guest_kp::sites`): only at a
+//! site the guest registered with `PATCH_SITES` before protection (jump
+//! labels, ftrace call sites and their literals), only as that site's
+//! transition, or a kprobe's `BRK` and its exact restore, as the command
+//! line's policy allows. Accepted patches are performed on the guest's
+//! behalf and folded into the patch log; a refused store through the
+//! fixmap slot gets a permission fault, which the guest's patching code
+//! turns into an error, so the guest never oopses with its patch lock
+//! held.
+//!
+//! The measurement stays the one taken at enable: the registry recorded
+//! what every site held then, and puts it back in the hash.
 
 use core::fmt::{self, Write};
 
-use guest_kp::abi::{self, KpError, Protection, RegionType};
-use guest_kp::patch;
-use guest_kp::record::{Collector, KernelAssetInfo, Layout, RecordError};
+use guest_kp::abi::{self, KpError, Protection, RegionType, SiteTable, TextPatch};
+use guest_kp::record::{Collector, IpaSpan, KernelAssetInfo, Layout, RecordError};
+use guest_kp::sites::{
+    Accepted, PatchPolicy, PatchRequest, Refusal, SiteRegistry, SiteStorage, BRK_KPROBES,
+};
 
 use crate::addr::{Ipa, IpaRange};
 use crate::esr::Width;
@@ -40,8 +52,12 @@ pub struct AssetExtents {
     pub rw: IpaRange,
 }
 
-/// How many distinct patched instructions are remembered.
-pub const MAX_PATCH_SITES: usize = 2048;
+/// How many kprobes may be armed at once (the originals of their `BRK`s
+/// are remembered for the restore and the measurement).
+pub const MAX_KPROBE_SITES: usize = 1024;
+
+/// `TEXT_PATCH` entries read from guest memory at once.
+const BATCH_CHUNK: usize = 32;
 
 /// The stage-2 permissions of each protection the ABI defines. RODATA's
 /// stay executable at EL0 only: the vDSO lies in it and user space runs
@@ -90,11 +106,18 @@ enum Baseline {
     Lost,
 }
 
+/// An armed kprobe: the instruction its `BRK` replaced.
 #[derive(Clone, Copy, Debug)]
-struct Site {
+struct KprobeSite {
     ipa: u64,
     original: u32,
-    current: u32,
+}
+
+/// A write into TEXT the rules accepted, not yet performed.
+#[derive(Clone, Copy, Debug)]
+struct Judged {
+    req: PatchRequest,
+    accepted: Accepted,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -105,6 +128,14 @@ struct Counters {
     denied: u64,
     patches_accepted: u64,
     patches_refused: u64,
+    patches_jump_label: u64,
+    patches_ftrace: u64,
+    patches_kprobes: u64,
+    patch_batches: u64,
+    patches_batched: u64,
+    sites_skipped: u64,
+    /// Sites that no longer held a state their kind allows at enable.
+    sites_dropped: u64,
     rx_writes_blocked: u64,
     ro_writes_blocked: u64,
     exec_blocked: u64,
@@ -120,15 +151,18 @@ struct Counters {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct NotYet;
 
-/// The service.
-pub struct KernelProtect {
+/// The service. Its patch sites live in storage the caller lends it
+/// (`'m`): the boot path gives it static arrays.
+pub struct KernelProtect<'m> {
     state: State,
     extents: Option<AssetExtents>,
     ram: (u64, u64),
     collector: Collector,
     baseline: Baseline,
     patch_log: [u8; 32],
-    sites: heapless::Vec<Site, MAX_PATCH_SITES>,
+    sites: SiteRegistry<'m>,
+    policy: PatchPolicy,
+    kprobes: heapless::Vec<KprobeSite, MAX_KPROBE_SITES>,
     counters: Counters,
 }
 
@@ -150,15 +184,25 @@ fn record_error(e: RecordError) -> CallResult {
     ret(e.kp_error())
 }
 
-impl Default for KernelProtect {
+impl Default for KernelProtect<'static> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl KernelProtect {
-    /// An inactive service (no extents yet).
-    pub const fn new() -> Self {
+impl KernelProtect<'static> {
+    /// An inactive service (no extents yet) without room for patch sites:
+    /// every `PATCH_SITES` table is too large for it.
+    pub fn new() -> Self {
+        Self::with_sites(SiteStorage::none())
+    }
+}
+
+impl<'m> KernelProtect<'m> {
+    /// An inactive service (no extents yet) whose patch sites go to
+    /// `storage`. Jump labels and ftrace allowed until
+    /// [`Self::set_policy`].
+    pub fn with_sites(storage: SiteStorage<'m>) -> Self {
         Self {
             state: State::Inactive,
             extents: None,
@@ -166,23 +210,23 @@ impl KernelProtect {
             collector: Collector::new(),
             baseline: Baseline::NotTaken,
             patch_log: [0; 32],
-            sites: heapless::Vec::new(),
-            counters: Counters {
-                compact: 0,
-                per_region: 0,
-                refused_calls: 0,
-                denied: 0,
-                patches_accepted: 0,
-                patches_refused: 0,
-                rx_writes_blocked: 0,
-                ro_writes_blocked: 0,
-                exec_blocked: 0,
-                self_checks: 0,
-                self_check_failures: 0,
-                busy: 0,
-                patches_deferred: 0,
-            },
+            sites: SiteRegistry::new(storage),
+            policy: PatchPolicy::ALLOW_ALL,
+            kprobes: heapless::Vec::new(),
+            counters: Counters::default(),
         }
+    }
+
+    /// Sets what may be patched besides jump labels (from the guest's
+    /// command line, read by the boot path before the guest runs; no call
+    /// of the guest's changes it).
+    pub fn set_policy(&mut self, policy: PatchPolicy) {
+        self.policy = policy;
+    }
+
+    /// The patch policy.
+    pub fn policy(&self) -> PatchPolicy {
+        self.policy
     }
 
     /// protect_vm_assets, the resource manager's call (`hvc #0x6094` in
@@ -281,44 +325,59 @@ impl KernelProtect {
     }
 
     /// SHA-256 of TEXT then RODATA as they were when protection was
-    /// enabled: the hypervisor's own patches are undone in the hash, so
-    /// any other difference shows.
-    fn measure(&self, layout: &Layout, ops: &mut dyn HypOps) -> Result<[u8; 32], OpsError> {
+    /// enabled: every registered site and armed kprobe is put back as it
+    /// was then, so any other difference shows. Also says whether each
+    /// of them held a state the rules allow (else TEXT changed behind the
+    /// hypervisor's back, which stage 2 should make impossible).
+    fn measure(&self, layout: &Layout, ops: &mut dyn HypOps) -> Result<([u8; 32], bool), OpsError> {
         let mut h = crate::sha256::Sha256::new(ops.sha256_compress());
         let mut page = [0u8; PAGE_SIZE as usize];
+        let mut legit = true;
         for span in [layout.text(), layout.rodata()] {
             let mut at = span.start();
             while at < span.end() {
-                // `sites` is sorted by IPA and `at` is page aligned (as
-                // the reported regions are): the sites from `first` on
-                // lie on this page or later ones.
-                let first = self.sites.partition_point(|s| s.ipa < at);
-                // Pages without patched sites are hashed in place, in one
-                // run up to the next patched page.
-                let next_site = self.sites.get(first).map(|s| s.ipa & !(PAGE_SIZE - 1));
-                let run_end = next_site.map_or(span.end(), |p| p.min(span.end()));
+                // Pages without sites are hashed in place, in one run up
+                // to the next page with one (`at` is page aligned, as the
+                // reported regions are).
+                let next = self.next_patchable(at).map(|p| p & !(PAGE_SIZE - 1));
+                let run_end = next.map_or(span.end(), |p| p.min(span.end()));
                 if run_end > at {
                     ops.hash_guest(Ipa(at), run_end - at, &mut h)?;
                     at = run_end;
                     continue;
                 }
                 ops.read_guest(Ipa(at), &mut page)?;
-                for s in self
-                    .sites
+                legit &= self.sites.restore(at, &mut page);
+                let first = self.kprobes.partition_point(|k| k.ipa < at);
+                for k in self
+                    .kprobes
                     .iter()
                     .skip(first)
-                    .take_while(|s| s.ipa < at + PAGE_SIZE)
+                    .take_while(|k| k.ipa < at + PAGE_SIZE)
                 {
-                    let off = (s.ipa - at) as usize;
+                    let off = (k.ipa - at) as usize;
                     if let Some(w) = page.get_mut(off..off + 4) {
-                        w.copy_from_slice(&s.original.to_le_bytes());
+                        legit &= w == BRK_KPROBES.to_le_bytes();
+                        w.copy_from_slice(&k.original.to_le_bytes());
                     }
                 }
                 h.update(&page);
                 at += PAGE_SIZE;
             }
         }
-        Ok(h.finalize())
+        Ok((h.finalize(), legit))
+    }
+
+    /// The lowest IPA at or after `at` that the measurement puts back.
+    fn next_patchable(&self, at: u64) -> Option<u64> {
+        let kprobe = self
+            .kprobes
+            .get(self.kprobes.partition_point(|k| k.ipa < at))
+            .map(|k| k.ipa);
+        match (self.sites.next_word(at), kprobe) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Takes the baseline from the hypervisor's CPU if it was being
@@ -351,7 +410,7 @@ impl KernelProtect {
     /// so.
     fn measure_baseline(&self, layout: &Layout, ops: &mut dyn HypOps) -> Baseline {
         match self.measure(layout, ops) {
-            Ok(digest) => Baseline::Taken {
+            Ok((digest, _)) => Baseline::Taken {
                 digest,
                 on: MeasuredOn::GuestCpu,
             },
@@ -370,14 +429,6 @@ impl KernelProtect {
             Baseline::Taken { digest, .. } => Some(digest),
             _ => None,
         }
-    }
-
-    /// Whether every patched site still holds what the hypervisor wrote.
-    fn sites_hold(&self, ops: &mut dyn HypOps) -> bool {
-        self.sites.iter().all(|s| {
-            let mut w = [0u8; 4];
-            ops.read_guest(Ipa(s.ipa), &mut w).is_ok() && u32::from_le_bytes(w) == s.current
-        })
     }
 
     /// The enable call's answer: x1 = intact, x2 = patches performed,
@@ -422,6 +473,15 @@ impl KernelProtect {
                     }
                 }
                 self.state = State::Protected(layout);
+                // What every site holds now is what the baseline sees.
+                let mut read = |ipa: u64, buf: &mut [u8]| ops.read_guest(Ipa(ipa), buf).is_ok();
+                self.counters.sites_dropped = self.sites.capture(&mut read);
+                if self.counters.sites_dropped != 0 {
+                    ops.log(format_args!(
+                        "kernel protect: {} patch sites changed since they were registered; they will not be patched",
+                        self.counters.sites_dropped
+                    ));
+                }
                 let spans = [layout.text().into(), layout.rodata().into()];
                 self.baseline = if ops.hash_guest_in_background(&spans) == Ok(true) {
                     Baseline::Pending
@@ -448,9 +508,9 @@ impl KernelProtect {
                     return ret(KpError::Busy);
                 }
                 self.counters.self_checks += 1;
-                let intact = self.digest().is_some_and(|baseline| {
-                    self.sites_hold(ops) && self.measure(&layout, ops).is_ok_and(|d| d == baseline)
-                });
+                let intact = self
+                    .digest()
+                    .is_some_and(|baseline| self.measure(&layout, ops) == Ok((baseline, true)));
                 if !intact {
                     self.counters.self_check_failures += 1;
                 }
@@ -459,7 +519,215 @@ impl KernelProtect {
         }
     }
 
-    /// The text-patching path: validate and perform the store.
+    /// PATCH_SITES: registers one table of patch sites, before
+    /// protection is enabled.
+    fn patch_sites(&mut self, args: [u64; 4], ops: &mut dyn HypOps) -> CallResult {
+        let [kind, table, count, text_va] = args;
+        let State::Reported(layout) = self.state else {
+            return ret(KpError::ObjectState);
+        };
+        let kind = match SiteTable::from_raw(kind) {
+            Ok(k) => k,
+            Err(e) => {
+                self.counters.refused_calls += 1;
+                return ret(e);
+            }
+        };
+        // The tables lie in the image the hypervisor is about to protect.
+        let Some(image) = IpaSpan::new(layout.text().start(), layout.bss().end()) else {
+            self.counters.refused_calls += 1;
+            return ret(KpError::AddrInvalid);
+        };
+        let text = layout.text();
+        let mut read = |ipa: u64, buf: &mut [u8]| ops.read_guest(Ipa(ipa), buf).is_ok();
+        match self
+            .sites
+            .register(kind, table, count, text_va, text, image, &mut read)
+        {
+            Ok(r) => {
+                self.counters.sites_skipped += r.skipped;
+                ops.log(format_args!(
+                    "kernel protect: {kind:?}: {} sites registered, {} outside text skipped",
+                    r.sites, r.skipped
+                ));
+                [abi::RET_OK, r.sites, r.skipped, 0]
+            }
+            Err(e) => {
+                self.counters.refused_calls += 1;
+                ops.log(format_args!(
+                    "kernel protect: {kind:?} table at {table:#x} refused: {e}"
+                ));
+                ret(e.kp_error())
+            }
+        }
+    }
+
+    /// Judges a write of `new` (`size` bytes) at `ipa` in TEXT.
+    fn judge(
+        &self,
+        layout: &Layout,
+        ipa: u64,
+        size: u32,
+        new: u64,
+        ops: &mut dyn HypOps,
+    ) -> Result<Judged, Refusal> {
+        let mut old = [0u8; 8];
+        let old = match size {
+            4 | 8 => old.get_mut(..size as usize).ok_or(Refusal::SizeMismatch)?,
+            _ => return Err(Refusal::SizeMismatch),
+        };
+        // Outside guest RAM is outside TEXT.
+        ops.read_guest(Ipa(ipa), old)
+            .map_err(|_| Refusal::OutsideText)?;
+        let mut w = [0u8; 8];
+        w.get_mut(..old.len())
+            .ok_or(Refusal::SizeMismatch)?
+            .copy_from_slice(old);
+        let req = PatchRequest {
+            ipa,
+            size,
+            old: u64::from_le_bytes(w),
+            new,
+        };
+        let brk = self
+            .kprobes
+            .binary_search_by_key(&ipa, |k| k.ipa)
+            .ok()
+            .and_then(|i| self.kprobes.get(i))
+            .map(|k| k.original);
+        let accepted = self.sites.decide(layout.text(), self.policy, req, brk)?;
+        Ok(Judged { req, accepted })
+    }
+
+    /// Performs a judged write and notes it in `log` (the patch log's
+    /// next hash).
+    fn perform(
+        &mut self,
+        j: Judged,
+        ops: &mut dyn HypOps,
+        log: &mut crate::sha256::Sha256,
+    ) -> Result<(), &'static str> {
+        let ipa = j.req.ipa;
+        let slot = self.kprobes.binary_search_by_key(&ipa, |k| k.ipa);
+        if matches!(j.accepted, Accepted::KprobeArm { .. }) && self.kprobes.is_full() {
+            return Err("too many kprobes armed");
+        }
+        let written = if j.req.size == 8 {
+            ops.write_guest_u64(Ipa(ipa), j.req.new)
+        } else {
+            ops.write_guest_insn(Ipa(ipa), j.req.new as u32)
+        };
+        if written.is_err() {
+            return Err("cannot write guest RAM");
+        }
+        match (j.accepted, slot) {
+            (Accepted::KprobeArm { original }, Err(i)) => {
+                // Room was checked above.
+                let _ = self.kprobes.insert(i, KprobeSite { ipa, original });
+            }
+            (Accepted::KprobeDisarm, Ok(i)) => {
+                self.kprobes.remove(i);
+            }
+            _ => {}
+        }
+        let n = j.req.size as usize;
+        log.update(&ipa.to_le_bytes());
+        log.update(j.req.old.to_le_bytes().get(..n).unwrap_or(&[]));
+        log.update(j.req.new.to_le_bytes().get(..n).unwrap_or(&[]));
+        let c = &mut self.counters;
+        c.patches_accepted += 1;
+        match j.accepted {
+            Accepted::JumpLabel { .. } => c.patches_jump_label += 1,
+            Accepted::FtraceCall | Accepted::FtraceLiteral => c.patches_ftrace += 1,
+            Accepted::KprobeArm { .. } | Accepted::KprobeDisarm => c.patches_kprobes += 1,
+        }
+        Ok(())
+    }
+
+    /// Counts and reports a refused patch.
+    fn refused(&mut self, ops: &mut dyn HypOps, ipa: u64, why: fmt::Arguments<'_>) {
+        self.counters.patches_refused += 1;
+        ops.log(format_args!(
+            "kernel protect: refused text patch at IPA {ipa:#x}: {why}"
+        ));
+    }
+
+    /// TEXT_PATCH: applies a batch, in order, up to the first refusal.
+    fn text_patch_batch(&mut self, array: u64, count: u64, ops: &mut dyn HypOps) -> CallResult {
+        let State::Protected(layout) = self.state else {
+            return ret(KpError::ObjectState);
+        };
+        if count == 0 || count > abi::MAX_TEXT_PATCH_BATCH {
+            self.counters.refused_calls += 1;
+            return ret(KpError::ArgumentSize);
+        }
+        let in_ram = count
+            .checked_mul(abi::TEXT_PATCH_ENTRY_SIZE as u64)
+            .and_then(|bytes| IpaRange::new(Ipa(array), bytes))
+            .is_some_and(|r| ops.guest_ram().covers(&r));
+        if !in_ram {
+            self.counters.refused_calls += 1;
+            return ret(KpError::AddrInvalid);
+        }
+        // TEXT must not change under a baseline still being hashed.
+        if self.settle(&layout, ops).is_err() {
+            self.counters.busy += 1;
+            return ret(KpError::Busy);
+        }
+        self.counters.patch_batches += 1;
+        let mut log = crate::sha256::Sha256::new(ops.sha256_compress());
+        log.update(&self.patch_log);
+        let mut applied = 0u64;
+        let mut outcome = None;
+        let mut buf = [0u8; BATCH_CHUNK * abi::TEXT_PATCH_ENTRY_SIZE];
+        'batch: while applied < count {
+            let n = (count - applied).min(BATCH_CHUNK as u64) as usize;
+            let Some(chunk) = buf.get_mut(..n * abi::TEXT_PATCH_ENTRY_SIZE) else {
+                break;
+            };
+            let at = array + applied * abi::TEXT_PATCH_ENTRY_SIZE as u64;
+            if ops.read_guest(Ipa(at), chunk).is_err() {
+                outcome = Some([KpError::AddrInvalid.as_raw(), applied, 0, 0]);
+                break;
+            }
+            for e in chunk.chunks_exact(abi::TEXT_PATCH_ENTRY_SIZE) {
+                let mut bytes = [0u8; abi::TEXT_PATCH_ENTRY_SIZE];
+                bytes.copy_from_slice(e);
+                let p = match TextPatch::from_bytes(&bytes) {
+                    Ok(p) => p,
+                    Err(err) => {
+                        self.counters.patches_refused += 1;
+                        outcome = Some([err.as_raw(), applied, 0, 0]);
+                        break 'batch;
+                    }
+                };
+                let done = match self.judge(&layout, p.ipa, p.size, p.value, ops) {
+                    Ok(j) => self.perform(j, ops, &mut log).map_err(|why| {
+                        self.refused(ops, p.ipa, format_args!("{why}"));
+                    }),
+                    Err(why) => {
+                        self.refused(ops, p.ipa, format_args!("{why} (batch entry {applied})"));
+                        Err(())
+                    }
+                };
+                if done.is_err() {
+                    outcome = Some([KpError::Denied.as_raw(), applied, 0, 0]);
+                    break 'batch;
+                }
+                applied += 1;
+                self.counters.patches_batched += 1;
+            }
+        }
+        // One hash for the whole batch.
+        if applied != 0 {
+            self.patch_log = log.finalize();
+        }
+        outcome.unwrap_or([abi::RET_OK, applied, 0, 0])
+    }
+
+    /// The text-patching path through the fixmap slot: judge and perform
+    /// the trapped store. A refusal is a permission fault the guest's
+    /// `copy_to_kernel_nofault()` recovers from.
     fn text_patch(
         &mut self,
         layout: &Layout,
@@ -468,72 +736,39 @@ impl KernelProtect {
     ) -> FaultAction {
         let syn = fault.syndrome;
         let ipa = fault.ipa.get();
-        let refuse = |this: &mut Self, ops: &mut dyn HypOps, why: fmt::Arguments<'_>| {
-            this.counters.patches_refused += 1;
-            ops.log(format_args!(
-                "kernel protect: refused text patch at IPA {ipa:#x}: {why}"
-            ));
-            FaultAction::Refused
+        let size = match syn.width() {
+            Width::Word if syn.valid() => 4,
+            Width::Double if syn.valid() => 8,
+            _ => {
+                self.refused(
+                    ops,
+                    ipa,
+                    format_args!("not a 32- or 64-bit store with a valid syndrome"),
+                );
+                return FaultAction::RefusedRecoverable;
+            }
         };
-        if !syn.valid() || syn.width() != Width::Word {
-            return refuse(
-                self,
-                ops,
-                format_args!("not a 32-bit store with a valid syndrome"),
-            );
-        }
-        let new = fault.regs.get(syn.register()) as u32;
-        let mut old = [0u8; 4];
-        if ops.read_guest(Ipa(ipa), &mut old).is_err() {
-            return refuse(self, ops, format_args!("not guest RAM"));
-        }
-        let old = u32::from_le_bytes(old);
-        if let Err(why) = patch::validate(old, new, ipa, layout.text()) {
-            return refuse(self, ops, format_args!("{why}"));
-        }
+        let new = fault.regs.get(syn.register()) & syn.width().mask();
+        let judged = match self.judge(layout, ipa, size, new, ops) {
+            Ok(j) => j,
+            Err(why) => {
+                self.refused(ops, ipa, format_args!("{why}"));
+                return FaultAction::RefusedRecoverable;
+            }
+        };
         // TEXT must not change under a baseline still being hashed: the
         // store runs again (and traps again) until it is taken.
         if self.settle(layout, ops).is_err() {
             self.counters.patches_deferred += 1;
             return FaultAction::Retry;
         }
-        let slot = match self.sites.binary_search_by_key(&ipa, |s| s.ipa) {
-            Ok(i) => i,
-            Err(i) => {
-                if self
-                    .sites
-                    .insert(
-                        i,
-                        Site {
-                            ipa,
-                            original: old,
-                            current: old,
-                        },
-                    )
-                    .is_err()
-                {
-                    return refuse(
-                        self,
-                        ops,
-                        format_args!("more than {MAX_PATCH_SITES} patched sites"),
-                    );
-                }
-                i
-            }
-        };
-        if ops.write_guest_insn(Ipa(ipa), new).is_err() {
-            return refuse(self, ops, format_args!("cannot write guest RAM"));
+        let mut log = crate::sha256::Sha256::new(ops.sha256_compress());
+        log.update(&self.patch_log);
+        if let Err(why) = self.perform(judged, ops, &mut log) {
+            self.refused(ops, ipa, format_args!("{why}"));
+            return FaultAction::RefusedRecoverable;
         }
-        if let Some(s) = self.sites.get_mut(slot) {
-            s.current = new;
-        }
-        let mut h = crate::sha256::Sha256::new(ops.sha256_compress());
-        h.update(&self.patch_log);
-        h.update(&ipa.to_le_bytes());
-        h.update(&old.to_le_bytes());
-        h.update(&new.to_le_bytes());
-        self.patch_log = h.finalize();
-        self.counters.patches_accepted += 1;
+        self.patch_log = log.finalize();
         FaultAction::Emulated
     }
 
@@ -552,7 +787,7 @@ impl KernelProtect {
     }
 }
 
-impl Service for KernelProtect {
+impl Service for KernelProtect<'_> {
     fn name(&self) -> &'static str {
         "kernel_protect"
     }
@@ -568,11 +803,13 @@ impl Service for KernelProtect {
     }
 
     fn call(&mut self, call: &Call, ops: &mut dyn HypOps) -> CallResult {
-        let [a1, a2, a3, ..] = call.args;
+        let [a1, a2, a3, a4, ..] = call.args;
         match call.fid {
             abi::ASSET_INFO => self.asset_info(a1, a2, a3),
             abi::ASSET_INFO_COMPACT => self.asset_info_compact(a1, ops),
             abi::ENABLE_VM_PROTECTION => self.enable(a1, ops),
+            abi::PATCH_SITES => self.patch_sites([a1, a2, a3, a4], ops),
+            abi::TEXT_PATCH => self.text_patch_batch(a1, a2, ops),
             _ => ret(KpError::Unimplemented),
         }
     }
@@ -644,7 +881,27 @@ impl Service for KernelProtect {
         writeln!(out, "kp_denied={}", c.denied)?;
         writeln!(out, "kp_patches_accepted={}", c.patches_accepted)?;
         writeln!(out, "kp_patches_refused={}", c.patches_refused)?;
-        writeln!(out, "kp_patch_sites={}", self.sites.len())?;
+        writeln!(out, "kp_patches_jump_label={}", c.patches_jump_label)?;
+        writeln!(out, "kp_patches_ftrace={}", c.patches_ftrace)?;
+        writeln!(out, "kp_patches_kprobes={}", c.patches_kprobes)?;
+        writeln!(out, "kp_patch_batches={}", c.patch_batches)?;
+        writeln!(out, "kp_patches_batched={}", c.patches_batched)?;
+        writeln!(out, "kp_sites_jump={}", self.sites.jump_sites())?;
+        writeln!(out, "kp_sites_ftrace={}", self.sites.ftrace_sites())?;
+        writeln!(out, "kp_sites_skipped={}", c.sites_skipped)?;
+        writeln!(out, "kp_sites_dropped={}", c.sites_dropped)?;
+        writeln!(out, "kp_ftrace_callers={}", self.sites.ftrace_callers())?;
+        writeln!(out, "kp_kprobes_armed={}", self.kprobes.len())?;
+        writeln!(
+            out,
+            "kp_policy_ftrace={}",
+            PatchPolicy::word(self.policy.ftrace)
+        )?;
+        writeln!(
+            out,
+            "kp_policy_kprobes={}",
+            PatchPolicy::word(self.policy.kprobes)
+        )?;
         writeln!(out, "kp_rx_writes_blocked={}", c.rx_writes_blocked)?;
         writeln!(out, "kp_ro_writes_blocked={}", c.ro_writes_blocked)?;
         writeln!(out, "kp_exec_blocked={}", c.exec_blocked)?;
@@ -717,8 +974,23 @@ impl Service for KernelProtect {
         }
         writeln!(
             out,
-            "  text patches:   {} performed, {} refused",
-            c.patches_accepted, c.patches_refused
+            "  patch sites:    {} jump labels, {} ftrace call sites ({} trampolines) registered; ftrace {}, kprobes {}",
+            self.sites.jump_sites(),
+            self.sites.ftrace_sites(),
+            self.sites.ftrace_callers(),
+            if self.policy.ftrace { "allowed" } else { "refused" },
+            if self.policy.kprobes { "allowed" } else { "refused" },
+        )?;
+        writeln!(
+            out,
+            "  text patches:   {} performed ({} jump label, {} ftrace, {} kprobes; {} in {} batches), {} refused",
+            c.patches_accepted,
+            c.patches_jump_label,
+            c.patches_ftrace,
+            c.patches_kprobes,
+            c.patches_batched,
+            c.patch_batches,
+            c.patches_refused
         )?;
         writeln!(
             out,

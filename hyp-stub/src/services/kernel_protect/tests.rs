@@ -4,8 +4,10 @@
 
 use std::vec::Vec;
 
-use guest_kp::patch::{encode_b, NOP};
+use guest_kp::abi::TextPatch;
+use guest_kp::patch::{encode_b, encode_bl, NOP};
 use guest_kp::record::Region;
+use guest_kp::sites::{FtraceSite, JumpSite, PatchPolicy, BTI_C, MOV_X9_X30};
 
 use super::*;
 use crate::addr::GuestVa;
@@ -23,6 +25,14 @@ const DATA: (u64, u64) = (0x4050_0000, 0x4058_0000);
 const BSS: (u64, u64) = (0x4058_0000, 0x4060_0000);
 const FIXMAP: u64 = 0xffff_7fff_fe7f_d000;
 const RECORD_IPA: u64 = 0x4055_0000;
+/// Where the tests put their PATCH_SITES tables (in DATA).
+const TABLE_IPA: u64 = 0x4056_0000;
+/// TEXT's virtual address.
+const TEXT_VA: u64 = 0xffff_8000_8020_0000;
+/// Where the tests put their TEXT_PATCH batches (outside the image).
+const BATCH_IPA: u64 = 0x4070_0000;
+/// A kernel pointer, as ftrace_nop_ops.
+const NOP_OPS: u64 = 0xffff_8000_8250_1000;
 
 /// 8 MiB of fake guest RAM at RAM, and optionally a hypervisor CPU for
 /// background hashing. Its hash is computed only when the digest is
@@ -64,6 +74,15 @@ impl Ops {
     fn word(&mut self, ipa: u64) -> u32 {
         let b = self.at(ipa);
         u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+    fn dword(&mut self, ipa: u64) -> u64 {
+        u64::from_le_bytes(self.at(ipa)[..8].try_into().unwrap())
+    }
+    fn put(&mut self, ipa: u64, insn: u32) {
+        self.at(ipa)[..4].copy_from_slice(&insn.to_le_bytes());
+    }
+    fn put64(&mut self, ipa: u64, v: u64) {
+        self.at(ipa)[..8].copy_from_slice(&v.to_le_bytes());
     }
 }
 
@@ -125,6 +144,11 @@ impl HypOps for Ops {
         }
         Some(h.finalize())
     }
+    fn write_guest_u64(&mut self, ipa: Ipa, value: u64) -> Result<(), OpsError> {
+        assert!(ipa.is_aligned(8), "the service checks alignment first");
+        self.at(ipa.get())[..8].copy_from_slice(&value.to_le_bytes());
+        Ok(())
+    }
     fn write_guest_insn(&mut self, ipa: Ipa, insn: u32) -> Result<(), OpsError> {
         self.at(ipa.get())[..4].copy_from_slice(&insn.to_le_bytes());
         Ok(())
@@ -159,20 +183,50 @@ fn extents() -> AssetExtents {
     }
 }
 
-fn service(ops: &mut Ops) -> KernelProtect {
-    let mut kp = KernelProtect::new();
+/// Site storage for one service. Leaked: the service borrows it for
+/// `'static`, as the boot path's static arrays are.
+fn storage(jump: usize, ftrace: usize) -> SiteStorage<'static> {
+    SiteStorage {
+        jump: vec![JumpSite::default(); jump].leak(),
+        ftrace: vec![FtraceSite::default(); ftrace].leak(),
+    }
+}
+
+fn service(ops: &mut Ops) -> KernelProtect<'static> {
+    let mut kp = KernelProtect::with_sites(storage(256, 256));
     kp.init(ops).unwrap();
     kp.protect_vm_assets(extents()).unwrap();
     kp
 }
 
 fn call(kp: &mut KernelProtect, ops: &mut Ops, fid: u32, a: [u64; 3]) -> CallResult {
+    call4(kp, ops, fid, [a[0], a[1], a[2], 0])
+}
+
+fn call4(kp: &mut KernelProtect, ops: &mut Ops, fid: u32, a: [u64; 4]) -> CallResult {
     kp.call(
         &Call {
             fid,
-            args: [a[0], a[1], a[2], 0, 0, 0],
+            args: [a[0], a[1], a[2], a[3], 0, 0],
         },
         ops,
+    )
+}
+
+/// Writes a `__jump_table` of (site, target) IPAs at [`TABLE_IPA`] and
+/// registers it.
+fn register_jumps(kp: &mut KernelProtect, ops: &mut Ops, entries: &[(u64, u64)]) -> CallResult {
+    for (i, &(site, target)) in entries.iter().enumerate() {
+        let e = TABLE_IPA + i as u64 * 16;
+        ops.put(e, site.wrapping_sub(e) as u32);
+        ops.put(e + 4, target.wrapping_sub(e + 4) as u32);
+        ops.put64(e + 8, 0xffff_8000_8300_0000);
+    }
+    call4(
+        kp,
+        ops,
+        abi::PATCH_SITES,
+        [0, TABLE_IPA, entries.len() as u64, TEXT_VA],
     )
 }
 
@@ -195,7 +249,7 @@ fn submit(kp: &mut KernelProtect, ops: &mut Ops, rec: &KernelAssetInfo) -> u64 {
     call(kp, ops, abi::ASSET_INFO_COMPACT, [RECORD_IPA, 0, 0])[0]
 }
 
-fn protected() -> (KernelProtect, Ops) {
+fn protected() -> (KernelProtect<'static>, Ops) {
     let mut ops = Ops::new();
     let mut kp = service(&mut ops);
     assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
@@ -415,6 +469,10 @@ fn jump_label_patches(mut ops: Ops) {
     ops.at(site)[..4].copy_from_slice(&NOP.to_le_bytes());
     let mut kp = service(&mut ops);
     assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+    assert_eq!(
+        register_jumps(&mut kp, &mut ops, &[(site, site + 0x80)]),
+        [0, 1, 0, 0]
+    );
     assert_eq!(enable(&mut kp, &mut ops)[1], 1);
     let mut regs = GuestRegs::default();
     regs.x[3] = u64::from(b);
@@ -441,6 +499,8 @@ fn patched_sites_on_several_pages_are_undone_in_the_measurement() {
     }
     let mut kp = service(&mut ops);
     assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+    let table: Vec<(u64, u64)> = sites.iter().map(|&s| (s, TEXT.0)).collect();
+    assert_eq!(register_jumps(&mut kp, &mut ops, &table)[..2], [0, 4]);
     assert_eq!(enable(&mut kp, &mut ops)[1], 1);
     let mut regs = GuestRegs::default();
     // Patched in reverse order, so the list is not filled in IPA order.
@@ -463,13 +523,17 @@ fn other_writes_and_executes_are_refused_and_counted() {
     let site = TEXT.0 + 0x100;
     let va = FIXMAP + 0x100;
     let mut regs = GuestRegs::default();
-    regs.x[1] = 0xd280_0000; // movz x0, #0: not a jump-label transition
+    regs.x[1] = 0xd280_0000; // movz x0, #0: not a patch site
     let f = fault(site, va, store(1, 2), &regs, false);
-    assert_eq!(kp.guest_fault(&f, &mut ops), FaultAction::Refused);
+    assert_eq!(
+        kp.guest_fault(&f, &mut ops),
+        FaultAction::RefusedRecoverable,
+        "through the fixmap: an error the patcher recovers from"
+    );
     let f = fault(site, va, store(1, 3), &regs, false);
     assert_eq!(
         kp.guest_fault(&f, &mut ops),
-        FaultAction::Refused,
+        FaultAction::RefusedRecoverable,
         "64-bit store"
     );
     assert_eq!(kp.counters.patches_refused, 2);
@@ -602,6 +666,7 @@ fn a_patch_waits_for_the_background_baseline() {
         ops.at(site)[..4].copy_from_slice(&NOP.to_le_bytes());
         let mut kp = service(ops);
         assert_eq!(submit(&mut kp, ops, &record()), 0);
+        assert_eq!(register_jumps(&mut kp, ops, &[(site, site + 0x40)])[0], 0);
         enable(&mut kp, ops);
         kp
     };
@@ -698,5 +763,617 @@ fn the_layout_and_protection_are_visible_to_inspection() {
     assert_eq!(
         (kp.reported_layout(), kp.is_protected()),
         (Some(layout), true)
+    );
+}
+
+// ---- Patch sites, batches, ftrace and kprobes ----
+
+/// Word `i` of TEXT.
+fn text(i: u64) -> u64 {
+    TEXT.0 + i * 4
+}
+
+/// The B a jump site at `site` makes to its label (`site + 0x40`).
+fn on(site: u64) -> u32 {
+    encode_b(site, site + 0x40).unwrap()
+}
+
+/// Reported, with NOP jump sites at `sites` (labels at `site + 0x40`)
+/// registered, and protected.
+fn with_jumps(ops: &mut Ops, sites: &[u64]) -> KernelProtect<'static> {
+    for &s in sites {
+        ops.put(s, NOP);
+    }
+    let mut kp = service(ops);
+    assert_eq!(submit(&mut kp, ops, &record()), 0);
+    let table: Vec<(u64, u64)> = sites.iter().map(|&s| (s, s + 0x40)).collect();
+    let r = register_jumps(&mut kp, ops, &table);
+    assert_eq!(r, [0, sites.len() as u64, 0, 0]);
+    assert_eq!(enable(&mut kp, ops)[..2], [0, 1]);
+    kp
+}
+
+/// Writes `entries` at [`BATCH_IPA`] and makes the TEXT_PATCH call.
+fn batch(kp: &mut KernelProtect, ops: &mut Ops, entries: &[TextPatch]) -> CallResult {
+    for (i, e) in entries.iter().enumerate() {
+        let at = BATCH_IPA + i as u64 * abi::TEXT_PATCH_ENTRY_SIZE as u64;
+        ops.at(at)[..abi::TEXT_PATCH_ENTRY_SIZE].copy_from_slice(&e.to_bytes());
+    }
+    call(
+        kp,
+        ops,
+        abi::TEXT_PATCH,
+        [BATCH_IPA, entries.len() as u64, 0],
+    )
+}
+
+fn insn(ipa: u64, value: u32) -> TextPatch {
+    TextPatch {
+        ipa,
+        value: value.into(),
+        size: 4,
+    }
+}
+
+/// A store of `value` through the fixmap alias of `ipa`, 32-bit or
+/// 64-bit.
+fn poke(kp: &mut KernelProtect, ops: &mut Ops, ipa: u64, value: u64, wide: bool) -> FaultAction {
+    let mut regs = GuestRegs::default();
+    regs.x[5] = value;
+    let f = fault(
+        ipa,
+        FIXMAP + (ipa & 0xfff),
+        store(5, if wide { 3 } else { 2 }),
+        &regs,
+        false,
+    );
+    kp.guest_fault(&f, ops)
+}
+
+fn self_check(kp: &mut KernelProtect, ops: &mut Ops) -> CallResult {
+    enable(kp, ops)
+}
+
+#[test]
+fn patch_sites_is_checked_and_answers_what_it_registered() {
+    let mut ops = Ops::new();
+    let mut kp = service(&mut ops);
+    let site = text(0x100);
+    ops.put(site, NOP);
+    let reg =
+        |kp: &mut KernelProtect, ops: &mut Ops, a: [u64; 4]| call4(kp, ops, abi::PATCH_SITES, a)[0];
+    assert_eq!(
+        register_jumps(&mut kp, &mut ops, &[(site, site + 0x40)])[0],
+        err(KpError::ObjectState),
+        "before the layout"
+    );
+    assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+    let bad: [([u64; 4], KpError); 8] = [
+        ([3, TABLE_IPA, 1, TEXT_VA], KpError::ArgumentInvalid),
+        ([0, TABLE_IPA + 4, 1, TEXT_VA], KpError::ArgumentAlignment),
+        ([0, TEXT.0 - 0x1000, 1, TEXT_VA], KpError::AddrInvalid),
+        ([0, BSS.1 - 8, 1, TEXT_VA], KpError::AddrInvalid),
+        ([0, TABLE_IPA, 0, TEXT_VA], KpError::ArgumentSize),
+        ([0, TABLE_IPA, 257, TEXT_VA], KpError::ArgumentSize),
+        ([0, TABLE_IPA, u64::MAX, TEXT_VA], KpError::ArgumentSize),
+        ([1, TABLE_IPA, 1, TEXT_VA], KpError::ObjectState),
+    ];
+    for (args, want) in bad {
+        assert_eq!(reg(&mut kp, &mut ops, args), err(want), "{args:x?}");
+    }
+    assert_eq!(kp.counters.refused_calls, 8);
+    // One site in TEXT, one in init text (here: DATA), skipped.
+    assert_eq!(
+        register_jumps(
+            &mut kp,
+            &mut ops,
+            &[(site, site + 0x40), (DATA.0 + 0x10, site)]
+        ),
+        [0, 1, 1, 0]
+    );
+    assert_eq!(
+        register_jumps(&mut kp, &mut ops, &[(site, site + 0x40)])[0],
+        err(KpError::ObjectConfigured)
+    );
+    assert_eq!(enable(&mut kp, &mut ops)[..2], [0, 1]);
+    assert_eq!(
+        reg(&mut kp, &mut ops, [2, TABLE_IPA, 1, TEXT_VA]),
+        err(KpError::ObjectState),
+        "after enable"
+    );
+    let s = stats(&kp);
+    assert!(s.contains("kp_sites_jump=1\n"), "{s}");
+    assert!(s.contains("kp_sites_skipped=1\n"), "{s}");
+}
+
+#[test]
+fn attacks_through_the_fixmap_are_refused_recoverably_and_flips_still_work() {
+    let mut ops = Ops::new();
+    let site = text(0x100);
+    let loop_b = encode_b(text(0x200), text(0x1f0)).unwrap();
+    ops.put(text(0x200), loop_b);
+    let entry = text(0x400);
+    ops.put(entry, 0xa9bf_7bfd); // stp x29, x30, [sp, #-16]!
+    let mut kp = with_jumps(&mut ops, &[site]);
+    let attacks: [(&str, u64, u32); 6] = [
+        ("B -> NOP at a non-site", text(0x200), NOP),
+        ("NOP -> B at a non-site", text(0x300), on(text(0x300))),
+        (
+            "B to a foreign target at a real site",
+            site,
+            encode_b(site, site + 0x80).unwrap(),
+        ),
+        (
+            "BL at a jump site",
+            site,
+            encode_bl(site, site + 0x40).unwrap(),
+        ),
+        ("ret at a function entry", entry, 0xd65f_03c0),
+        ("NOP -> B to itself", site, 0x1400_0000),
+    ];
+    for (what, ipa, value) in attacks {
+        let before = ops.word(ipa);
+        assert_eq!(
+            poke(&mut kp, &mut ops, ipa, value.into(), false),
+            FaultAction::RefusedRecoverable,
+            "{what}"
+        );
+        assert_eq!(ops.word(ipa), before, "{what}: nothing written");
+    }
+    assert_eq!(kp.counters.patches_refused, 6);
+    // A static key still flips, and the kernel is intact.
+    assert_eq!(
+        poke(&mut kp, &mut ops, site, on(site).into(), false),
+        FaultAction::Emulated
+    );
+    assert_eq!(ops.word(site), on(site));
+    assert_eq!(self_check(&mut kp, &mut ops)[..3], [0, 1, 1]);
+    // The same write through another alias of TEXT is no patch.
+    let mut regs = GuestRegs::default();
+    regs.x[5] = u64::from(NOP);
+    let f = fault(site, 0xffff_8000_8030_0400, store(5, 2), &regs, false);
+    assert_eq!(kp.guest_fault(&f, &mut ops), FaultAction::Refused);
+}
+
+#[test]
+fn text_patch_batches_apply_in_order_up_to_the_first_refusal() {
+    let mut ops = Ops::new();
+    let sites = [text(0x100), text(0x1100), text(0x2100), text(0x3100)];
+    let mut kp = with_jumps(&mut ops, &sites);
+    let log0 = kp.patch_log;
+    let foreign = encode_b(sites[2], sites[2] + 0x80).unwrap();
+    let r = batch(
+        &mut kp,
+        &mut ops,
+        &[
+            insn(sites[0], on(sites[0])),
+            insn(sites[1], on(sites[1])),
+            insn(sites[2], foreign),
+            insn(sites[3], on(sites[3])),
+        ],
+    );
+    assert_eq!(r, [err(KpError::Denied), 2, 0, 0], "stopped at entry 2");
+    assert_eq!(ops.word(sites[0]), on(sites[0]));
+    assert_eq!(ops.word(sites[1]), on(sites[1]));
+    assert_eq!(ops.word(sites[2]), NOP);
+    assert_eq!(ops.word(sites[3]), NOP, "nothing after the refusal");
+    // One hash for the batch: the log chains both entries at once.
+    let mut h = crate::sha256::Sha256::new(crate::sha256::compress_soft);
+    h.update(&log0);
+    for s in &sites[..2] {
+        h.update(&s.to_le_bytes());
+        h.update(&NOP.to_le_bytes());
+        h.update(&on(*s).to_le_bytes());
+    }
+    assert_eq!(kp.patch_log, h.finalize());
+    let r = batch(
+        &mut kp,
+        &mut ops,
+        &[insn(sites[2], on(sites[2])), insn(sites[3], on(sites[3]))],
+    );
+    assert_eq!(r, [0, 2, 0, 0]);
+    assert_eq!(self_check(&mut kp, &mut ops)[..3], [0, 1, 4]);
+    let s = stats(&kp);
+    for line in [
+        "kp_patch_batches=2\n",
+        "kp_patches_batched=4\n",
+        "kp_patches_refused=1\n",
+        "kp_patches_jump_label=4\n",
+    ] {
+        assert!(s.contains(line), "{line}{s}");
+    }
+    // Malformed entries stop the batch with their own error.
+    let mut bytes = insn(sites[0], NOP).to_bytes();
+    bytes[20] = 1;
+    ops.at(BATCH_IPA + 24)[..24].copy_from_slice(&bytes);
+    ops.at(BATCH_IPA)[..24].copy_from_slice(&insn(sites[1], NOP).to_bytes());
+    let r = call(&mut kp, &mut ops, abi::TEXT_PATCH, [BATCH_IPA, 2, 0]);
+    assert_eq!(r, [err(KpError::ArgumentInvalid), 1, 0, 0]);
+    assert_eq!(ops.word(sites[1]), NOP, "entry 0 applied");
+    let wide = TextPatch {
+        ipa: sites[0],
+        value: 1 << 32,
+        size: 4,
+    };
+    let mut b = wide.to_bytes();
+    b[8..16].copy_from_slice(&(1u64 << 32).to_le_bytes());
+    ops.at(BATCH_IPA)[..24].copy_from_slice(&b);
+    let r = call(&mut kp, &mut ops, abi::TEXT_PATCH, [BATCH_IPA, 1, 0]);
+    assert_eq!(r, [err(KpError::ArgumentSize), 0, 0, 0]);
+}
+
+#[test]
+fn text_patch_calls_are_checked() {
+    let mut ops = Ops::new();
+    let mut kp = service(&mut ops);
+    assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+    let tp = |kp: &mut KernelProtect, ops: &mut Ops, a: u64, n: u64| {
+        call(kp, ops, abi::TEXT_PATCH, [a, n, 0])[0]
+    };
+    assert_eq!(
+        tp(&mut kp, &mut ops, BATCH_IPA, 1),
+        err(KpError::ObjectState),
+        "before enable"
+    );
+    assert_eq!(enable(&mut kp, &mut ops)[0], 0);
+    for (a, n, want) in [
+        (BATCH_IPA, 0, KpError::ArgumentSize),
+        (
+            BATCH_IPA,
+            abi::MAX_TEXT_PATCH_BATCH + 1,
+            KpError::ArgumentSize,
+        ),
+        (BATCH_IPA, u64::MAX, KpError::ArgumentSize),
+        (0x0900_0000, 1, KpError::AddrInvalid),
+        (RAM + (8 << 20) - 24, 2, KpError::AddrInvalid),
+        (u64::MAX - 8, 1, KpError::AddrInvalid),
+    ] {
+        assert_eq!(tp(&mut kp, &mut ops, a, n), err(want), "{a:#x} {n}");
+    }
+    // The largest batch is taken (and refused at its first entry: no
+    // sites are registered).
+    assert_eq!(
+        call(
+            &mut kp,
+            &mut ops,
+            abi::TEXT_PATCH,
+            [BATCH_IPA, abi::MAX_TEXT_PATCH_BATCH, 0]
+        ),
+        [err(KpError::ArgumentSize), 0, 0, 0],
+        "zeroed entries have size 0"
+    );
+}
+
+#[test]
+fn a_batch_is_busy_while_the_baseline_is_pending() {
+    let mut ops = Ops::with_hyp_cpu();
+    let site = text(0x100);
+    ops.put(site, NOP);
+    let mut kp = service(&mut ops);
+    assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+    register_jumps(&mut kp, &mut ops, &[(site, site + 0x40)]);
+    assert_eq!(enable(&mut kp, &mut ops), [0, 1, 0, 0], "hashing");
+    ops.pending_polls = 1;
+    let r = batch(&mut kp, &mut ops, &[insn(site, on(site))]);
+    assert_eq!(r[0], err(KpError::Busy));
+    assert_eq!(ops.word(site), NOP, "nothing applied");
+    let r = batch(&mut kp, &mut ops, &[insn(site, on(site))]);
+    assert_eq!(r, [0, 1, 0, 0]);
+    assert_eq!(self_check(&mut kp, &mut ops)[..3], [0, 1, 1]);
+}
+
+/// ftrace's trampolines in TEXT.
+const CALLERS: [u64; 2] = [TEXT.0 + 0x40, TEXT.0 + 0x80];
+
+/// Lays out a traced function whose literal is at `lit`; returns its
+/// call site.
+fn function(ops: &mut Ops, lit: u64, bti: bool) -> u64 {
+    ops.put64(lit, NOP_OPS);
+    let mut at = lit + 8;
+    if bti {
+        ops.put(at, BTI_C);
+        at += 4;
+    }
+    ops.put(at, MOV_X9_X30);
+    ops.put(at + 4, NOP);
+    at + 4
+}
+
+/// Registers ftrace's trampolines and `lits` as `__mcount_loc`.
+fn register_ftrace(kp: &mut KernelProtect, ops: &mut Ops, lits: &[u64]) {
+    let va = |ipa: u64| ipa - TEXT.0 + TEXT_VA;
+    for (i, c) in CALLERS.iter().enumerate() {
+        ops.put64(TABLE_IPA + 0x8000 + i as u64 * 8, va(*c));
+    }
+    let r = call4(
+        kp,
+        ops,
+        abi::PATCH_SITES,
+        [2, TABLE_IPA + 0x8000, 2, TEXT_VA],
+    );
+    assert_eq!(r, [0, 2, 0, 0]);
+    for (i, l) in lits.iter().enumerate() {
+        ops.put64(TABLE_IPA + 0x9000 + i as u64 * 8, va(*l));
+    }
+    let r = call4(
+        kp,
+        ops,
+        abi::PATCH_SITES,
+        [1, TABLE_IPA + 0x9000, lits.len() as u64, TEXT_VA],
+    );
+    assert_eq!(r, [0, lits.len() as u64, 0, 0]);
+}
+
+fn ftrace_service(ops: &mut Ops, policy: PatchPolicy) -> (KernelProtect<'static>, [u64; 2]) {
+    let calls = [
+        function(ops, text(0x1000), false),
+        function(ops, text(0x2000), true),
+    ];
+    let mut kp = service(ops);
+    kp.set_policy(policy);
+    assert_eq!(submit(&mut kp, ops, &record()), 0);
+    register_ftrace(&mut kp, ops, &[text(0x1000), text(0x2000)]);
+    assert_eq!(enable(&mut kp, ops)[..2], [0, 1]);
+    (kp, calls)
+}
+
+#[test]
+fn ftrace_call_sites_and_literals_patch_in_batches_and_through_the_fixmap() {
+    let mut ops = Ops::new();
+    let (mut kp, calls) = ftrace_service(&mut ops, PatchPolicy::ALLOW_ALL);
+    let ops_ptr = 0xffff_8000_8260_0000u64;
+    let bl = |site: u64, c: usize| encode_bl(site, CALLERS[c]).unwrap();
+    let lit = |ipa: u64, value: u64| TextPatch {
+        ipa,
+        value,
+        size: 8,
+    };
+    let r = batch(
+        &mut kp,
+        &mut ops,
+        &[
+            lit(text(0x1000), ops_ptr),
+            insn(calls[0], bl(calls[0], 0)),
+            lit(text(0x2000), ops_ptr),
+            insn(calls[1], bl(calls[1], 0)),
+        ],
+    );
+    assert_eq!(r, [0, 4, 0, 0]);
+    assert_eq!(ops.dword(text(0x1000)), ops_ptr);
+    assert_eq!(ops.word(calls[1]), bl(calls[1], 0));
+    // Single changes through the fixmap: 64-bit for the literal.
+    assert_eq!(
+        poke(&mut kp, &mut ops, text(0x2000), NOP_OPS, true),
+        FaultAction::Emulated
+    );
+    assert_eq!(ops.dword(text(0x2000)), NOP_OPS);
+    assert_eq!(
+        poke(&mut kp, &mut ops, calls[1], bl(calls[1], 1).into(), false),
+        FaultAction::Emulated,
+        "from one trampoline to another"
+    );
+    assert_eq!(self_check(&mut kp, &mut ops)[..3], [0, 1, 6]);
+    // A BL to a non-trampoline, a literal that is no kernel pointer.
+    let elsewhere = encode_bl(calls[0], text(0x3000)).unwrap();
+    let r = batch(
+        &mut kp,
+        &mut ops,
+        &[insn(calls[0], NOP), insn(calls[0], elsewhere)],
+    );
+    assert_eq!(r, [err(KpError::Denied), 1, 0, 0]);
+    assert_eq!(
+        poke(&mut kp, &mut ops, text(0x1000), 0x4000_0000, true),
+        FaultAction::RefusedRecoverable
+    );
+    assert_eq!(
+        poke(&mut kp, &mut ops, text(0x1000), 0x4000_0000, false),
+        FaultAction::RefusedRecoverable,
+        "half a literal"
+    );
+    let s = stats(&kp);
+    assert!(s.contains("kp_patches_ftrace=7\n"), "{s}");
+    assert!(s.contains("kp_sites_ftrace=2\n"), "{s}");
+    assert!(s.contains("kp_ftrace_callers=2\n"), "{s}");
+    assert_eq!(self_check(&mut kp, &mut ops)[..2], [0, 1]);
+}
+
+#[test]
+fn ftrace_refused_by_policy() {
+    let mut ops = Ops::new();
+    let policy = PatchPolicy {
+        ftrace: false,
+        kprobes: true,
+    };
+    let (mut kp, calls) = ftrace_service(&mut ops, policy);
+    let call = encode_bl(calls[0], CALLERS[0]).unwrap();
+    assert_eq!(
+        batch(&mut kp, &mut ops, &[insn(calls[0], call)]),
+        [err(KpError::Denied), 0, 0, 0]
+    );
+    assert_eq!(
+        poke(&mut kp, &mut ops, calls[0], call.into(), false),
+        FaultAction::RefusedRecoverable
+    );
+    assert_eq!(ops.word(calls[0]), NOP);
+    assert!(stats(&kp).contains("kp_policy_ftrace=refuse\n"));
+    assert!(summary(&kp).contains("ftrace refused"));
+}
+
+#[test]
+fn kprobes_arm_and_restore_exactly_and_keep_the_measurement() {
+    let mut ops = Ops::new();
+    let at = text(0x800);
+    let original = 0xa9bf_7bfd;
+    ops.put(at, original);
+    let mut kp = with_jumps(&mut ops, &[text(0x100)]);
+    let brk = u64::from(guest_kp::sites::BRK_KPROBES);
+    assert_eq!(
+        poke(&mut kp, &mut ops, at, brk, false),
+        FaultAction::Emulated
+    );
+    assert_eq!(u64::from(ops.word(at)), brk);
+    assert!(stats(&kp).contains("kp_kprobes_armed=1\n"));
+    assert_eq!(
+        self_check(&mut kp, &mut ops)[..2],
+        [0, 1],
+        "intact while armed"
+    );
+    assert_eq!(
+        poke(&mut kp, &mut ops, at, 0xd65f_03c0, false),
+        FaultAction::RefusedRecoverable,
+        "restored to something else"
+    );
+    assert_eq!(
+        batch(&mut kp, &mut ops, &[insn(at, original)]),
+        [0, 1, 0, 0]
+    );
+    assert_eq!(ops.word(at), original);
+    assert!(stats(&kp).contains("kp_kprobes_armed=0\n"));
+    assert!(stats(&kp).contains("kp_patches_kprobes=2\n"));
+    assert_eq!(self_check(&mut kp, &mut ops)[..2], [0, 1]);
+    // No BRK on a jump site.
+    assert_eq!(
+        poke(&mut kp, &mut ops, text(0x100), brk, false),
+        FaultAction::RefusedRecoverable
+    );
+    // Refused by policy.
+    kp.set_policy(PatchPolicy {
+        ftrace: true,
+        kprobes: false,
+    });
+    assert_eq!(
+        poke(&mut kp, &mut ops, at, brk, false),
+        FaultAction::RefusedRecoverable
+    );
+    assert_eq!(ops.word(at), original);
+}
+
+#[test]
+fn thousands_of_flips_leave_the_measurement_as_it_was_at_enable() {
+    for hyp_cpu in [false, true] {
+        let mut ops = if hyp_cpu {
+            Ops::with_hyp_cpu()
+        } else {
+            Ops::new()
+        };
+        // 200 sites over 50 pages, every other one a B at enable.
+        let sites: Vec<u64> = (0..200u64).map(|i| text(i * 0x100 + 8)).collect();
+        for &s in &sites {
+            ops.put(s, NOP);
+        }
+        let mut kp = service(&mut ops);
+        assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+        let table: Vec<(u64, u64)> = sites.iter().map(|&s| (s, s + 0x40)).collect();
+        assert_eq!(register_jumps(&mut kp, &mut ops, &table)[..2], [0, 200]);
+        for s in sites.iter().step_by(2) {
+            ops.put(*s, on(*s));
+        }
+        enable(&mut kp, &mut ops);
+        let flip = |kp: &mut KernelProtect, ops: &mut Ops| {
+            let entries: Vec<TextPatch> = sites
+                .iter()
+                .map(|&s| insn(s, if ops.word(s) == NOP { on(s) } else { NOP }))
+                .collect();
+            assert_eq!(batch(kp, ops, &entries), [0, 200, 0, 0]);
+        };
+        for _ in 0..11 {
+            flip(&mut kp, &mut ops);
+        }
+        assert_eq!(self_check(&mut kp, &mut ops)[..3], [0, 1, 2200]);
+        kp.finish(&mut ops);
+        assert_eq!(self_check(&mut kp, &mut ops)[..2], [0, 1]);
+    }
+}
+
+#[test]
+fn a_site_changed_behind_the_hypervisors_back_fails_the_self_check() {
+    let mut ops = Ops::new();
+    let site = text(0x100);
+    let mut kp = with_jumps(&mut ops, &[site]);
+    ops.put(site, 0xd65f_03c0);
+    assert_eq!(self_check(&mut kp, &mut ops)[..2], [0, 0]);
+    ops.put(site, on(site));
+    assert_eq!(self_check(&mut kp, &mut ops)[..2], [0, 1], "a legal state");
+}
+
+#[test]
+fn sites_changed_before_enable_are_dropped() {
+    let mut ops = Ops::new();
+    let site = text(0x100);
+    ops.put(site, NOP);
+    let mut kp = service(&mut ops);
+    assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+    register_jumps(&mut kp, &mut ops, &[(site, site + 0x40)]);
+    ops.put(site, 0xd280_0000);
+    assert_eq!(enable(&mut kp, &mut ops)[..2], [0, 1]);
+    assert!(stats(&kp).contains("kp_sites_dropped=1\n"));
+    assert!(stats(&kp).contains("kp_sites_jump=0\n"));
+    assert_eq!(
+        poke(&mut kp, &mut ops, site, NOP.into(), false),
+        FaultAction::RefusedRecoverable
+    );
+    assert_eq!(self_check(&mut kp, &mut ops)[..2], [0, 1]);
+}
+
+#[test]
+fn stats_and_summary_show_sites_policy_and_patches() {
+    let mut ops = Ops::new();
+    let mut kp = with_jumps(&mut ops, &[text(0x100)]);
+    kp.set_policy(PatchPolicy::from_cmdline(b"pvguard_kprobes=refuse"));
+    batch(&mut kp, &mut ops, &[insn(text(0x100), on(text(0x100)))]);
+    poke(&mut kp, &mut ops, text(0x200), 0xd65f_03c0, false);
+    let s = stats(&kp);
+    for line in [
+        "kp_patches_accepted=1\n",
+        "kp_patches_refused=1\n",
+        "kp_sites_jump=1\n",
+        "kp_sites_ftrace=0\n",
+        "kp_ftrace_callers=0\n",
+        "kp_policy_ftrace=allow\n",
+        "kp_policy_kprobes=refuse\n",
+    ] {
+        assert!(s.contains(line), "{line}{s}");
+    }
+    let m = summary(&kp);
+    assert!(
+        m.contains("patch sites:    1 jump labels, 0 ftrace call sites (0 trampolines) registered; ftrace allowed, kprobes refused"),
+        "{m}"
+    );
+    assert!(
+        m.contains("text patches:   1 performed (1 jump label, 0 ftrace, 0 kprobes; 1 in 1 batches), 1 refused"),
+        "{m}"
+    );
+}
+
+#[test]
+fn full_size_storage_takes_the_largest_tables() {
+    let mut ops = Ops::new();
+    let mut kp = KernelProtect::with_sites(storage(
+        guest_kp::sites::MAX_JUMP_SITES,
+        guest_kp::sites::MAX_FTRACE_SITES,
+    ));
+    kp.init(&mut ops).unwrap();
+    kp.protect_vm_assets(extents()).unwrap();
+    assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+    // 16384 sites, one every 32 bytes of TEXT's first 512 KiB.
+    let sites: Vec<(u64, u64)> = (0..16384u64)
+        .map(|i| (text(i * 8), text(i * 8 + 4)))
+        .collect();
+    for &(s, _) in &sites {
+        ops.put(s, NOP);
+    }
+    assert_eq!(
+        register_jumps(&mut kp, &mut ops, &sites)[..3],
+        [0, 16384, 0]
+    );
+    assert_eq!(
+        call4(
+            &mut kp,
+            &mut ops,
+            abi::PATCH_SITES,
+            [1, TABLE_IPA, 65537, TEXT_VA]
+        )[0],
+        err(KpError::ObjectState),
+        "trampolines first"
     );
 }

@@ -39,6 +39,9 @@ impl HypOps for Ops {
     fn wait_background_hash(&mut self) -> Option<[u8; 32]> {
         None
     }
+    fn write_guest_u64(&mut self, _: Ipa, _: u64) -> Result<(), OpsError> {
+        Err(OpsError::NotGuestRam)
+    }
     fn write_guest_insn(&mut self, _: Ipa, _: u32) -> Result<(), OpsError> {
         Err(OpsError::NotGuestRam)
     }
