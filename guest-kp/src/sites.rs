@@ -811,7 +811,16 @@ impl<'m> SiteRegistry<'m> {
             for (k, e) in chunk.chunks_exact(8).enumerate() {
                 let index = first + k as u64;
                 let bad = TableError::Unreadable { entry: index };
-                let literal = Self::va_to_ipa(t, dword_at(e, 0).ok_or(bad)?, index)?;
+                let va = dword_at(e, 0).ok_or(bad)?;
+                // The linker leaves 0 for a function it discarded, and
+                // ftrace's boot-time sort puts those first; like an entry
+                // below TEXT (none in a kernel's own table), it names no
+                // site in TEXT.
+                if va < t.text_va {
+                    skipped += 1;
+                    continue;
+                }
+                let literal = Self::va_to_ipa(t, va, index)?;
                 if !text.contains(literal) {
                     skipped += 1;
                     continue;

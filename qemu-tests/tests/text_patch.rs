@@ -53,8 +53,14 @@ fn the_kernel_registers_its_jump_labels_and_ftrace_call_sites() {
     )
     .unwrap();
     let s = o.stats().expect("stats");
-    assert!(s.num("kp_sites_jump") > 100, "the kernel has many static keys");
-    assert!(s.num("kp_sites_ftrace") > 1000, "and many traceable functions");
+    assert!(
+        s.num("kp_sites_jump") > 100,
+        "the kernel has many static keys"
+    );
+    assert!(
+        s.num("kp_sites_ftrace") > 1000,
+        "and many traceable functions"
+    );
     assert_eq!(s.num("kp_ftrace_callers"), 1);
     assert_eq!(s.text("kp_policy_ftrace"), Some("allow"));
     assert_eq!(s.text("kp_policy_kprobes"), Some("allow"));
@@ -156,7 +162,9 @@ fn the_command_line_refuses_kprobes_and_ftrace_cleanly() {
         "pvguard=on pvguard_kprobes=refuse pvguard_ftrace=refuse",
         format!(
             "echo 'p:pvg_open do_sys_openat2' > {TRACING}/kprobe_events || echo kprobe-refused; \
-             echo function > {TRACING}/current_tracer || echo tracer-refused; {}",
+             echo do_sys_openat2 > {TRACING}/set_ftrace_filter || echo ftrace-refused; \
+             echo function > {TRACING}/current_tracer; cat /proc/version > /dev/null; \
+             echo \"traced $(grep -c ' <-' {TRACING}/trace) calls\"; {}",
             still_healthy()
         ),
         "tp-policy",
@@ -166,7 +174,8 @@ fn the_command_line_refuses_kprobes_and_ftrace_cleanly() {
         &[
             "pvguard_ftrace=refuse: function tracing is disabled",
             "kprobe-refused",
-            "tracer-refused",
+            "ftrace-refused",
+            "traced 0 calls",
             "static key: 20 flips",
             "verdict intact",
         ],

@@ -527,15 +527,25 @@ fn wrapping_entries_are_refused() {
         w.register(&mut reg, SiteTable::JumpTable, table, 1),
         Err(TableError::Wraps { entry: 0 })
     );
-    // mcount entries below TEXT's VA wrap.
+}
+
+#[test]
+fn mcount_entries_of_discarded_functions_and_below_text_are_skipped() {
+    // The linker leaves 0 for discarded functions and ftrace sorts them
+    // first: a real kernel's table starts with them.
+    let mut w = World::new();
+    let mut s = Store::new();
     let mut reg = s.registry();
     let callers = w.u64_table(0x1000, &[w.va(0x40)]);
     w.register(&mut reg, SiteTable::FtraceCallers, callers, 1)
         .unwrap();
-    let mc = w.u64_table(0x2000, &[w.text_va - 8]);
+    let mc = w.u64_table(0x2000, &[0, 0, w.text_va - 8]);
     assert_eq!(
-        w.register(&mut reg, SiteTable::McountLoc, mc, 1),
-        Err(TableError::Wraps { entry: 0 })
+        w.register(&mut reg, SiteTable::McountLoc, mc, 3),
+        Ok(Registered {
+            sites: 0,
+            skipped: 3
+        })
     );
 }
 
