@@ -433,10 +433,16 @@ pub fn text_patch() -> Result<(), String> {
          applies them, 512 per TEXT_PATCH call. {PATCH_BOOTS} boots of each\n\
          configuration, interleaved.\n"
     );
-    let _ = writeln!(doc, "| configuration | median seconds for {TRACER_ROUNDS} rounds |");
+    let _ = writeln!(
+        doc,
+        "| configuration | median seconds for {TRACER_ROUNDS} rounds |"
+    );
     let _ = writeln!(doc, "|---|---|");
     let _ = writeln!(doc, "| pvguard off | {m_off:.3} |");
-    let _ = writeln!(doc, "| pvguard=on (patches checked and applied by hyp-stub) | {m_on:.3} |\n");
+    let _ = writeln!(
+        doc,
+        "| pvguard=on (patches checked and applied by hyp-stub) | {m_on:.3} |\n"
+    );
     let _ = writeln!(
         doc,
         "- protected / unprotected: **{:.2}** (target <= 2)",
