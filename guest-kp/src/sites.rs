@@ -811,7 +811,15 @@ impl<'m> SiteRegistry<'m> {
             for (k, e) in chunk.chunks_exact(8).enumerate() {
                 let index = first + k as u64;
                 let bad = TableError::Unreadable { entry: index };
-                let literal = Self::va_to_ipa(t, dword_at(e, 0).ok_or(bad)?, index)?;
+                let va = dword_at(e, 0).ok_or(bad)?;
+                // Below TEXT (0 included: linkers pad `__mcount_loc`
+                // between objects with NULL entries, which ftrace skips)
+                // is outside it, like init text above it.
+                if va < t.text_va {
+                    skipped += 1;
+                    continue;
+                }
+                let literal = Self::va_to_ipa(t, va, index)?;
                 if !text.contains(literal) {
                     skipped += 1;
                     continue;

@@ -527,15 +527,33 @@ fn wrapping_entries_are_refused() {
         w.register(&mut reg, SiteTable::JumpTable, table, 1),
         Err(TableError::Wraps { entry: 0 })
     );
-    // mcount entries below TEXT's VA wrap.
+    // mcount entries below TEXT's VA (NULL padding included) are outside
+    // it, and skipped; one past the top of the address space wraps.
     let mut reg = s.registry();
     let callers = w.u64_table(0x1000, &[w.va(0x40)]);
     w.register(&mut reg, SiteTable::FtraceCallers, callers, 1)
         .unwrap();
-    let mc = w.u64_table(0x2000, &[w.text_va - 8]);
+    let mc = w.u64_table(0x2000, &[w.text_va - 8, 0]);
     assert_eq!(
-        w.register(&mut reg, SiteTable::McountLoc, mc, 1),
-        Err(TableError::Wraps { entry: 0 })
+        w.register(&mut reg, SiteTable::McountLoc, mc, 2),
+        Ok(Registered {
+            sites: 0,
+            skipped: 2
+        })
+    );
+    let mut far = World::new();
+    far.text_va = 0x1000;
+    far.text = IpaSpan::new(u64::MAX - 0xfff, u64::MAX).unwrap();
+    let t = Table {
+        ipa: 0,
+        count: 1,
+        entry_size: 8,
+        text_va: far.text_va,
+        text: far.text,
+    };
+    assert_eq!(
+        SiteRegistry::va_to_ipa(&t, 0x3000, 7),
+        Err(TableError::Wraps { entry: 7 })
     );
 }
 
