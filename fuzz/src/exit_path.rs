@@ -122,9 +122,24 @@ pub enum Value {
     Hyp(u32),
     /// A kernel virtual address around the fixmap slot.
     KernelVa(u16),
+    /// The jump table the harness writes for the seeded sites
+    /// ([`JUMP_TABLE`]).
+    JumpTable,
+    /// The TEXT_PATCH batch the harness writes ([`BATCH`]).
+    Batch,
     /// Anything.
     Raw(u64),
 }
+
+/// Where the harness writes a `__jump_table` of the seeded sites: the
+/// image's fourth page, which lies in every valid layout's
+/// `[TEXT.start, BSS.end)` (at most 3 pages of gap, at least one page
+/// per region).
+pub const JUMP_TABLE: u64 = IMAGE + 3 * PAGE_SIZE;
+
+/// Where the harness writes TEXT_PATCH batches (guest RAM outside the
+/// image).
+pub const BATCH: u64 = RECORD_PAGE + 0x800;
 
 impl Value {
     fn get(self) -> u64 {
@@ -138,6 +153,8 @@ impl Value {
             Value::Ram(o) => RAM_BASE + u64::from(o) % (RAM_END - RAM_BASE),
             Value::Hyp(o) => HYP_BASE + u64::from(o) % (32 << 20),
             Value::KernelVa(o) => FIXMAP_VA.wrapping_add(u64::from(o)).wrapping_sub(0x8000),
+            Value::JumpTable => JUMP_TABLE,
+            Value::Batch => BATCH,
             Value::Raw(v) => v,
         }
     }
@@ -394,6 +411,9 @@ pub struct Input {
     /// Jump-label sites in TEXT: word index in the image, and what it
     /// holds.
     pub sites: Vec<(u16, Insn)>,
+    /// TEXT_PATCH entries written at [`BATCH`]: word index in the image
+    /// and the instruction.
+    pub batch: Vec<(u16, Insn)>,
     pub ops: Vec<Op>,
 }
 
@@ -454,10 +474,10 @@ const MAX_OPS: usize = 256;
 /// offset from FAR_EL2).
 const IPA_MASK: u64 = 0x000f_ffff_ffff_ffff;
 
-struct Guest<'a, 's> {
+struct Guest<'a, 's, 'm> {
     hyp: Hyp<'s, Pool>,
     plat: Machine,
-    services: &'a Services,
+    services: &'a Services<'m>,
     vcpu: Vcpu,
     fed: [u64; 6],
     guarded: RangeSet,
@@ -465,6 +485,8 @@ struct Guest<'a, 's> {
     /// changes them).
     leaves: Vec<Leaf>,
     reach: Reach,
+    /// Instructions written by TEXT_PATCH batches (not faults).
+    batched: u64,
     /// The CPU the ops come from is off: nothing runs on it until a
     /// secondary boot brings a vCPU up.
     off: bool,
@@ -490,7 +512,7 @@ const KINDS: [ExitKind; 6] = [
     ExitKind::Other,
 ];
 
-impl Guest<'_, '_> {
+impl Guest<'_, '_, '_> {
     fn perms_at(&self, ipa: u64) -> Option<Perms> {
         let i = self.leaves.partition_point(|l| l.range.end().get() <= ipa);
         self.leaves
@@ -632,7 +654,23 @@ impl Guest<'_, '_> {
             self.plat.injected.is_empty(),
             "a hypercall injected an exception"
         );
-        assert!(self.plat.accesses.is_empty() && self.plat.insn_writes.is_empty());
+        assert!(self.plat.accesses.is_empty() && self.plat.data_writes.is_empty());
+        if fid == kp_abi::TEXT_PATCH && imm == 0 {
+            // A batch writes its entries, in order, up to the first
+            // refusal: as many as it says it applied.
+            let kp = self.services.kp.lock();
+            let text = kp.reported_layout().map(|l| l.text());
+            for &(at, insn) in &self.plat.insn_writes {
+                let text = text.expect("a batch written while unreported");
+                check_patch_is_jump_label(at, insn, text.start(), text.end());
+            }
+            let n = self.plat.insn_writes.len() as u64;
+            assert!(n == 0 || x[1] == n, "{n} written, {} applied", x[1]);
+            self.batched += n;
+            self.reach.patches += n;
+        } else {
+            assert!(self.plat.insn_writes.is_empty());
+        }
         // Only PSCI reaches firmware (and only as the hypervisor's own
         // calls, which `exit` checked).
         assert!(
@@ -698,6 +736,8 @@ impl Guest<'_, '_> {
             + usize::from(!p.insn_writes.is_empty())
             + usize::from(!p.injected.is_empty());
         assert!(outcomes <= 1, "an abort had several outcomes");
+        // No ftrace sites are registered here, so no literal is written.
+        assert!(p.data_writes.is_empty(), "a literal written");
         assert!(p.accesses.len() <= 1 && p.insn_writes.len() <= 1 && p.injected.len() <= 1);
         if let Some(a) = p.accesses.first() {
             assert_eq!(a.pa, ipa, "emulated at another address");
@@ -936,7 +976,8 @@ impl Guest<'_, '_> {
             "injections counted"
         );
         assert_eq!(
-            stats.ram_faults_emulated, t.insn_writes,
+            stats.ram_faults_emulated + self.batched,
+            t.insn_writes,
             "ram_faults_emulated"
         );
         let guard = self.services.guard.lock();
@@ -994,7 +1035,8 @@ pub fn run(input: &Input) -> Reach {
         hyp_cpu: input.hyp_cpu,
         tables: 2 + usize::from(input.extra_tables % 4),
     };
-    let services = Services::new(boot.policy);
+    let mut store = machine::SiteStore::default();
+    let services = Services::with_sites(boot.policy, store.storage());
     let (mut guard, mut kp) = services.handles();
     let mut plat = Machine::new(boot.hyp_cpu);
     plat.lose_digest = input.lose_digest;
@@ -1004,9 +1046,28 @@ pub fn run(input: &Input) -> Reach {
     for seed in input.records.iter().take(16) {
         plat.ram.write(record_ipa(seed.slot), &seed.record());
     }
-    for &(word, insn) in input.sites.iter().take(64) {
+    // The seeded sites, and a jump table naming them (a NOP's label is
+    // 16 instructions on) for PATCH_SITES with `Value::JumpTable`.
+    for (i, &(word, insn)) in input.sites.iter().take(64).enumerate() {
         let site = IMAGE + (u64::from(word) * 4) % IMAGE_SIZE;
-        plat.ram.write(site, &insn.at(site).to_le_bytes());
+        let insn = insn.at(site);
+        plat.ram.write(site, &insn.to_le_bytes());
+        let target = guest_kp::patch::branch_target(insn, site).unwrap_or(site + 0x40);
+        let e = JUMP_TABLE + i as u64 * 16;
+        plat.ram
+            .write(e, &(site.wrapping_sub(e) as u32).to_le_bytes());
+        plat.ram
+            .write(e + 4, &(target.wrapping_sub(e + 4) as u32).to_le_bytes());
+    }
+    for (i, &(word, insn)) in input.batch.iter().take(64).enumerate() {
+        let ipa = IMAGE + (u64::from(word) * 4) % IMAGE_SIZE;
+        let entry = guest_kp::abi::TextPatch {
+            ipa,
+            value: insn.at(ipa).into(),
+            size: 4,
+        };
+        let at = BATCH + i as u64 * guest_kp::abi::TEXT_PATCH_ENTRY_SIZE as u64;
+        plat.ram.write(at, &entry.to_bytes());
     }
     let hyp = machine::boot(&boot, &mut guard, &mut kp, &mut plat);
     let mut g = Guest {
@@ -1022,6 +1083,7 @@ pub fn run(input: &Input) -> Reach {
         guarded: RangeSet::default(),
         leaves: Vec::new(),
         reach: Reach::default(),
+        batched: 0,
         off: false,
     };
     // The boot path leaves all of RAM RWX in 2 MiB blocks (checked when
@@ -1071,6 +1133,7 @@ pub fn well_behaved() -> Input {
         hash_polls: 0,
         records: vec![record],
         sites: vec![(0x40, Insn::Nop)],
+        batch: vec![(0x40, Insn::Nop)],
         ops: vec![
             call(smccc::VENDOR_HYP_UID, [Value::Zero; 3]),
             call(mg::ENROLL, [Value::Zero; 3]),
@@ -1087,6 +1150,10 @@ pub fn well_behaved() -> Input {
                 kp_abi::ASSET_INFO_COMPACT,
                 [Value::Record(0), Value::Zero, Value::Zero],
             ),
+            call(
+                kp_abi::PATCH_SITES,
+                [Value::Zero, Value::JumpTable, Value::Small(1)],
+            ),
             call(kp_abi::ENABLE_VM_PROTECTION, [Value::Zero; 3]),
             Op::Access {
                 at: Addr::Image((site - IMAGE) as u16),
@@ -1096,6 +1163,10 @@ pub fn well_behaved() -> Input {
                 srt: 2,
                 sas: 2,
             },
+            call(
+                kp_abi::TEXT_PATCH,
+                [Value::Batch, Value::Small(1), Value::Zero],
+            ),
             call(kp_abi::ENABLE_VM_PROTECTION, [Value::Zero; 3]),
             Op::Call {
                 smc: false,
@@ -1117,7 +1188,7 @@ mod tests {
         assert!(r.enrolled && r.reported && r.protected, "{r:?}");
         assert_eq!(
             (r.mmio_emulated, r.patches, r.self_checks),
-            (1, 1, 1),
+            (1, 2, 1),
             "{r:?}"
         );
         assert_eq!(r.protect_vm_assets, 1);

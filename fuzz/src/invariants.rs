@@ -104,7 +104,7 @@ pub fn check_firmware_calls(calls: &[(u32, [u64; 3])]) {
 /// service that would make the rest of RAM non-executable at EL1 (the
 /// design's code-integrity section) does not exist yet, so W^X is
 /// checked where the hypervisor has promised it.
-pub fn check_stage2(leaves: &[Leaf], kp: &KernelProtect) {
+pub fn check_stage2(leaves: &[Leaf], kp: &KernelProtect<'_>) {
     let ram = layout().guest_ram;
     let hyp = hyp_memory();
     let mut next = ram.start().get();
@@ -179,7 +179,7 @@ fn check_run_perms(l: &Leaf, protected: Option<&Layout>) {
 }
 
 /// A reported layout lies in the extents the resource manager granted.
-pub fn check_layout(kp: &KernelProtect) {
+pub fn check_layout(kp: &KernelProtect<'_>) {
     let Some(l) = kp.reported_layout() else {
         return;
     };
@@ -297,7 +297,7 @@ mod tests {
         vec![run(RAM_BASE, HYP_BASE, RAM_BASE, Perms::RWX)]
     }
 
-    fn unprotected() -> KernelProtect {
+    fn unprotected() -> KernelProtect<'static> {
         KernelProtect::new()
     }
 
@@ -311,7 +311,7 @@ mod tests {
 
     /// Kernel protect with TEXT at the image's first page, RODATA, DATA
     /// and BSS a page each after it, protected; and stage 2 as it is.
-    fn protected() -> (Services, Vec<Leaf>) {
+    fn protected() -> (Services<'static>, Vec<Leaf>) {
         let s = Services::new(Policy::AfterEnroll);
         let (mut g, mut k) = s.handles();
         let mut plat = crate::machine::Machine::new(false);

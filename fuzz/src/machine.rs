@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use guest_kp::sites::{FtraceSite, JumpSite, PatchPolicy, SiteStorage};
 use hyp_stub::addr::{Ipa, IpaRange, PhysAddr};
 use hyp_stub::boot::{HYP_BASE, HYP_END, RAM_BASE};
 use hyp_stub::devices::DeviceWindows;
@@ -250,6 +251,9 @@ pub struct Machine {
     /// Instructions written on the guest's behalf since the last
     /// [`Machine::take_events`].
     pub insn_writes: Vec<(u64, u32)>,
+    /// 64-bit words of data (ftrace literals) written on the guest's
+    /// behalf since the last [`Machine::take_events`].
+    pub data_writes: Vec<(u64, u64)>,
     /// Firmware calls (function ID and arguments) since the last
     /// [`Machine::take_events`].
     pub firmware: Vec<(u32, [u64; 3])>,
@@ -296,6 +300,7 @@ impl Machine {
             device_value: 0,
             accesses: Vec::new(),
             insn_writes: Vec::new(),
+            data_writes: Vec::new(),
             firmware: Vec::new(),
             injected: Vec::new(),
             totals: Totals::default(),
@@ -315,6 +320,7 @@ impl Machine {
     pub fn take_events(&mut self) {
         self.accesses.clear();
         self.insn_writes.clear();
+        self.data_writes.clear();
         self.firmware.clear();
         self.injected.clear();
     }
@@ -386,6 +392,12 @@ impl Platform for Machine {
         self.ram.write(pa.get(), &insn.to_le_bytes());
         self.insn_writes.push((pa.get(), insn));
         self.totals.insn_writes += 1;
+    }
+    fn write_u64(&mut self, pa: PhysAddr, value: u64) {
+        self.check_ram(pa.get(), 8, "data write");
+        assert_eq!(pa.get() % 8, 0, "misaligned data write");
+        self.ram.write(pa.get(), &value.to_le_bytes());
+        self.data_writes.push((pa.get(), value));
     }
     fn firmware_call(&mut self, fid: u32, args: [u64; 3]) -> [u64; 4] {
         // Every call succeeds (AFFINITY_INFO: still on) unless power
@@ -515,19 +527,59 @@ pub struct Boot {
     pub tables: usize,
 }
 
+/// Room for kernel protect's patch sites, per input (small: the
+/// harness's TEXT is a few pages).
+pub struct SiteStore {
+    jump: Vec<JumpSite>,
+    ftrace: Vec<FtraceSite>,
+}
+
+impl Default for SiteStore {
+    fn default() -> Self {
+        Self {
+            jump: vec![JumpSite::EMPTY; 64],
+            ftrace: vec![FtraceSite::EMPTY; 64],
+        }
+    }
+}
+
+impl SiteStore {
+    /// The storage, lent to one service.
+    pub fn storage(&mut self) -> SiteStorage<'_> {
+        SiteStorage {
+            jump: &mut self.jump,
+            ftrace: &mut self.ftrace,
+        }
+    }
+}
+
 /// Handles on the services the core holds.
-pub struct Services {
+pub struct Services<'m> {
     /// The MMIO guard.
     pub guard: Shared<MmioGuard>,
     /// Kernel protect.
-    pub kp: Shared<KernelProtect>,
+    pub kp: Shared<KernelProtect<'m>>,
 }
 
-impl Services {
+impl Services<'static> {
     /// Both services, kernel protect granted its extents as the boot path
-    /// does.
+    /// does, without room for patch sites.
     pub fn new(policy: Policy) -> Self {
-        let mut kp = KernelProtect::new();
+        Services::with_sites(policy, SiteStorage::none())
+    }
+}
+
+impl<'m> Services<'m> {
+    /// Both services, kernel protect granted its extents as the boot path
+    /// does and its patch sites kept in `sites`. kprobes are refused:
+    /// every instruction the hypervisor writes is then a jump label's,
+    /// which the invariants check exactly.
+    pub fn with_sites(policy: Policy, sites: SiteStorage<'m>) -> Self {
+        let mut kp = KernelProtect::with_sites(sites);
+        kp.set_policy(PatchPolicy {
+            ftrace: true,
+            kprobes: false,
+        });
         kp.protect_vm_assets(extents()).expect("first grant");
         Self {
             guard: Shared::new(MmioGuard::new(policy)),
@@ -536,7 +588,7 @@ impl Services {
     }
 
     /// A second handle on each, to register with the core.
-    pub fn handles(&self) -> (Shared<MmioGuard>, Shared<KernelProtect>) {
+    pub fn handles(&self) -> (Shared<MmioGuard>, Shared<KernelProtect<'m>>) {
         (
             Shared(Arc::clone(&self.guard.0)),
             Shared(Arc::clone(&self.kp.0)),
@@ -586,10 +638,10 @@ pub fn stage2(tables: usize) -> Option<Stage2<Pool>> {
 }
 
 /// The core, with both services registered and started.
-pub fn boot<'s>(
+pub fn boot<'s, 'm: 's>(
     boot: &Boot,
     guard: &'s mut Shared<MmioGuard>,
-    kp: &'s mut Shared<KernelProtect>,
+    kp: &'s mut Shared<KernelProtect<'m>>,
     plat: &mut Machine,
 ) -> Hyp<'s, Pool> {
     let mut reg = hyp_stub::service::Registry::new();

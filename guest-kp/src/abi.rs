@@ -58,9 +58,12 @@ pub const PATCH_SITES: u32 = 0xC606_0063;
 /// TEXT_PATCH: apply a batch of text patches. x1 = IPA of an array of
 /// [`TextPatch`] entries, x2 = their number (1..=[`MAX_TEXT_PATCH_BATCH`]).
 /// Entries are checked and applied in order, each against TEXT as the
-/// entries before it left it; the first refused entry stops the batch.
-/// Returns x1 = entries applied (all of them on success); on a refusal x0
-/// = [`KpError::Denied`] and x1 = the index of the refused entry.
+/// entries before it left it; the first refused entry (a patch no rule
+/// allows, or a malformed entry) stops the batch with
+/// [`KpError::Denied`]. Whatever the outcome, x1 = the number of entries
+/// applied: all of them on success, the index of the refused entry on
+/// DENIED, 0 when the call itself is refused (BUSY while the baseline is
+/// being taken, ARGUMENT_SIZE, ADDR_INVALID, OBJECT_STATE).
 pub const TEXT_PATCH: u32 = 0xC606_0064;
 
 /// The SMCCC function IDs a protected guest may call.

@@ -251,7 +251,8 @@ impl TextBatch {
     ///
     /// # Errors
     /// [`BatchError::Refused`] with the index of the entry the hypervisor
-    /// refused; [`BatchError::Call`] if it refused the call itself.
+    /// refused; [`BatchError::Call`] if the call failed otherwise (the
+    /// entries x1 counts as applied are still reported to `applied`).
     pub fn flush<H: Hypercall + ?Sized>(
         &mut self,
         hv: &mut H,
@@ -275,7 +276,11 @@ impl TextBatch {
                     let index = usize::try_from(x1).unwrap_or(usize::MAX).min(self.len);
                     break (Err(BatchError::Refused { index }), index);
                 }
-                Err(e) => break (Err(BatchError::Call(e)), 0),
+                // x1 says what was applied before the failure, if anything.
+                Err(e) => {
+                    let done = usize::try_from(x1).unwrap_or(usize::MAX).min(self.len);
+                    break (Err(BatchError::Call(e)), done);
+                }
             }
         };
         for &(va, size) in self.vas.iter().take(done) {

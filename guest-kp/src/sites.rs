@@ -53,7 +53,7 @@ pub const MOV_X9_X30: u32 = 0xaa1e_03e9;
 pub const MAX_JUMP_SITES: usize = 16384;
 
 /// How many ftrace call sites the hypervisor's registry holds.
-pub const MAX_FTRACE_SITES: usize = 65536;
+pub const MAX_FTRACE_SITES: usize = 131_072;
 
 /// Size of an ftrace call site's literal.
 pub const LITERAL_SIZE: u64 = 8;
@@ -528,10 +528,14 @@ impl<'m> SiteRegistry<'m> {
         self.registered & (1 << kind.as_raw()) != 0
     }
 
+    /// The most entries a table may have. Entries outside TEXT (init
+    /// text, discarded functions) are skipped rather than stored, so a
+    /// table may hold twice as many entries as there is room for sites;
+    /// running out of room for the sites themselves refuses it too.
     fn capacity(&self, kind: SiteTable) -> u64 {
         match kind {
-            SiteTable::JumpTable => self.jump.len() as u64,
-            SiteTable::McountLoc => self.ftrace.len() as u64,
+            SiteTable::JumpTable => 2 * self.jump.len() as u64,
+            SiteTable::McountLoc => 2 * self.ftrace.len() as u64,
             SiteTable::FtraceCallers => MAX_FTRACE_CALLERS,
         }
     }
@@ -812,10 +816,9 @@ impl<'m> SiteRegistry<'m> {
                 let index = first + k as u64;
                 let bad = TableError::Unreadable { entry: index };
                 let va = dword_at(e, 0).ok_or(bad)?;
-                // The linker leaves 0 for a function it discarded, and
-                // ftrace's boot-time sort puts those first; like an entry
-                // below TEXT (none in a kernel's own table), it names no
-                // site in TEXT.
+                // Below TEXT (0 included: linkers pad `__mcount_loc`
+                // between objects with NULL entries, which ftrace skips)
+                // is outside it, like init text above it.
                 if va < t.text_va {
                     skipped += 1;
                     continue;
@@ -1109,7 +1112,10 @@ impl SiteRegistry<'_> {
         if u64::from(old) != req.old || u64::from(new) != req.new {
             return Err(Refusal::SizeMismatch);
         }
-        if old == new {
+        // ftrace rewrites a call site unchanged when only its ops change
+        // (ftrace_modify_call() with the same trampoline); a jump label
+        // or a kprobe never writes what is already there.
+        if old == new && !(self.ftrace_at(req.ipa).is_some() && policy.ftrace) {
             return Err(Refusal::Identical);
         }
         if let Some(s) = self.jump_at(req.ipa) {

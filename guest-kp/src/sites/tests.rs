@@ -467,9 +467,9 @@ fn table_placement_counts_and_order() {
     );
     assert_eq!(TableError::CallersFirst.kp_error(), KpError::ObjectState);
     assert_eq!(
-        w.register(&mut reg, SiteTable::JumpTable, table, 5),
+        w.register(&mut reg, SiteTable::JumpTable, table, 9),
         Err(TableError::Count),
-        "above capacity"
+        "above twice the capacity (room for skipped entries)"
     );
     assert_eq!(TableError::Count.kp_error(), KpError::ArgumentSize);
     assert_eq!(
@@ -527,25 +527,33 @@ fn wrapping_entries_are_refused() {
         w.register(&mut reg, SiteTable::JumpTable, table, 1),
         Err(TableError::Wraps { entry: 0 })
     );
-}
-
-#[test]
-fn mcount_entries_of_discarded_functions_and_below_text_are_skipped() {
-    // The linker leaves 0 for discarded functions and ftrace sorts them
-    // first: a real kernel's table starts with them.
-    let mut w = World::new();
-    let mut s = Store::new();
+    // mcount entries below TEXT's VA (NULL padding included) are outside
+    // it, and skipped; one past the top of the address space wraps.
     let mut reg = s.registry();
     let callers = w.u64_table(0x1000, &[w.va(0x40)]);
     w.register(&mut reg, SiteTable::FtraceCallers, callers, 1)
         .unwrap();
-    let mc = w.u64_table(0x2000, &[0, 0, w.text_va - 8]);
+    let mc = w.u64_table(0x2000, &[w.text_va - 8, 0]);
     assert_eq!(
-        w.register(&mut reg, SiteTable::McountLoc, mc, 3),
+        w.register(&mut reg, SiteTable::McountLoc, mc, 2),
         Ok(Registered {
             sites: 0,
-            skipped: 3
+            skipped: 2
         })
+    );
+    let mut far = World::new();
+    far.text_va = 0x1000;
+    far.text = IpaSpan::new(u64::MAX - 0xfff, u64::MAX).unwrap();
+    let t = Table {
+        ipa: 0,
+        count: 1,
+        entry_size: 8,
+        text_va: far.text_va,
+        text: far.text,
+    };
+    assert_eq!(
+        SiteRegistry::va_to_ipa(&t, 0x3000, 7),
+        Err(TableError::Wraps { entry: 7 })
     );
 }
 
@@ -600,7 +608,17 @@ fn ftrace_call_sites_reach_only_registered_trampolines() {
         let c0 = encode_bl(site, w.ipa(0x40)).unwrap();
         let c1 = encode_bl(site, w.ipa(0x80)).unwrap();
         let other = encode_bl(site, w.ipa(0xc0)).unwrap();
-        for (old, new) in [(NOP, c0), (c0, NOP), (c0, c1), (c1, c0), (NOP, c1)] {
+        // Unchanged writes too: ftrace_modify_call() with the same
+        // trampoline when only the site's ops change.
+        for (old, new) in [
+            (NOP, c0),
+            (c0, NOP),
+            (c0, c1),
+            (c1, c0),
+            (NOP, c1),
+            (c0, c0),
+            (NOP, NOP),
+        ] {
             assert_eq!(
                 reg.decide(text, ALL, insn(site, old, new), None),
                 Ok(Accepted::FtraceCall)
@@ -627,6 +645,15 @@ fn ftrace_call_sites_reach_only_registered_trampolines() {
         assert_eq!(
             reg.decide(text, no_ftrace, insn(site, NOP, c0), None),
             Err(Refusal::FtraceRefused)
+        );
+        assert_eq!(
+            reg.decide(text, no_ftrace, insn(site, c0, c0), None),
+            Err(Refusal::Identical)
+        );
+        // Nothing else may be rewritten unchanged.
+        assert_eq!(
+            reg.decide(text, ALL, insn(w.ipa(0x3000), NOP, NOP), None),
+            Err(Refusal::Identical)
         );
     }
 }

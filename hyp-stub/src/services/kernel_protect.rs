@@ -176,6 +176,13 @@ impl fmt::Display for Hex<'_> {
     }
 }
 
+/// The IPA field of a batch entry, for the log of a malformed one.
+fn p_ipa(entry: &[u8; abi::TEXT_PATCH_ENTRY_SIZE]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&entry[..8]);
+    u64::from_le_bytes(w)
+}
+
 fn ret(e: KpError) -> CallResult {
     [e.as_raw(), 0, 0, 0]
 }
@@ -653,6 +660,7 @@ impl<'m> KernelProtect<'m> {
     }
 
     /// TEXT_PATCH: applies a batch, in order, up to the first refusal.
+    /// x1 of the answer is always the number of entries applied.
     fn text_patch_batch(&mut self, array: u64, count: u64, ops: &mut dyn HypOps) -> CallResult {
         let State::Protected(layout) = self.state else {
             return ret(KpError::ObjectState);
@@ -696,8 +704,12 @@ impl<'m> KernelProtect<'m> {
                 let p = match TextPatch::from_bytes(&bytes) {
                     Ok(p) => p,
                     Err(err) => {
-                        self.counters.patches_refused += 1;
-                        outcome = Some([err.as_raw(), applied, 0, 0]);
+                        // Refused like any other entry (DENIED and its
+                        // index: the guest knows what was applied); why
+                        // goes to the log.
+                        let ipa = p_ipa(&bytes);
+                        self.refused(ops, ipa, format_args!("malformed batch entry: {err}"));
+                        outcome = Some([KpError::Denied.as_raw(), applied, 0, 0]);
                         break 'batch;
                     }
                 };

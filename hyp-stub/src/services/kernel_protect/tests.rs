@@ -854,7 +854,7 @@ fn patch_sites_is_checked_and_answers_what_it_registered() {
         ([0, TEXT.0 - 0x1000, 1, TEXT_VA], KpError::AddrInvalid),
         ([0, BSS.1 - 8, 1, TEXT_VA], KpError::AddrInvalid),
         ([0, TABLE_IPA, 0, TEXT_VA], KpError::ArgumentSize),
-        ([0, TABLE_IPA, 257, TEXT_VA], KpError::ArgumentSize),
+        ([0, TABLE_IPA, 513, TEXT_VA], KpError::ArgumentSize),
         ([0, TABLE_IPA, u64::MAX, TEXT_VA], KpError::ArgumentSize),
         ([1, TABLE_IPA, 1, TEXT_VA], KpError::ObjectState),
     ];
@@ -982,13 +982,14 @@ fn text_patch_batches_apply_in_order_up_to_the_first_refusal() {
     ] {
         assert!(s.contains(line), "{line}{s}");
     }
-    // Malformed entries stop the batch with their own error.
+    // Malformed entries stop the batch like refused ones: DENIED and the
+    // count applied before them.
     let mut bytes = insn(sites[0], NOP).to_bytes();
     bytes[20] = 1;
     ops.at(BATCH_IPA + 24)[..24].copy_from_slice(&bytes);
     ops.at(BATCH_IPA)[..24].copy_from_slice(&insn(sites[1], NOP).to_bytes());
     let r = call(&mut kp, &mut ops, abi::TEXT_PATCH, [BATCH_IPA, 2, 0]);
-    assert_eq!(r, [err(KpError::ArgumentInvalid), 1, 0, 0]);
+    assert_eq!(r, [err(KpError::Denied), 1, 0, 0]);
     assert_eq!(ops.word(sites[1]), NOP, "entry 0 applied");
     let wide = TextPatch {
         ipa: sites[0],
@@ -999,7 +1000,7 @@ fn text_patch_batches_apply_in_order_up_to_the_first_refusal() {
     b[8..16].copy_from_slice(&(1u64 << 32).to_le_bytes());
     ops.at(BATCH_IPA)[..24].copy_from_slice(&b);
     let r = call(&mut kp, &mut ops, abi::TEXT_PATCH, [BATCH_IPA, 1, 0]);
-    assert_eq!(r, [err(KpError::ArgumentSize), 0, 0, 0]);
+    assert_eq!(r, [err(KpError::Denied), 0, 0, 0]);
 }
 
 #[test]
@@ -1039,7 +1040,7 @@ fn text_patch_calls_are_checked() {
             abi::TEXT_PATCH,
             [BATCH_IPA, abi::MAX_TEXT_PATCH_BATCH, 0]
         ),
-        [err(KpError::ArgumentSize), 0, 0, 0],
+        [err(KpError::Denied), 0, 0, 0],
         "zeroed entries have size 0"
     );
 }
