@@ -53,8 +53,8 @@ pub mod mmio;
 pub mod text;
 
 use cmdline::Mode;
-use guest_kp::builder::Builder;
 use guest_kp::abi::TextPatch;
+use guest_kp::builder::Builder;
 use guest_kp::guest::{BatchError, Hypercall, TextBatch};
 use guest_kp::record::{AlignedRecord, KernelAssetInfo};
 use guest_kp::sites::PatchPolicy;
