@@ -11,8 +11,11 @@
 //! unit-tested on the host and compiled here.
 //!
 //! All state is behind `pvguard_lock` in `glue.c`: every entry point
-//! below except the command-line and early ones is called with it held;
-//! those two run during single-threaded early boot.
+//! below is called with it held, except the command-line and early ones,
+//! which run during single-threaded early boot; the self-check, which
+//! takes it itself around the state and not across its hypercall; and
+//! the text-patch batch, whose own state belongs to the task that opened
+//! it.
 
 use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_int, CStr};
@@ -68,6 +71,10 @@ extern "C" {
     fn pvguard_smccc(fid: u32, a1: u64, a2: u64, a3: u64, a4: u64, res: *mut u64);
     /// The physical address of a kernel-image symbol (`__pa_symbol`).
     fn pvguard_pa_symbol(addr: *const core::ffi::c_void) -> u64;
+    /// Takes `pvguard_lock` (interrupts off); returns the flags to restore.
+    fn pvguard_state_lock() -> core::ffi::c_ulong;
+    /// Releases `pvguard_lock`.
+    fn pvguard_state_unlock(flags: core::ffi::c_ulong);
 }
 
 /// The hypervisor, reached by SMCCC calls.
@@ -95,6 +102,21 @@ impl Hypercall for Smccc {
         // a sleep.
         // SAFETY: `__udelay` only spins on the CPU's counter.
         unsafe { kernel::bindings::__udelay(1000) };
+    }
+}
+
+/// The hypervisor, reached from process context: a BUSY answer is
+/// waited for asleep.
+struct SleepingSmccc;
+
+impl Hypercall for SleepingSmccc {
+    fn call(&mut self, fid: u32, args: [u64; 4]) -> [u64; 4] {
+        Hypercall::call(&mut Smccc, fid, args)
+    }
+    fn pause(&mut self) {
+        // SAFETY: `msleep` may sleep; callers run in process context and
+        // hold no spinlock.
+        unsafe { kernel::bindings::msleep(1) };
     }
 }
 
@@ -127,6 +149,19 @@ static STATE: State = State(UnsafeCell::new(Guest {
 unsafe fn guest() -> &'static mut Guest {
     // SAFETY: exclusive access is guaranteed by the caller (see above).
     unsafe { &mut *STATE.0.get() }
+}
+
+/// Runs `f` on the state with `pvguard_lock` held, for entry points
+/// called without it.
+fn locked<R>(f: impl FnOnce(&mut Guest) -> R) -> R {
+    // SAFETY: `pvguard_state_lock` takes the lock that `guest` requires,
+    // released below with the flags it returned.
+    let flags = unsafe { pvguard_state_lock() };
+    // SAFETY: the lock is held, and the reference does not outlive `f`.
+    let r = f(unsafe { guest() });
+    // SAFETY: releases the lock taken above.
+    unsafe { pvguard_state_unlock(flags) };
+    r
 }
 
 /// The MMIO guard state.
@@ -335,12 +370,17 @@ pub extern "C" fn pvguard_rust_kp_enable() -> c_int {
 }
 
 /// Runs an integrity self-check. Returns 0, or a negative errno.
+///
+/// Called from process context *without* `pvguard_lock`: the lock is
+/// held only to check the state and to record the answer, never across
+/// the hypercall or the sleeps while the hypervisor answers BUSY.
 #[no_mangle]
 pub extern "C" fn pvguard_rust_kp_self_check() -> c_int {
-    // SAFETY: called with `pvguard_lock` held.
-    let kp = unsafe { &mut guest().kp };
-    match kp.self_check(&mut Smccc) {
+    let r = locked(|g| g.kp.may_self_check())
+        .and_then(|()| guest_kp::guest::self_check(&mut SleepingSmccc, kp::BUSY_RETRIES));
+    match r {
         Ok(c) => {
+            locked(|g| g.kp.record_self_check(c));
             if !c.intact {
                 kernel::pr_err!("kernel protect: self-check: kernel text or rodata was MODIFIED\n");
             }

@@ -261,26 +261,37 @@ impl KpState {
     /// BUSY rather than wait with every vCPU held up; the check is asked
     /// again, [`BUSY_RETRIES`] times at most with a pause between.
     ///
+    /// A kernel that must not hold its lock across the waits uses the
+    /// three steps instead: [`Self::may_self_check`] under the lock,
+    /// [`guest::self_check`] without it, [`Self::record_self_check`]
+    /// under it again.
+    ///
     /// # Errors
     /// The hypervisor's refusal (BUSY if it never became ready), or
     /// OBJECT_STATE if not protected.
     pub fn self_check(&mut self, hv: &mut dyn Hypercall) -> Result<SelfCheck, KpError> {
-        if self.status != Status::Protected {
-            return Err(KpError::ObjectState);
+        self.may_self_check()?;
+        let check = guest::self_check(hv, BUSY_RETRIES)?;
+        self.record_self_check(check);
+        Ok(check)
+    }
+
+    /// Whether a self-check may be asked for: only once protected.
+    ///
+    /// # Errors
+    /// OBJECT_STATE if not protected.
+    pub fn may_self_check(&self) -> Result<(), KpError> {
+        if self.status == Status::Protected {
+            Ok(())
+        } else {
+            Err(KpError::ObjectState)
         }
-        let mut retries = 0;
-        let check = loop {
-            match guest::enable_protection(hv) {
-                Err(KpError::Busy) if retries < BUSY_RETRIES => {
-                    retries += 1;
-                    hv.pause();
-                }
-                other => break other?,
-            }
-        };
+    }
+
+    /// Records the answer of a self-check.
+    pub fn record_self_check(&mut self, check: SelfCheck) {
         self.checks += 1;
         self.last = Some(check);
-        Ok(check)
     }
 
     /// The text of `state`.

@@ -129,6 +129,27 @@ pub fn enable_protection<H: Hypercall + ?Sized>(hv: &mut H) -> Result<SelfCheck,
     })
 }
 
+/// Runs a self-check ([`enable_protection`] on an enabled guest) and asks
+/// again while the hypervisor answers BUSY (its baseline is still being
+/// taken on a CPU of its own), `retries` times at most with a pause
+/// between. Touches no state of the caller's, so a kernel can make it
+/// without holding a lock, and sleep in the pauses.
+///
+/// # Errors
+/// The hypervisor's refusal (BUSY if it never became ready).
+pub fn self_check<H: Hypercall + ?Sized>(hv: &mut H, retries: u32) -> Result<SelfCheck, KpError> {
+    let mut tries = 0;
+    loop {
+        match enable_protection(hv) {
+            Err(KpError::Busy) if tries < retries => {
+                tries += 1;
+                hv.pause();
+            }
+            other => return other,
+        }
+    }
+}
+
 /// What the hypervisor made of one table of patch sites.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Registered {

@@ -219,6 +219,30 @@ fn a_busy_self_check_is_asked_again_a_bounded_number_of_times() {
     assert_eq!(hv.pauses, BUSY_RETRIES, "and no more");
 }
 
+#[test]
+fn the_self_check_in_three_steps_is_the_self_check() {
+    // The kernel takes its lock for the first and last steps only, so
+    // the BUSY pauses may sleep.
+    let mut s = KpState::new();
+    s.set_mode(Mode::On);
+    let mut hv = BusyHyp { busy: 0, pauses: 0 };
+    assert_eq!(s.may_self_check(), Err(KpError::ObjectState));
+    s.report(&mut hv, &layout(), |_| 0x4100_0000);
+    assert_eq!(
+        s.may_self_check(),
+        Err(KpError::ObjectState),
+        "reported only"
+    );
+    s.enable(&mut hv);
+    assert_eq!(s.may_self_check(), Ok(()));
+    hv.busy = 3;
+    let check = guest::self_check(&mut hv, BUSY_RETRIES).unwrap();
+    assert_eq!(hv.pauses, 3);
+    s.record_self_check(check);
+    assert_eq!(text(|s, w| s.write_verdict(w), &s), "intact\n");
+    assert!(text(|s, w| s.write_self_check(w), &s).ends_with("checks=1\n"));
+}
+
 /// KVM itself: the UID matches, kernel protect is not there.
 struct Kvm {
     calls: Vec<u32>,
