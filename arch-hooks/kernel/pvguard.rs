@@ -12,10 +12,11 @@
 //!
 //! All state is behind `pvguard_lock` in `glue.c`: every entry point
 //! below is called with it held, except the command-line and early ones,
-//! which run during single-threaded early boot; the self-check, which
-//! takes it itself around the state and not across its hypercall; and
-//! the text-patch batch, whose own state belongs to the task that opened
-//! it.
+//! which run during single-threaded early boot; the ones whose hypercalls
+//! may take long (enabling protection, registering patch sites, the
+//! self-check), which take it themselves around the state and never
+//! across a call; and the text-patch batch, whose own state belongs to
+//! the task that opened it.
 
 use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_int, CStr};
@@ -356,13 +357,21 @@ pub unsafe extern "C" fn pvguard_rust_kp_report(layout: *const KernelLayout) -> 
 
 /// Asks for protection, once boot-time patching is over and rodata is
 /// sealed. Returns 2 when `pvguard=strict` must refuse to go on.
+///
+/// Called *without* `pvguard_lock`: a hypervisor with no CPU of its own
+/// hashes the kernel inside this call, which is not made with interrupts
+/// off; the lock is held around the state only.
 #[no_mangle]
 pub extern "C" fn pvguard_rust_kp_enable() -> c_int {
-    // SAFETY: called with `pvguard_lock` held.
-    let kp = unsafe { &mut guest().kp };
-    kp.enable(&mut Smccc);
-    kp_report_status(kp);
-    if kp.must_refuse_boot() {
+    let answer = locked(|g| g.kp.may_enable()).then(|| guest_kp::guest::enable_protection(&mut Smccc));
+    let refuse = locked(|g| {
+        if let Some(a) = answer {
+            g.kp.record_enable(a);
+        }
+        kp_report_status(&g.kp);
+        g.kp.must_refuse_boot()
+    });
+    if refuse {
         refuse_boot("the hypervisor refused kernel protect")
     } else {
         0
@@ -412,9 +421,13 @@ static KPROBES_REFUSED: AtomicBool = AtomicBool::new(false);
 /// `__mcount_loc`, is freed) and reads the patch policy from the command
 /// line the hypervisor reads too.
 ///
+/// Called *without* `pvguard_lock`: the hypervisor reads and sorts the
+/// tables (tens of thousands of entries) inside the calls, which are not
+/// made with interrupts off; the lock is held around the state only.
+///
 /// # Safety
-/// `tables` points to a valid [`KernelPatchTables`], `cmdline` to a
-/// NUL-terminated string, and `pvguard_lock` is held.
+/// `tables` points to a valid [`KernelPatchTables`] and `cmdline` to a
+/// NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn pvguard_rust_kp_register_sites(
     tables: *const KernelPatchTables,
@@ -422,9 +435,7 @@ pub unsafe extern "C" fn pvguard_rust_kp_register_sites(
 ) {
     // SAFETY: the caller passes a valid table description and string.
     let (t, cmdline) = unsafe { (&*tables, CStr::from_ptr(cmdline)) };
-    // SAFETY: called with `pvguard_lock` held.
-    let kp = unsafe { &mut guest().kp };
-    if !matches!(kp.status(), kp::Status::Reported(_)) {
+    if !locked(|g| g.kp.may_register_sites()) {
         return;
     }
     let policy = PatchPolicy::from_cmdline(cmdline.to_bytes());
@@ -434,7 +445,7 @@ pub unsafe extern "C" fn pvguard_rust_kp_register_sites(
         ipa: t[0],
         entries: t[1],
     };
-    let sites = kp.register_sites(
+    let sites = kp::send_site_tables(
         &mut Smccc,
         &PatchTables {
             text_va: t.text_va,
@@ -443,6 +454,7 @@ pub unsafe extern "C" fn pvguard_rust_kp_register_sites(
             mcount_loc: table(t.mcount_loc),
         },
     );
+    locked(|g| g.kp.record_sites(sites));
     for (name, outcome) in [
         ("jump labels", sites.jump_table),
         ("ftrace trampolines", sites.ftrace_callers),

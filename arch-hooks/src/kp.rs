@@ -84,6 +84,37 @@ pub struct SiteTables {
     pub batches: bool,
 }
 
+/// Sends the kernel's tables of text-patch sites (PATCH_SITES), the
+/// trampolines before `__mcount_loc`, whose sites the hypervisor checks
+/// against them. A hypervisor without PATCH_SITES is sent nothing.
+pub fn send_site_tables(hv: &mut dyn Hypercall, tables: &PatchTables) -> SiteTables {
+    if !guest::implements(hv, PATCH_SITES) {
+        return SiteTables::default();
+    }
+    let mut send = |kind: SiteTable, t: Table| {
+        if t.entries == 0 {
+            return TableOutcome::NotSent;
+        }
+        match guest::register_sites(hv, kind, t.ipa, t.entries, tables.text_va) {
+            Ok(r) => TableOutcome::Registered(r),
+            Err(e) => TableOutcome::Refused(e),
+        }
+    };
+    let jump_table = send(SiteTable::JumpTable, tables.jump_table);
+    let ftrace_callers = send(SiteTable::FtraceCallers, tables.ftrace_callers);
+    // Without its trampolines no ftrace site can be checked.
+    let mcount_loc = match ftrace_callers {
+        TableOutcome::Registered(_) => send(SiteTable::McountLoc, tables.mcount_loc),
+        _ => TableOutcome::NotSent,
+    };
+    SiteTables {
+        jump_table,
+        ftrace_callers,
+        mcount_loc,
+        batches: guest::implements(hv, TEXT_PATCH),
+    }
+}
+
 /// The guest's kernel-protect state.
 pub struct KpState {
     mode: Mode,
@@ -124,32 +155,25 @@ impl KpState {
     /// `__mcount_loc`, whose sites the hypervisor checks against them. A
     /// hypervisor without PATCH_SITES is sent nothing.
     pub fn register_sites(&mut self, hv: &mut dyn Hypercall, tables: &PatchTables) -> SiteTables {
-        if !matches!(self.status, Status::Reported(_)) || !guest::implements(hv, PATCH_SITES) {
+        if !self.may_register_sites() {
             return self.sites;
         }
-        let mut send = |kind: SiteTable, t: Table| {
-            if t.entries == 0 {
-                return TableOutcome::NotSent;
-            }
-            match guest::register_sites(hv, kind, t.ipa, t.entries, tables.text_va) {
-                Ok(r) => TableOutcome::Registered(r),
-                Err(e) => TableOutcome::Refused(e),
-            }
-        };
-        let jump_table = send(SiteTable::JumpTable, tables.jump_table);
-        let ftrace_callers = send(SiteTable::FtraceCallers, tables.ftrace_callers);
-        // Without its trampolines no ftrace site can be checked.
-        let mcount_loc = match ftrace_callers {
-            TableOutcome::Registered(_) => send(SiteTable::McountLoc, tables.mcount_loc),
-            _ => TableOutcome::NotSent,
-        };
-        self.sites = SiteTables {
-            jump_table,
-            ftrace_callers,
-            mcount_loc,
-            batches: guest::implements(hv, TEXT_PATCH),
-        };
-        self.sites
+        let sites = send_site_tables(hv, tables);
+        self.record_sites(sites);
+        sites
+    }
+
+    /// Whether the tables are to be sent: the layout is reported and
+    /// protection not asked for yet. With [`send_site_tables`] and
+    /// [`Self::record_sites`], the steps of [`Self::register_sites`],
+    /// for a kernel that must not hold its lock across the calls.
+    pub fn may_register_sites(&self) -> bool {
+        matches!(self.status, Status::Reported(_))
+    }
+
+    /// Records what became of the tables.
+    pub fn record_sites(&mut self, sites: SiteTables) {
+        self.sites = sites;
     }
 
     /// The outcome of [`Self::register_sites`].
@@ -240,10 +264,23 @@ impl KpState {
 
     /// Asks for protection (after `mark_rodata_ro`).
     pub fn enable(&mut self, hv: &mut dyn Hypercall) -> Status {
-        if !matches!(self.status, Status::Reported(_)) {
+        if !self.may_enable() {
             return self.status;
         }
-        self.status = match guest::enable_protection(hv) {
+        self.record_enable(guest::enable_protection(hv))
+    }
+
+    /// Whether protection is to be asked for: the layout is reported and
+    /// protection not asked for yet. With [`guest::enable_protection`]
+    /// and [`Self::record_enable`], the steps of [`Self::enable`], for a
+    /// kernel that must not hold its lock across the call.
+    pub fn may_enable(&self) -> bool {
+        matches!(self.status, Status::Reported(_))
+    }
+
+    /// Records the answer to the enable call.
+    pub fn record_enable(&mut self, answer: Result<SelfCheck, KpError>) -> Status {
+        self.status = match answer {
             Ok(check) => {
                 // The measurement may still be being taken on a CPU of the
                 // hypervisor's own (x3 = 0): then there is no verdict to
