@@ -363,7 +363,8 @@ pub unsafe extern "C" fn pvguard_rust_kp_report(layout: *const KernelLayout) -> 
 /// off; the lock is held around the state only.
 #[no_mangle]
 pub extern "C" fn pvguard_rust_kp_enable() -> c_int {
-    let answer = locked(|g| g.kp.may_enable()).then(|| guest_kp::guest::enable_protection(&mut Smccc));
+    let answer =
+        locked(|g| g.kp.may_enable()).then(|| guest_kp::guest::enable_protection(&mut Smccc));
     let refuse = locked(|g| {
         if let Some(a) = answer {
             g.kp.record_enable(a);
