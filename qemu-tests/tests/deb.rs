@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0 OR MIT
 //! The kernel packages `cargo xtask deb` builds (`make bindeb-pkg`): the
 //! kernel from the `linux-image` package boots protected under hyp-stub,
-//! and a module built out of tree against the `linux-headers` package
-//! loads in that guest.
+//! a module built out of tree against the `linux-headers` package loads
+//! in that guest, and the guest command ships in `pvguard-tools`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -159,6 +159,49 @@ fn a_module_built_against_the_headers_package_loads() {
             "loaded",
             "kernel_protect: protected",
             "reboot: Power down",
+        ],
+        &[],
+    )
+    .unwrap();
+}
+
+#[test]
+fn the_guest_command_ships_in_its_package_and_runs_in_the_packaged_kernel() {
+    let a = artifacts();
+    let root = a.scratch.join("deb-tools");
+    unpack("pvguard-tools_", &root);
+    let command = root.join("usr/sbin/pvguard");
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(&command).unwrap().permissions().mode()
+    };
+    assert_eq!(mode & 0o111, 0o111, "usr/sbin/pvguard is executable");
+    assert_eq!(
+        fs::read(&command).unwrap(),
+        fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/pvguard")).unwrap(),
+        "the package carries guest/pvguard as it is"
+    );
+    // The packaged command, run in the packaged kernel (the initramfs's
+    // own copy is not used: it is run from /pvguard, where the test puts
+    // files without their mode, hence `sh`).
+    let b = Boot {
+        kernel: Some(packaged_image(&a, "deb-tools")),
+        append: "pvguard=on".into(),
+        add: vec![command],
+        exec: Some(
+            "sh /pvguard/pvguard status; echo \"status rc=$?\"; sh /pvguard/pvguard self-check; echo \"self-check rc=$?\""
+                .into(),
+        ),
+        ..Boot::default()
+    };
+    let o = run(&a, &b, "deb-tools").unwrap();
+    check(
+        &o,
+        &[
+            "kernel_protect: protected",
+            "status rc=0",
+            "self-check: intact",
+            "self-check rc=0",
         ],
         &[],
     )

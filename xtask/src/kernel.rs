@@ -543,7 +543,12 @@ pub fn deb() -> Result<Vec<PathBuf>, String> {
     let image_time = fs::metadata(&built.image)
         .and_then(|m| m.modified())
         .map_err(|e| format!("{}: {e}", built.image.display()))?;
-    let existing = debs_in(&out);
+    // The kernel's packages are rebuilt when the kernel is newer; the
+    // command's, which takes a moment, every time.
+    let existing: Vec<PathBuf> = debs_in(&out)
+        .into_iter()
+        .filter(|p| !is_tools_deb(p))
+        .collect();
     let fresh = existing.len() == 3
         && existing.iter().all(|p| {
             fs::metadata(p)
@@ -551,7 +556,10 @@ pub fn deb() -> Result<Vec<PathBuf>, String> {
                 .is_ok_and(|t| t > image_time)
         });
     if fresh {
-        return Ok(existing);
+        let mut all = existing;
+        all.push(tools_deb(&out)?);
+        all.sort();
+        return Ok(all);
     }
     // dpkg-buildpackage writes next to the build directory.
     let parent = built
@@ -588,6 +596,7 @@ pub fn deb() -> Result<Vec<PathBuf>, String> {
             moved.len()
         ));
     }
+    moved.push(tools_deb(&out)?);
     moved.sort();
     for p in &moved {
         println!("    {}", p.display());
@@ -596,14 +605,76 @@ pub fn deb() -> Result<Vec<PathBuf>, String> {
 }
 
 /// The kernel's packages in `dir`.
+/// The guest command's package, `pvguard-tools`: `guest/pvguard` as
+/// `/usr/sbin/pvguard`, built with `dpkg-deb` into `out`.
+fn tools_deb(out: &Path) -> Result<PathBuf, String> {
+    let stage = paths::cache().join("pvguard-tools");
+    let _ = fs::remove_dir_all(&stage);
+    let sbin = stage.join("usr/sbin");
+    let doc = stage.join("usr/share/doc/pvguard-tools");
+    let control = stage.join("DEBIAN");
+    for d in [&sbin, &doc, &control] {
+        fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    let command = sbin.join("pvguard");
+    fs::copy(paths::repo().join("guest/pvguard"), &command)
+        .map_err(|e| format!("guest/pvguard: {e}"))?;
+    let version = env!("CARGO_PKG_VERSION");
+    let files = [
+        (
+            control.join("control"),
+            format!(
+                "Package: pvguard-tools\n\
+                 Version: {version}\n\
+                 Architecture: all\n\
+                 Maintainer: pvguard maintainers <maintainers@users.noreply.h-seed-5eb5de93.example>\n\
+                 Section: admin\n\
+                 Priority: optional\n\
+                 Description: pvguard guest command (status and self-check)\n \
+                 Shows what the hypervisor enforces for this guest (CONFIG_PVGUARD)\n \
+                 and asks it for an integrity self-check of the kernel.\n"
+            ),
+        ),
+        (
+            doc.join("copyright"),
+            "pvguard-tools: the pvguard guest command.\n\
+             License: GPL-2.0 OR MIT (SPDX-License-Identifier in the file).\n"
+                .to_string(),
+        ),
+    ];
+    for (path, text) in files {
+        fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    sh::output(
+        Command::new("chmod").arg("0755").arg(&command),
+        "chmod pvguard",
+    )?;
+    let deb = out.join(format!("pvguard-tools_{version}_all.deb"));
+    sh::output(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "--build"])
+            .arg(&stage)
+            .arg(&deb),
+        "dpkg-deb --build pvguard-tools",
+    )?;
+    Ok(deb)
+}
+
+fn is_tools_deb(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("pvguard-tools_"))
+}
+
 fn debs_in(dir: &Path) -> Vec<PathBuf> {
     let mut debs: Vec<PathBuf> = fs::read_dir(dir)
         .map(|d| {
             d.filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("linux-") && n.ends_with("_arm64.deb"))
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        (n.starts_with("linux-") && n.ends_with("_arm64.deb"))
+                            || (n.starts_with("pvguard-tools_") && n.ends_with("_all.deb"))
+                    })
                 })
                 .collect()
         })
