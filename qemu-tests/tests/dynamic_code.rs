@@ -3,7 +3,9 @@
 //! text becomes executable only through the hypervisor, which logs it;
 //! the module runs (its static keys patched by the hypervisor), unloads,
 //! and its code is released. Under `lock` the load fails with an error
-//! from insmod and the guest goes on.
+//! from insmod and the guest goes on. JIT code (the BPF JIT's packs,
+//! kprobes' slots) is executable and never writable: the hypervisor
+//! performs the stores of the kernel's text-poke path into it.
 
 use qemu_tests::{artifacts, check, run, Boot, Outcome};
 
@@ -69,7 +71,7 @@ fn modules_load_run_and_unload_under_default_deny() {
     assert!(release >= 4, "release records: {release}");
     assert_eq!(
         s.num("kp_code_log_records"),
-        exec + release + s.num("kp_perm_patches"),
+        exec + release + s.num("kp_perm_patches") + s.num("kp_perm_copies"),
         "every record accounted for"
     );
     // The guest's self-check shows the code log; if nothing was logged
@@ -193,4 +195,93 @@ fn writing_a_loaded_module_succeeds_under_image_only_protection() {
         &[],
     )
     .unwrap();
+}
+
+/// The BPF JIT's cycle on one page (`kp_jit`), as BPF allocates it (0)
+/// and as module text (1).
+fn jit(append: &str, tag: &str) -> Outcome {
+    let a = artifacts();
+    let b = Boot {
+        append: append.into(),
+        exec: Some(
+            "echo 0 > /sys/kernel/debug/pvguard/kp_jit; echo jit-0-done; \
+             echo 1 > /sys/kernel/debug/pvguard/kp_jit; echo jit-1-done"
+                .into(),
+        ),
+        ..Boot::default()
+    };
+    run(&a, &b, tag).unwrap()
+}
+
+#[test]
+fn jit_code_is_copied_in_by_the_hypervisor_under_default_deny() {
+    let o = jit("pvguard=on pvguard_code=measure", "code-jit-measure");
+    check(
+        &o,
+        &[
+            "jit bpf: copy done",
+            "jit bpf: copied code returned 42",
+            "jit bpf: invalidate done",
+            "jit-0-done",
+            // Ordinary code is immutable: the same copy is refused, and
+            // the caller gets an error.
+            "jit module-text: copy failed",
+            "jit module-text: invalidate failed",
+            "jit-1-done",
+            "pvguard-init: exit status 0",
+        ],
+        &["Internal error", "Oops", "hyp-stub: blocked"],
+    )
+    .unwrap();
+    let s = o.stats().expect("stats");
+    // One 64-bit store copies the two instructions, two 32-bit stores
+    // put the BRKs back.
+    assert_eq!(s.num("kp_perm_copies"), 3);
+    // The module-text page: the copy's first store, the fill's first.
+    assert_eq!(s.num("kp_perm_patches_refused"), 2);
+    assert_eq!(s.num("kp_perm_exec_blocked"), 0);
+    assert_eq!(
+        s.num("kp_code_log_records"),
+        s.num("kp_code_log_exec")
+            + s.num("kp_code_log_release")
+            + s.num("kp_perm_patches")
+            + s.num("kp_perm_copies"),
+        "every store is in the code log"
+    );
+}
+
+#[test]
+fn jit_copies_into_any_code_succeed_without_protection() {
+    // The control: the same probe with protection off copies into both.
+    let o = jit("pvguard=off", "code-jit-off");
+    check(
+        &o,
+        &[
+            "jit bpf: copied code returned 42",
+            "jit module-text: copied code returned 42",
+            "jit-1-done",
+        ],
+        &["Internal error", "Oops"],
+    )
+    .unwrap();
+}
+
+#[test]
+fn lock_refuses_jit_code_cleanly() {
+    let o = jit("pvguard=on pvguard_code=lock", "code-jit-lock");
+    check(
+        &o,
+        &[
+            "jit bpf: set_memory_rox failed",
+            "jit-0-done",
+            "jit module-text: set_memory_rox failed",
+            "jit-1-done",
+            "pvguard-init: exit status 0",
+        ],
+        &["Internal error", "Oops", "copied code returned"],
+    )
+    .unwrap();
+    let s = o.stats().expect("stats");
+    assert!(s.num("kp_perm_refused_locked") >= 2);
+    assert_eq!(s.num("kp_perm_copies"), 0);
 }
