@@ -198,16 +198,18 @@ fn writing_a_loaded_module_succeeds_under_image_only_protection() {
 }
 
 /// The BPF JIT's cycle on one page (`kp_jit`), as BPF allocates it (0)
-/// and as module text (1).
-fn jit(append: &str, tag: &str) -> Outcome {
+/// and as module text (1); then, with `real`, the kernel's own JIT on a
+/// classic filter (2).
+fn jit(append: &str, tag: &str, real: bool) -> Outcome {
     let a = artifacts();
+    let which: &[u8] = if real { &[2] } else { &[0, 1] };
+    let exec: Vec<String> = which
+        .iter()
+        .map(|i| format!("echo {i} > /sys/kernel/debug/pvguard/kp_jit; echo jit-{i}-done"))
+        .collect();
     let b = Boot {
         append: append.into(),
-        exec: Some(
-            "echo 0 > /sys/kernel/debug/pvguard/kp_jit; echo jit-0-done; \
-             echo 1 > /sys/kernel/debug/pvguard/kp_jit; echo jit-1-done"
-                .into(),
-        ),
+        exec: Some(exec.join("; ")),
         ..Boot::default()
     };
     run(&a, &b, tag).unwrap()
@@ -215,7 +217,7 @@ fn jit(append: &str, tag: &str) -> Outcome {
 
 #[test]
 fn jit_code_is_copied_in_by_the_hypervisor_under_default_deny() {
-    let o = jit("pvguard=on pvguard_code=measure", "code-jit-measure");
+    let o = jit("pvguard=on pvguard_code=measure", "code-jit-measure", false);
     check(
         &o,
         &[
@@ -253,7 +255,7 @@ fn jit_code_is_copied_in_by_the_hypervisor_under_default_deny() {
 #[test]
 fn jit_copies_into_any_code_succeed_without_protection() {
     // The control: the same probe with protection off copies into both.
-    let o = jit("pvguard=off", "code-jit-off");
+    let o = jit("pvguard=off", "code-jit-off", false);
     check(
         &o,
         &[
@@ -268,7 +270,7 @@ fn jit_copies_into_any_code_succeed_without_protection() {
 
 #[test]
 fn lock_refuses_jit_code_cleanly() {
-    let o = jit("pvguard=on pvguard_code=lock", "code-jit-lock");
+    let o = jit("pvguard=on pvguard_code=lock", "code-jit-lock", false);
     check(
         &o,
         &[
@@ -284,4 +286,53 @@ fn lock_refuses_jit_code_cleanly() {
     let s = o.stats().expect("stats");
     assert!(s.num("kp_perm_refused_locked") >= 2);
     assert_eq!(s.num("kp_perm_copies"), 0);
+}
+
+/// The kernel's BPF JIT itself: the crash this path was built for (the
+/// JIT's copy into its ROX pack refused, the loading task oopsing) is
+/// gone, and the program runs JIT-compiled.
+#[test]
+fn the_bpf_jit_compiles_and_runs_under_default_deny() {
+    let o = jit("pvguard=on pvguard_code=measure", "code-bpf-measure", true);
+    check(
+        &o,
+        &[
+            "jit bpf-prog: jited=1 returned 42",
+            "jit-2-done",
+            "pvguard-init: exit status 0",
+        ],
+        &["Internal error", "Oops", "hyp-stub: blocked"],
+    )
+    .unwrap();
+    let s = o.stats().expect("stats");
+    assert!(
+        s.num("kp_perm_copies") > 0,
+        "the JIT's copy went through hyp-stub"
+    );
+    assert_eq!(s.num("kp_perm_patches_refused"), 0);
+    assert_eq!(s.num("kp_perm_exec_blocked"), 0);
+}
+
+#[test]
+fn the_bpf_jit_runs_without_protection() {
+    let o = jit("pvguard=off", "code-bpf-off", true);
+    check(&o, &["jit bpf-prog: jited=1 returned 42"], &["Oops"]).unwrap();
+}
+
+/// Under lock the pack cannot become executable: the JIT gives up and the
+/// interpreter runs the program, with no oops.
+#[test]
+fn under_lock_the_bpf_jit_falls_back_to_the_interpreter() {
+    let o = jit("pvguard=on pvguard_code=lock", "code-bpf-lock", true);
+    check(
+        &o,
+        &[
+            "jit bpf-prog: jited=0 returned 42",
+            "jit-2-done",
+            "pvguard-init: exit status 0",
+        ],
+        &["Internal error", "Oops"],
+    )
+    .unwrap();
+    assert_eq!(o.stats().expect("stats").num("kp_perm_copies"), 0);
 }
