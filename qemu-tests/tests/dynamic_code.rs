@@ -236,9 +236,9 @@ fn jit_code_is_copied_in_by_the_hypervisor_under_default_deny() {
     )
     .unwrap();
     let s = o.stats().expect("stats");
-    // One 64-bit store copies the two instructions, two 32-bit stores
-    // put the BRKs back.
-    assert_eq!(s.num("kp_perm_copies"), 3);
+    // A 64-bit and a 32-bit store copy the three instructions (BTI C,
+    // MOV, RET), three 32-bit stores put the BRKs back.
+    assert_eq!(s.num("kp_perm_copies"), 5);
     // The module-text page: the copy's first store, the fill's first.
     assert_eq!(s.num("kp_perm_patches_refused"), 2);
     assert_eq!(s.num("kp_perm_exec_blocked"), 0);
