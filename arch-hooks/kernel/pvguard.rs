@@ -23,7 +23,7 @@ use core::ffi::{c_char, c_int, CStr};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use kernel::error::code::{EINVAL, EPERM};
+use kernel::error::code::{EINVAL, ENOMEM, EPERM};
 
 const __LOG_PREFIX: &[u8] = b"pvguard\0";
 
@@ -42,6 +42,7 @@ pub mod guest_kp {
     pub mod abi;
     pub mod builder;
     pub mod guest;
+    pub mod mem_perms;
     pub mod patch;
     pub mod record;
     pub mod sites;
@@ -49,6 +50,8 @@ pub mod guest_kp {
 
 #[path = "rust/arch_hooks/cmdline.rs"]
 pub mod cmdline;
+#[path = "rust/arch_hooks/code.rs"]
+pub mod code;
 #[path = "rust/arch_hooks/kp.rs"]
 pub mod kp;
 #[path = "rust/arch_hooks/mmio.rs"]
@@ -390,7 +393,13 @@ pub extern "C" fn pvguard_rust_kp_self_check() -> c_int {
         .and_then(|()| guest_kp::guest::self_check(&mut SleepingSmccc, kp::BUSY_RETRIES));
     match r {
         Ok(c) => {
-            locked(|g| g.kp.record_self_check(c));
+            // The code log with it: an immediate call, also without the
+            // lock (none under the `image` code policy).
+            let log = guest_kp::mem_perms::read_code_log(&mut Smccc).ok();
+            locked(|g| {
+                g.kp.record_self_check(c);
+                g.kp.record_code_log(log);
+            });
             if !c.intact {
                 kernel::pr_err!("kernel protect: self-check: kernel text or rodata was MODIFIED\n");
             }
@@ -656,5 +665,107 @@ pub unsafe extern "C" fn pvguard_rust_show(
     match r {
         Ok(()) => w.len() as isize,
         Err(_) => EINVAL.to_errno() as isize,
+    }
+}
+
+extern "C" {
+    /// The physical address of the page at a kernel address, or 0.
+    fn pvguard_code_pa(va: u64) -> u64;
+}
+
+/// The page `MEM_PERMISSIONS` reads its list from: part of the kernel
+/// image, so it has an IPA, and aligned so it is one page.
+#[repr(C, align(4096))]
+struct ListPage([u8; 4096]);
+
+struct CodeCell(UnsafeCell<(code::CodeState, ListPage)>);
+
+// SAFETY: only `pvguard_rust_code` uses it, with `pvguard_lock` held.
+unsafe impl Sync for CodeCell {}
+
+static CODE: CodeCell = CodeCell(UnsafeCell::new((
+    code::CodeState::new(),
+    ListPage([0; 4096]),
+)));
+
+/// The list page and the SMCCC conduit.
+struct CodeChannel<'a>(&'a mut ListPage);
+
+impl code::Channel for CodeChannel<'_> {
+    fn stage(&mut self, list: &guest_kp::mem_perms::List) -> (u64, u64) {
+        let n = list.write_to(&mut self.0 .0);
+        let p: *const ListPage = self.0;
+        // SAFETY: the page is part of a static in the kernel image.
+        let ipa = unsafe { pvguard_pa_symbol(p.cast()) };
+        (ipa, (n / guest_kp::mem_perms::ENTRY_SIZE) as u64)
+    }
+
+    fn call(&mut self, fid: u32, args: [u64; 4]) -> [u64; 4] {
+        Hypercall::call(&mut Smccc, fid, args)
+    }
+}
+
+/// Why a dynamic-code request failed, as an errno (EPERM when the
+/// hypervisor refuses), after saying so.
+fn code_error(what: core::fmt::Arguments<'_>, e: code::CodeError) -> c_int {
+    kernel::pr_warn!("kernel protect: {} refused: {:?}\n", what, e);
+    match e {
+        code::CodeError::Refused(guest_kp::abi::KpError::Denied) => EPERM.to_errno(),
+        code::CodeError::TooScattered => ENOMEM.to_errno(),
+        _ => EINVAL.to_errno(),
+    }
+}
+
+/// Two ranges of one module in one call: its text and init text
+/// (`seal` false), or its rodata and ro_after_init (`seal` true). Returns
+/// 0 or a negative errno.
+#[no_mangle]
+pub extern "C" fn pvguard_rust_code_module(
+    seal: bool,
+    va0: u64,
+    pages0: u64,
+    va1: u64,
+    pages1: u64,
+) -> c_int {
+    // SAFETY: called with `pvguard_lock` held.
+    let protected = unsafe { guest() }.kp.status() == kp::Status::Protected;
+    // SAFETY: called with `pvguard_lock` held, the only user of `CODE`.
+    let (state, page) = unsafe { &mut *CODE.0.get() };
+    let ranges = if seal {
+        code::module_seal((va0, pages0), (va1, pages1))
+    } else {
+        code::module_text((va0, pages0), (va1, pages1))
+    };
+    match state.grant(&mut CodeChannel(page), protected, &ranges, &code_pa) {
+        Ok(()) => 0,
+        Err(e) => code_error(format_args!("module at {:#x}", va0), e),
+    }
+}
+
+/// The physical address of the page at kernel address `va`.
+fn code_pa(va: u64) -> Option<u64> {
+    // SAFETY: `pvguard_code_pa` accepts any address.
+    let pa = unsafe { pvguard_code_pa(va) };
+    (pa != 0).then_some(pa)
+}
+
+/// A dynamic-code hook (`enum pvguard_code_op` in `pvguard_rust.h`) on
+/// the `pages` pages at kernel address `addr`. Returns 0 or a negative
+/// errno (EPERM when the hypervisor refuses).
+#[no_mangle]
+pub extern "C" fn pvguard_rust_code(op: c_int, addr: u64, pages: u64) -> c_int {
+    let Some(op) = code::Op::from_raw(op) else {
+        return EINVAL.to_errno();
+    };
+    // SAFETY: called with `pvguard_lock` held.
+    let protected = unsafe { guest() }.kp.status() == kp::Status::Protected;
+    // SAFETY: called with `pvguard_lock` held, the only user of `CODE`.
+    let (state, page) = unsafe { &mut *CODE.0.get() };
+    match state.apply(&mut CodeChannel(page), protected, op, addr, pages, &code_pa) {
+        Ok(()) => 0,
+        Err(e) => code_error(
+            format_args!("{:?} of {} pages at {:#x}", op, pages, addr),
+            e,
+        ),
     }
 }

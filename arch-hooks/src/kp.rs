@@ -123,6 +123,8 @@ pub struct KpState {
     last: Option<SelfCheck>,
     checks: u64,
     sites: SiteTables,
+    /// The hypervisor's code log at the last self-check, if it keeps one.
+    code_log: Option<([u8; 32], u64)>,
 }
 
 impl Default for KpState {
@@ -140,6 +142,7 @@ impl KpState {
             record: KernelAssetInfo::new(),
             last: None,
             checks: 0,
+            code_log: None,
             sites: SiteTables {
                 jump_table: TableOutcome::NotSent,
                 ftrace_callers: TableOutcome::NotSent,
@@ -310,6 +313,7 @@ impl KpState {
         self.may_self_check()?;
         let check = guest::self_check(hv, BUSY_RETRIES)?;
         self.record_self_check(check);
+        self.record_code_log(crate::guest_kp::mem_perms::read_code_log(hv).ok());
         Ok(check)
     }
 
@@ -329,6 +333,14 @@ impl KpState {
     pub fn record_self_check(&mut self, check: SelfCheck) {
         self.checks += 1;
         self.last = Some(check);
+    }
+
+    /// Records the hypervisor's code log as read with the self-check
+    /// (`mem_perms::read_code_log`): what became executable outside the image,
+    /// as the hypervisor logged it (`None` under the `image` code policy,
+    /// or from a hypervisor without one).
+    pub fn record_code_log(&mut self, log: Option<([u8; 32], u64)>) {
+        self.code_log = log;
     }
 
     /// The text of `state`.
@@ -405,6 +417,13 @@ impl KpState {
                 writeln!(w, "measurement={:016x}", c.measurement)?;
                 writeln!(w, "patches={}", c.patches)?;
             }
+        }
+        if let Some((digest, records)) = self.code_log {
+            write!(w, "code_log=")?;
+            for b in digest {
+                write!(w, "{b:02x}")?;
+            }
+            writeln!(w, "\ncode_log_records={records}")?;
         }
         writeln!(w, "checks={}", self.checks)
     }

@@ -14,6 +14,7 @@ pub use ::guest_kp;
 pub use ::mmio_guard;
 
 pub mod cmdline;
+pub mod code;
 pub mod kp;
 pub mod mmio;
 pub mod text;

@@ -34,9 +34,9 @@ use crate::machine::{
 };
 
 /// Function IDs of the real ABI lists (discovery, PSCI, MMIO guard,
-/// kernel protect, and the designed but unimplemented ones), so that a
+/// kernel protect, its patch sites and page permissions), so that a
 /// random choice lands on one that means something.
-pub const KNOWN_FIDS: [u32; 36] = [
+pub const KNOWN_FIDS: [u32; 37] = [
     smccc::SMCCC_VERSION,
     smccc::SMCCC_ARCH_FEATURES,
     smccc::VENDOR_HYP_UID,
@@ -68,9 +68,10 @@ pub const KNOWN_FIDS: [u32; 36] = [
     kp_abi::ASSET_INFO,
     kp_abi::ENABLE_VM_PROTECTION,
     kp_abi::ASSET_INFO_COMPACT,
-    0xc606_0062, // MEM_PERMISSIONS (designed, not implemented)
-    0xc606_0063, // PATCH_SITES (designed, not implemented)
-    0xc606_0064, // TEXT_PATCH (designed, not implemented)
+    guest_kp::mem_perms::MEM_PERMISSIONS,
+    kp_abi::PATCH_SITES,
+    kp_abi::TEXT_PATCH,
+    guest_kp::mem_perms::CODE_LOG,
     0xc600_0009,
     0x8600_0001,
 ];

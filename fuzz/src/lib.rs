@@ -10,4 +10,5 @@ pub mod invariants;
 pub mod machine;
 pub mod mmio;
 pub mod patch;
+pub mod permissions;
 pub mod record;

@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! #[path = "<copy of guest-kp/src>"]
-//! pub mod guest_kp { pub mod abi; pub mod record; pub mod builder; pub mod guest; pub mod patch; pub mod sites; }
+//! pub mod guest_kp { pub mod abi; pub mod record; pub mod builder; pub mod guest; pub mod mem_perms; pub mod patch; pub mod sites; }
 //! ```
 //!
 //! So this file holds nothing but attributes and the module list; the
@@ -22,6 +22,7 @@
 pub mod abi;
 pub mod builder;
 pub mod guest;
+pub mod mem_perms;
 pub mod patch;
 pub mod record;
 pub mod sites;

@@ -706,6 +706,9 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
     pub fn write_stats(&self, out: &mut dyn Write) -> core::fmt::Result {
         writeln!(out, "hyp-stub stats:")?;
         self.stats.write_lines(out)?;
+        if let Some(n) = self.stage2.table_memory().in_use() {
+            writeln!(out, "stage2_tables={n}")?;
+        }
         for s in self.services.iter() {
             s.write_stats(out)?;
         }

@@ -155,6 +155,11 @@ pub trait TableMemory {
     /// The entries of the table at `table`; `None` if `table` is not one
     /// [`Self::alloc`] returned.
     fn table(&mut self, table: PhysAddr) -> Option<&mut [u64; ENTRIES]>;
+    /// How many tables are allocated, if the memory keeps count (for
+    /// the stats block: table memory is what permissions cost).
+    fn in_use(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// TLB maintenance for the guest's stage-2 translations.
@@ -185,6 +190,11 @@ impl<M: TableMemory> Stage2<M> {
     pub fn new(mut mem: M) -> Result<Self, Stage2Error> {
         let root = mem.alloc().ok_or(Stage2Error::OutOfTables)?;
         Ok(Self { mem, root })
+    }
+
+    /// The table memory, to see how much of it is in use.
+    pub fn table_memory(&self) -> &M {
+        &self.mem
     }
 
     /// Physical address of the root (level 1) table, for `VTTBR_EL2`.
@@ -527,6 +537,9 @@ pub(crate) mod tests {
             self.tables
                 .get_mut(usize::try_from(offset / PAGE_SIZE).ok()?)
                 .map(|t| &mut **t)
+        }
+        fn in_use(&self) -> Option<usize> {
+            Some(self.tables.len())
         }
     }
 

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use crate::{paths, sh};
 
 /// The targets, in the order they run.
-pub const TARGETS: [&str; 4] = ["record", "mmio_guard", "exit_path", "patch"];
+pub const TARGETS: [&str; 5] = ["record", "mmio_guard", "exit_path", "patch", "permissions"];
 
 /// Seconds per target of `cargo xtask fuzz` without `--time`.
 pub const DEFAULT_SECS: u64 = 60;

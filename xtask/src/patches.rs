@@ -20,7 +20,7 @@ use crate::{paths, sh};
 /// The patch's place in the series and its file name.
 pub const NUMBER: usize = 2;
 /// Patches in the series, this one included.
-const TOTAL: usize = 12;
+const TOTAL: usize = 15;
 const FILE: &str = "0002-virt-pvguard-Add-the-Rust-logic-shared-with-the-pvgu.patch";
 const SUBJECT: &str = "virt: pvguard: Add the Rust logic shared with the pvguard crates";
 const AUTHOR: &str =

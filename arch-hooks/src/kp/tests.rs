@@ -407,3 +407,37 @@ fn no_batches_without_text_patch_and_no_tables_unless_reported() {
     );
     assert!(hv.tables.is_empty());
 }
+
+/// A hypervisor that also keeps a code log.
+struct WithLog(Hyp);
+
+impl Hypercall for WithLog {
+    fn call(&mut self, fid: u32, a: [u64; 4]) -> [u64; 4] {
+        match (fid, a[0]) {
+            (crate::guest_kp::mem_perms::CODE_LOG, 0) => [0, 0x0102, 0x0304, 5],
+            (crate::guest_kp::mem_perms::CODE_LOG, 1) => [0, 0x0506, 0x0708, 5],
+            _ => self.0.call(fid, a),
+        }
+    }
+}
+
+#[test]
+fn the_self_check_shows_the_code_log() {
+    let mut s = KpState::new();
+    s.set_mode(Mode::On);
+    let mut hv = WithLog(Hyp {
+        compact: true,
+        calls: Vec::new(),
+        intact: true,
+    });
+    s.report(&mut hv, &layout(), |_| 0x4100_0000);
+    s.enable(&mut hv);
+    s.self_check(&mut hv).unwrap();
+    let out = text(|s, w| s.write_self_check(w), &s);
+    assert!(
+        out.contains(
+            "code_log=0000000000000102000000000000030400000000000005060000000000000708\ncode_log_records=5\nchecks=1\n"
+        ),
+        "{out}"
+    );
+}

@@ -183,6 +183,10 @@ impl TableMemory for PoolTables {
         // only live reference.
         Some(unsafe { &mut (*addr_of_mut!(POOL))[index].0 })
     }
+
+    fn in_use(&self) -> Option<usize> {
+        Some(self.next)
+    }
 }
 
 /// TLB maintenance for the guest (VMID in VTTBR_EL2).

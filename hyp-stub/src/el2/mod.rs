@@ -16,6 +16,7 @@ use core::panic::PanicInfo;
 use core::ptr::addr_of_mut;
 
 use aarch64_cpu::registers::{CNTHCTL_EL2, HCR_EL2, ID_AA64DFR0_EL1, ID_AA64PFR0_EL1};
+use guest_kp::mem_perms::Policy;
 use guest_kp::sites::{
     FtraceSite, JumpSite, PatchPolicy, SiteStorage, MAX_FTRACE_SITES, MAX_JUMP_SITES,
 };
@@ -106,6 +107,10 @@ extern "C" fn hyp_main() -> ! {
             boot::HYP_END
         ));
     }
+    // The code policy the guest chose on its command line, learnt before
+    // the guest runs, so that nothing it does later weakens it (and read
+    // here, before the guest's device tree overwrites QEMU's).
+    let policy = Policy::from_cmdline(fdt.chosen("bootargs").ok().flatten().unwrap_or(&[]));
     let guest_ram = IpaRange::new(Ipa(ram_base), boot::HYP_BASE - ram_base)
         .unwrap_or_else(|| refuse_to_boot(format_args!("empty guest RAM")));
     // Read now: the guest's tree replaces QEMU's in place below.
@@ -281,6 +286,14 @@ extern "C" fn hyp_main() -> ! {
         if let Err(e) = kp.protect_vm_assets(extents) {
             refuse_to_boot(format_args!("protect_vm_assets: {e}"));
         }
+        let hyp_mem = IpaRange::new(Ipa(boot::HYP_BASE), boot::HYP_END - boot::HYP_BASE)
+            .unwrap_or_else(|| refuse_to_boot(format_args!("no hypervisor memory")));
+        kp.set_code_policy(policy, hyp_mem);
+        println!(
+            "code policy {} ({}=)",
+            policy.name(),
+            guest_kp::mem_perms::POLICY_PARAM
+        );
         if let Err(e) = registry.register(kp) {
             refuse_to_boot(format_args!("cannot register kernel protect: {e:?}"));
         }

@@ -23,10 +23,16 @@
 //!
 //! The measurement stays the one taken at enable: the registry recorded
 //! what every site held then, and puts it back in the hash.
+//!
+//! Page permissions for the rest of guest RAM (default deny at EL1,
+//! `MEM_PERMISSIONS`, the code log) are in [`permissions`].
+
+pub mod permissions;
 
 use core::fmt::{self, Write};
 
 use guest_kp::abi::{self, KpError, Protection, RegionType, SiteTable, TextPatch};
+use guest_kp::mem_perms::{self, Policy};
 use guest_kp::record::{Collector, IpaSpan, KernelAssetInfo, Layout, RecordError};
 use guest_kp::sites::{
     Accepted, PatchPolicy, PatchRequest, Refusal, SiteRegistry, SiteStorage, BRK_KPROBES,
@@ -58,6 +64,18 @@ pub const MAX_KPROBE_SITES: usize = 1024;
 
 /// `TEXT_PATCH` entries read from guest memory at once.
 const BATCH_CHUNK: usize = 32;
+
+/// The function IDs kernel protect answers: its own and the page
+/// permissions'.
+const FUNCTION_IDS: [u32; 7] = [
+    abi::ASSET_INFO,
+    abi::ENABLE_VM_PROTECTION,
+    abi::ASSET_INFO_COMPACT,
+    abi::PATCH_SITES,
+    abi::TEXT_PATCH,
+    mem_perms::MEM_PERMISSIONS,
+    mem_perms::CODE_LOG,
+];
 
 /// The stage-2 permissions of each protection the ABI defines. RODATA's
 /// stay executable at EL0 only: the vDSO lies in it and user space runs
@@ -164,6 +182,7 @@ pub struct KernelProtect<'m> {
     policy: PatchPolicy,
     kprobes: heapless::Vec<KprobeSite, MAX_KPROBE_SITES>,
     counters: Counters,
+    perms: permissions::Permissions,
 }
 
 /// Bytes as lowercase hex digits, as the stats block and the summary
@@ -221,6 +240,7 @@ impl<'m> KernelProtect<'m> {
             policy: PatchPolicy::ALLOW_ALL,
             kprobes: heapless::Vec::new(),
             counters: Counters::default(),
+            perms: permissions::Permissions::new(),
         }
     }
 
@@ -263,6 +283,14 @@ impl<'m> KernelProtect<'m> {
     /// Whether stage-2 protection is enforced.
     pub fn is_protected(&self) -> bool {
         matches!(self.state, State::Protected(_))
+    }
+
+    /// The code policy the guest chose on its command line, learnt by the
+    /// boot path before the guest runs; it can only be tightened. `hyp`
+    /// is the hypervisor's own memory, refused by name.
+    pub fn set_code_policy(&mut self, policy: Policy, hyp: IpaRange) {
+        self.perms.set_policy(policy);
+        self.perms.set_hypervisor_memory(hyp);
     }
 
     fn within_extents(&self, layout: &Layout) -> bool {
@@ -478,6 +506,19 @@ impl<'m> KernelProtect<'m> {
                         ));
                         return ret(KpError::Busy);
                     }
+                }
+                // Then default deny for the rest of RAM (per the policy).
+                let image = [
+                    layout.text().into(),
+                    layout.rodata().into(),
+                    layout.data().into(),
+                    layout.bss().into(),
+                ];
+                if let Err(e) = self.perms.enable(image, ops) {
+                    ops.log(format_args!(
+                        "kernel protect: cannot deny EL1 execute outside the image: {e:?}"
+                    ));
+                    return ret(KpError::Busy);
                 }
                 self.state = State::Protected(layout);
                 // What every site holds now is what the baseline sees.
@@ -805,7 +846,7 @@ impl Service for KernelProtect<'_> {
     }
 
     fn function_ids(&self) -> &'static [u32] {
-        &abi::FUNCTION_IDS
+        &FUNCTION_IDS
     }
 
     fn init(&mut self, ops: &mut dyn HypOps) -> Result<(), ServiceError> {
@@ -822,6 +863,8 @@ impl Service for KernelProtect<'_> {
             abi::ENABLE_VM_PROTECTION => self.enable(a1, ops),
             abi::PATCH_SITES => self.patch_sites([a1, a2, a3, a4], ops),
             abi::TEXT_PATCH => self.text_patch_batch(a1, a2, ops),
+            mem_perms::MEM_PERMISSIONS => self.perms.call(a1, a2, ops),
+            mem_perms::CODE_LOG => self.perms.code_log_call(a1),
             _ => ret(KpError::Unimplemented),
         }
     }
@@ -844,6 +887,16 @@ impl Service for KernelProtect<'_> {
             return FaultAction::NotMine;
         };
         let Some(region) = layout.region_of(fault.ipa.get()) else {
+            if fault.exec && self.perms.enforcing() {
+                self.perms.count_exec_blocked();
+                return FaultAction::Refused;
+            }
+            // Jump labels in code the guest made executable (modules).
+            if fault.syndrome.write() && layout.fixmap().contains(fault.va.get()) {
+                if let Some(action) = self.perms.text_patch(fault, ops) {
+                    return action;
+                }
+            }
             return FaultAction::NotMine;
         };
         if fault.exec {
@@ -945,7 +998,8 @@ impl Service for KernelProtect<'_> {
                 write!(out, "{}", Hex(&self.digest().unwrap_or([0; 32])))?;
             }
         }
-        writeln!(out, "\nkp_patch_log={}", Hex(&self.patch_log))
+        writeln!(out, "\nkp_patch_log={}", Hex(&self.patch_log))?;
+        self.perms.write_stats(out)
     }
 
     fn write_summary(&self, out: &mut dyn Write) -> fmt::Result {
@@ -1008,7 +1062,8 @@ impl Service for KernelProtect<'_> {
             out,
             "  blocked:        {} writes to text, {} writes to rodata, {} executions of non-text; {} calls refused, {} denied",
             c.rx_writes_blocked, c.ro_writes_blocked, c.exec_blocked, c.refused_calls, c.denied
-        )
+        )?;
+        self.perms.write_summary(out)
     }
 }
 

@@ -1378,3 +1378,73 @@ fn full_size_storage_takes_the_largest_tables() {
         "trampolines first"
     );
 }
+
+/// Kernel protect with the `measure` code policy: enable also denies EL1
+/// execute on the rest of RAM, the permission calls are answered, and an
+/// EL1 fetch outside the image is counted as the code policy's.
+#[test]
+fn the_code_policy_comes_with_enable() {
+    use guest_kp::mem_perms::{Entry, ATTR_EXEC, ATTR_READ, CODE_LOG, MEM_PERMISSIONS};
+
+    let mut ops = Ops::new();
+    let mut kp = service(&mut ops);
+    let hyp = IpaRange::new(Ipa(RAM + (8 << 20)), 1 << 20).unwrap();
+    kp.set_code_policy(Policy::Measure, hyp);
+    assert!(kp.function_ids().contains(&MEM_PERMISSIONS));
+    assert!(kp.function_ids().contains(&CODE_LOG));
+    let list = RAM + 0x1000;
+    let heap = RAM + 0x10_0000;
+    let entry = Entry {
+        start: heap,
+        size: 0x1000,
+        attrs: ATTR_READ | ATTR_EXEC,
+        va: 0xffff_8000_0900_0000,
+    };
+    ops.at(list)[..32].copy_from_slice(&entry.to_bytes());
+    assert_eq!(
+        call(&mut kp, &mut ops, MEM_PERMISSIONS, [list, 1, 0])[0],
+        err(KpError::ObjectState),
+        "not before enable"
+    );
+    assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+    assert_eq!(enable(&mut kp, &mut ops)[..2], [0, 1]);
+    // The image's four regions, then the RAM around them.
+    let denied: Vec<_> = ops.perms[4..].to_vec();
+    assert_eq!(
+        denied,
+        [
+            (
+                IpaRange::new(Ipa(RAM), TEXT.0 - RAM).unwrap(),
+                permissions::stage2_perms(
+                    permissions::MemAttrs::READ | permissions::MemAttrs::WRITE
+                )
+            ),
+            (
+                IpaRange::new(Ipa(BSS.1), RAM + (8 << 20) - BSS.1).unwrap(),
+                permissions::stage2_perms(
+                    permissions::MemAttrs::READ | permissions::MemAttrs::WRITE
+                )
+            ),
+        ]
+    );
+    assert!(denied.iter().all(|(_, p)| p.contains(Perms::WRITE)
+        && !p.contains(Perms::EXEC_EL1)
+        && p.contains(Perms::EXEC_EL0)));
+    let r = call(&mut kp, &mut ops, MEM_PERMISSIONS, [list, 1, 0]);
+    assert_eq!((r[0], r[2]), (0, 1), "applied, one code-log record");
+    assert_eq!(call(&mut kp, &mut ops, CODE_LOG, [0, 0, 0])[3], 1);
+    let regs = GuestRegs::default();
+    let f = fault(
+        heap + 0x1000,
+        0xffff_8000_9000_0000,
+        store(0, 2),
+        &regs,
+        true,
+    );
+    assert_eq!(kp.guest_fault(&f, &mut ops), FaultAction::Refused);
+    let s = stats(&kp);
+    assert!(s.contains("kp_code_policy=measure\n"), "{s}");
+    assert!(s.contains("kp_perm_exec_blocked=1\n"), "{s}");
+    assert!(s.contains("kp_code_log_records=1\n"), "{s}");
+    assert!(summary(&kp).contains("code policy:    measure"));
+}

@@ -1,0 +1,915 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+//! Page permissions for all guest RAM (`MEM_PERMISSIONS`, `CODE_LOG`):
+//! default deny at EL1 once protection is enabled, the guest's list of
+//! (range, attributes) applied all or nothing, and the code log.
+//!
+//! Kernel protect owns this part because it knows what must be refused:
+//! the kernel image's regions keep the permissions kernel protect gave
+//! them, and no list may touch them.
+//!
+//! The state is the set of pages whose attributes differ from the
+//! default (READ|WRITE), as sorted, disjoint, coalesced [`Span`]s in a
+//! fixed array. A call is applied to a copy of it first; only when every
+//! entry fits is stage 2 changed, and if stage 2 fails part-way (table
+//! memory) the ranges already changed are put back. The code log is
+//! extended only when the call succeeds.
+//!
+//! Ordering that keeps what is measured what runs: a range becoming
+//! executable is made read-only and executable at stage 2 first and
+//! hashed after; a range stopping being executable is hashed before its
+//! stage-2 permissions change, while it is still read-only.
+
+use core::fmt::{self, Write};
+
+use guest_kp::abi::{self, KpError};
+use guest_kp::mem_perms::{
+    self as mp, Entry, Policy, ENTRY_SIZE, LOG_COPY, LOG_EXEC, LOG_PATCH, LOG_RELEASE, MAX_ENTRIES,
+    NO_ENTRY,
+};
+use guest_kp::patch::{self, NOP};
+
+use crate::addr::{Ipa, IpaRange};
+use crate::esr::Width;
+use crate::service::{CallResult, FaultAction, GuestFault, HypOps, OpsError};
+use crate::sha256::Sha256;
+use crate::stage2::Perms;
+
+bitflags::bitflags! {
+    /// The page attributes as a type; the values are guest-kp's raw
+    /// constants, the ABI's one definition (the kernel uses those).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct MemAttrs: u64 {
+        /// Readable.
+        const READ = mp::ATTR_READ;
+        /// Writable at EL1.
+        const WRITE = mp::ATTR_WRITE;
+        /// Executable at EL1.
+        const EXEC = mp::ATTR_EXEC;
+        /// No later change but the release.
+        const IMMUTABLE = mp::ATTR_IMMUTABLE;
+        /// With EXEC: filled in place by stores the hypervisor performs.
+        const JIT = mp::ATTR_JIT;
+    }
+}
+
+/// Most ranges with non-default attributes (about three per module).
+pub const MAX_SPANS: usize = 256;
+
+/// Pages with non-default attributes, `[start, end)`; EL1 runs an EXEC
+/// span at `va` (zero for other spans).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    start: u64,
+    end: u64,
+    attrs: MemAttrs,
+    va: u64,
+}
+
+impl Span {
+    /// The VA of `ipa` (inside the span), or 0 for a span without one.
+    fn va_at(&self, ipa: u64) -> u64 {
+        if self.va == 0 {
+            0
+        } else {
+            self.va.wrapping_add(ipa.wrapping_sub(self.start))
+        }
+    }
+
+    /// Whether `next` continues this span: adjacent, same attributes,
+    /// and (for code) the next VAs.
+    fn continued_by(&self, next: &Span) -> bool {
+        self.end == next.start && self.attrs == next.attrs && self.va_at(self.end) == next.va
+    }
+}
+
+type Spans = heapless::Vec<Span, MAX_SPANS>;
+
+/// The attributes of every page not in a span (under default deny).
+const DEFAULT: MemAttrs = MemAttrs::READ.union(MemAttrs::WRITE);
+
+/// The stage-2 permissions of an attribute set. EL0 keeps execute on
+/// everything that is not kernel code, so user space is unaffected;
+/// kernel code is not executable by user space.
+pub const fn stage2_perms(attrs: MemAttrs) -> Perms {
+    if attrs.contains(MemAttrs::EXEC) {
+        // Never writable while EL1 may run it, whatever was asked.
+        Perms::R_EL1X
+    } else if attrs.contains(MemAttrs::WRITE) {
+        Perms::RW.union(Perms::EXEC_EL0)
+    } else {
+        Perms::R_EL0X
+    }
+}
+
+/// Why a call was refused: each is counted and has its Gunyah code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Refusal {
+    /// Protection not enabled, or the policy is `image`.
+    State,
+    /// An empty list, or more than [`MAX_ENTRIES`].
+    ListSize,
+    /// The list's IPA is not 8-byte aligned.
+    ListAlignment,
+    /// The list is not in guest RAM.
+    ListNotInRam,
+    /// An entry's start or size is not page aligned.
+    Misaligned,
+    /// An entry of size zero.
+    EmptyEntry,
+    /// An entry whose end wraps.
+    Wraps,
+    /// Unknown attribute bits, or READ missing.
+    Attrs,
+    /// WRITE with EXEC.
+    WriteExec,
+    /// A bad va (see the ABI).
+    Va,
+    /// Outside guest RAM.
+    OutsideRam,
+    /// In the hypervisor's memory.
+    HypervisorMemory,
+    /// In the kernel image's regions.
+    Image,
+    /// Two entries of one list overlap.
+    Overlap,
+    /// A change of an IMMUTABLE page other than the release.
+    Immutable,
+    /// EXEC under the `lock` policy.
+    Locked,
+    /// More distinct ranges than [`MAX_SPANS`].
+    NoRoom,
+    /// Stage-2 table memory ran out (the call was undone).
+    Tables,
+}
+
+impl Refusal {
+    const COUNT: usize = 18;
+    const ALL: [Refusal; Self::COUNT] = [
+        Refusal::State,
+        Refusal::ListSize,
+        Refusal::ListAlignment,
+        Refusal::ListNotInRam,
+        Refusal::Misaligned,
+        Refusal::EmptyEntry,
+        Refusal::Wraps,
+        Refusal::Attrs,
+        Refusal::WriteExec,
+        Refusal::Va,
+        Refusal::OutsideRam,
+        Refusal::HypervisorMemory,
+        Refusal::Image,
+        Refusal::Overlap,
+        Refusal::Immutable,
+        Refusal::Locked,
+        Refusal::NoRoom,
+        Refusal::Tables,
+    ];
+
+    /// The error the guest gets.
+    pub const fn error(self) -> KpError {
+        match self {
+            Refusal::State => KpError::ObjectState,
+            Refusal::ListSize | Refusal::EmptyEntry | Refusal::NoRoom => KpError::ArgumentSize,
+            Refusal::ListAlignment | Refusal::Misaligned => KpError::ArgumentAlignment,
+            Refusal::ListNotInRam
+            | Refusal::Wraps
+            | Refusal::OutsideRam
+            | Refusal::HypervisorMemory => KpError::AddrInvalid,
+            Refusal::Attrs | Refusal::Va | Refusal::Overlap => KpError::ArgumentInvalid,
+            Refusal::WriteExec | Refusal::Image | Refusal::Immutable | Refusal::Locked => {
+                KpError::Denied
+            }
+            Refusal::Tables => KpError::Busy,
+        }
+    }
+
+    /// The stats key (after `kp_perm_refused_`).
+    pub const fn key(self) -> &'static str {
+        match self {
+            Refusal::State => "state",
+            Refusal::ListSize => "list_size",
+            Refusal::ListAlignment => "list_alignment",
+            Refusal::ListNotInRam => "list_not_in_ram",
+            Refusal::Misaligned => "misaligned",
+            Refusal::EmptyEntry => "empty_entry",
+            Refusal::Wraps => "wraps",
+            Refusal::Attrs => "attrs",
+            Refusal::WriteExec => "write_exec",
+            Refusal::Va => "va",
+            Refusal::OutsideRam => "outside_ram",
+            Refusal::HypervisorMemory => "hypervisor_memory",
+            Refusal::Image => "image",
+            Refusal::Overlap => "overlap",
+            Refusal::Immutable => "immutable",
+            Refusal::Locked => "locked",
+            Refusal::NoRoom => "no_room",
+            Refusal::Tables => "tables",
+        }
+    }
+
+    fn from_entry(e: mp::EntryError) -> Self {
+        match e {
+            mp::EntryError::Misaligned => Refusal::Misaligned,
+            mp::EntryError::Empty => Refusal::EmptyEntry,
+            mp::EntryError::Wraps => Refusal::Wraps,
+            mp::EntryError::UnknownAttrs | mp::EntryError::NotReadable | mp::EntryError::Jit => {
+                Refusal::Attrs
+            }
+            mp::EntryError::WriteExec => Refusal::WriteExec,
+            mp::EntryError::Va => Refusal::Va,
+        }
+    }
+}
+
+/// Why a write into dynamic code through the text-poke slot was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CodeWrite {
+    /// The syndrome does not describe the store (no ISV).
+    NotDecoded,
+    /// Not a store width the rule takes.
+    Width,
+    /// Misaligned, or past the JIT range.
+    Placement,
+    /// Not NOP <-> B to approved code (code that is not a JIT range).
+    NotJumpLabel,
+    /// The hypervisor could not write guest memory.
+    Failed,
+}
+
+impl fmt::Display for CodeWrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CodeWrite::NotDecoded => "store not decoded",
+            CodeWrite::Width => "store width not taken",
+            CodeWrite::Placement => "misaligned or outside the JIT range",
+            CodeWrite::NotJumpLabel => "not a NOP <-> B to approved code",
+            CodeWrite::Failed => "guest memory not writable by the hypervisor",
+        })
+    }
+}
+
+/// A refusal and the entry it is about.
+type Refused = (Refusal, Option<usize>);
+
+/// The service part's state.
+pub struct Permissions {
+    policy: Policy,
+    hyp_mem: Option<IpaRange>,
+    /// The image's regions, once protection is enabled with default deny.
+    image: Option<[IpaRange; 4]>,
+    spans: Spans,
+    scratch: Spans,
+    log: [u8; 32],
+    log_records: u64,
+    refused: [u64; Refusal::COUNT],
+    calls: u64,
+    entries_applied: u64,
+    exec_granted: u64,
+    released: u64,
+    exec_blocked: u64,
+    patches: u64,
+    patches_refused: u64,
+    copies: u64,
+}
+
+impl Default for Permissions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `[start, end)` of `e` clipped to each span it overlaps, with the
+/// span's attributes (pages in no span have [`DEFAULT`]).
+fn overlapping(spans: &Spans, start: u64, end: u64) -> impl Iterator<Item = Span> + '_ {
+    spans
+        .iter()
+        .filter(move |s| s.start < end && start < s.end)
+        .map(move |s| Span {
+            start: s.start.max(start),
+            end: s.end.min(end),
+            attrs: s.attrs,
+            va: s.va_at(s.start.max(start)),
+        })
+}
+
+/// Splits the span that strictly contains `at`, so a boundary lies there.
+fn split_at(spans: &mut Spans, at: u64) -> Result<(), ()> {
+    let Some(i) = spans.iter().position(|s| s.start < at && at < s.end) else {
+        return Ok(());
+    };
+    let Some(s) = spans.get(i).copied() else {
+        return Ok(());
+    };
+    if let Some(left) = spans.get_mut(i) {
+        left.end = at;
+    }
+    spans
+        .insert(
+            i + 1,
+            Span {
+                start: at,
+                end: s.end,
+                attrs: s.attrs,
+                va: s.va_at(at),
+            },
+        )
+        .map_err(|_| ())
+}
+
+/// Gives `[start, end)` the attributes `attrs` (run at `va` if they
+/// include EXEC, else `va` is 0) in `spans`, keeping them sorted,
+/// disjoint and coalesced.
+fn set_range(spans: &mut Spans, start: u64, end: u64, attrs: MemAttrs, va: u64) -> Result<(), ()> {
+    let new = Span {
+        start,
+        end,
+        attrs,
+        va,
+    };
+    // Nothing to do (and no room needed) if the range has them already.
+    let mut covered = 0;
+    let mut uncovered = end - start;
+    for s in overlapping(spans, start, end) {
+        uncovered -= s.end - s.start;
+        if s.attrs == attrs && s.va == new.va_at(s.start) {
+            covered += s.end - s.start;
+        }
+    }
+    let has_already = if attrs == DEFAULT {
+        uncovered == end - start
+    } else {
+        covered == end - start
+    };
+    if has_already {
+        return Ok(());
+    }
+    split_at(spans, start)?;
+    split_at(spans, end)?;
+    spans.retain(|s| !(s.start >= start && s.end <= end));
+    if attrs == DEFAULT {
+        return Ok(());
+    }
+    // Joined to equal neighbours first, so that filling a gap needs no
+    // room.
+    let at = spans.partition_point(|s| s.start < start);
+    let joins_left = at > 0 && spans.get(at - 1).is_some_and(|l| l.continued_by(&new));
+    let joins_right = spans.get(at).is_some_and(|r| new.continued_by(r));
+    match (joins_left, joins_right) {
+        (true, true) => {
+            let right_end = spans.get(at).map_or(end, |r| r.end);
+            if let Some(l) = spans.get_mut(at - 1) {
+                l.end = right_end;
+            }
+            spans.remove(at);
+        }
+        (true, false) => {
+            if let Some(l) = spans.get_mut(at - 1) {
+                l.end = end;
+            }
+        }
+        (false, true) => {
+            if let Some(r) = spans.get_mut(at) {
+                r.start = start;
+                r.va = va;
+            }
+        }
+        (false, false) => spans.insert(at, new).map_err(|_| ())?,
+    }
+    Ok(())
+}
+
+/// The code log after one more record.
+fn chain(log: &[u8; 32], record: &[u8], ops: &dyn HypOps) -> [u8; 32] {
+    let mut h = Sha256::new(ops.sha256_compress());
+    h.update(log);
+    h.update(record);
+    h.finalize()
+}
+
+fn hash_range(start: u64, end: u64, ops: &mut dyn HypOps) -> Result<[u8; 32], OpsError> {
+    let mut h = Sha256::new(ops.sha256_compress());
+    ops.hash_guest(Ipa(start), end - start, &mut h)?;
+    Ok(h.finalize())
+}
+
+impl Permissions {
+    /// The state before boot: policy `image`, nothing enabled.
+    pub const fn new() -> Self {
+        Self {
+            policy: Policy::ImageOnly,
+            hyp_mem: None,
+            image: None,
+            spans: heapless::Vec::new(),
+            scratch: heapless::Vec::new(),
+            log: [0; 32],
+            log_records: 0,
+            refused: [0; Refusal::COUNT],
+            calls: 0,
+            entries_applied: 0,
+            exec_granted: 0,
+            released: 0,
+            exec_blocked: 0,
+            patches: 0,
+            patches_refused: 0,
+            copies: 0,
+        }
+    }
+
+    /// Sets the policy, before the guest runs (the boot path reads it
+    /// from the guest's command line). It can only be tightened.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = self.policy.tightened(policy);
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// Names the hypervisor's own memory, so that requests for it are
+    /// refused (and counted) as such rather than as "outside RAM".
+    pub fn set_hypervisor_memory(&mut self, range: IpaRange) {
+        self.hyp_mem = Some(range);
+    }
+
+    /// Whether default deny is in force.
+    pub fn enforcing(&self) -> bool {
+        self.image.is_some()
+    }
+
+    /// The code log: digest and number of records.
+    pub fn code_log(&self) -> ([u8; 32], u64) {
+        (self.log, self.log_records)
+    }
+
+    /// Counts an EL1 instruction fetch from RAM outside the image that
+    /// stage 2 refused.
+    pub fn count_exec_blocked(&mut self) {
+        self.exec_blocked += 1;
+    }
+
+    /// At enable, once the image's permissions are set: every other page
+    /// of guest RAM becomes read/write and not executable at EL1, unless
+    /// the policy is `image`.
+    ///
+    /// # Errors
+    /// [`OpsError`] if stage 2 could not be changed.
+    pub fn enable(&mut self, image: [IpaRange; 4], ops: &mut dyn HypOps) -> Result<(), OpsError> {
+        if !self.policy.default_deny() || self.image.is_some() {
+            return Ok(());
+        }
+        let ram = ops.guest_ram();
+        let mut sorted = image;
+        sorted.sort_unstable_by_key(|r| r.start());
+        // The gaps between the image's regions, and around them.
+        let mut at = ram.start().get();
+        for r in sorted {
+            if let Some(gap) = IpaRange::new(Ipa(at), r.start().get().saturating_sub(at)) {
+                ops.set_perms(gap, stage2_perms(DEFAULT))?;
+            }
+            at = at.max(r.end().get());
+        }
+        if let Some(gap) = IpaRange::new(Ipa(at), ram.end().get().saturating_sub(at)) {
+            ops.set_perms(gap, stage2_perms(DEFAULT))?;
+        }
+        self.image = Some(image);
+        Ok(())
+    }
+
+    fn refuse(&mut self, (why, entry): Refused) -> CallResult {
+        if let Some(n) = self.refused.get_mut(why as usize) {
+            *n += 1;
+        }
+        let index = entry.map_or(NO_ENTRY, |i| i as u64);
+        [
+            why.error().as_raw(),
+            index,
+            self.log_records,
+            self.log_prefix(),
+        ]
+    }
+
+    fn log_prefix(&self) -> u64 {
+        let mut p = [0u8; 8];
+        p.copy_from_slice(&self.log[..8]);
+        u64::from_be_bytes(p)
+    }
+
+    /// CODE_LOG: one half of the digest and the number of records.
+    pub fn code_log_call(&mut self, half: u64) -> CallResult {
+        if !self.enforcing() {
+            return self.refuse((Refusal::State, None));
+        }
+        let bytes = match half {
+            0 => &self.log[..16],
+            1 => &self.log[16..],
+            _ => return [KpError::ArgumentInvalid.as_raw(), 0, 0, 0],
+        };
+        let word = |b: &[u8]| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(b);
+            u64::from_be_bytes(w)
+        };
+        [
+            abi::RET_OK,
+            word(&bytes[..8]),
+            word(&bytes[8..]),
+            self.log_records,
+        ]
+    }
+
+    /// MEM_PERMISSIONS: x1 = IPA of the list, x2 = number of entries.
+    pub fn call(&mut self, list: u64, count: u64, ops: &mut dyn HypOps) -> CallResult {
+        self.calls += 1;
+        let mut entries = [Entry {
+            start: 0,
+            size: 0,
+            attrs: 0,
+            va: 0,
+        }; MAX_ENTRIES];
+        let n = match self.read_list(list, count, &mut entries, ops) {
+            Ok(n) => n,
+            Err(r) => return self.refuse(r),
+        };
+        let entries = entries.get(..n).unwrap_or(&[]);
+        match self.apply(entries, ops) {
+            Ok(()) => [abi::RET_OK, 0, self.log_records, self.log_prefix()],
+            Err(r) => self.refuse(r),
+        }
+    }
+
+    fn read_list(
+        &self,
+        list: u64,
+        count: u64,
+        out: &mut [Entry; MAX_ENTRIES],
+        ops: &mut dyn HypOps,
+    ) -> Result<usize, Refused> {
+        if !self.enforcing() {
+            return Err((Refusal::State, None));
+        }
+        // The count sizes a copy into a stack buffer: bounded without
+        // relying on a predicted branch (Spectre v1), as region types are.
+        let Some(last) = abi::index_nospec(count.wrapping_sub(1), MAX_ENTRIES) else {
+            return Err((Refusal::ListSize, None));
+        };
+        if !list.is_multiple_of(8) {
+            return Err((Refusal::ListAlignment, None));
+        }
+        let n = last + 1;
+        let mut bytes = [0u8; MAX_ENTRIES * ENTRY_SIZE];
+        let bytes = bytes.get_mut(..n * ENTRY_SIZE).unwrap_or(&mut []);
+        // One copy: what is checked is what is applied, whatever other
+        // vCPUs write to the list meanwhile.
+        ops.read_guest(Ipa(list), bytes)
+            .map_err(|_| (Refusal::ListNotInRam, None))?;
+        for (e, chunk) in out.iter_mut().zip(bytes.chunks_exact(ENTRY_SIZE)) {
+            let mut b = [0u8; ENTRY_SIZE];
+            b.copy_from_slice(chunk);
+            *e = Entry::from_bytes(&b);
+        }
+        Ok(n)
+    }
+
+    /// Checks one entry against the rules, the memory map and the
+    /// current state.
+    fn check(
+        &self,
+        i: usize,
+        e: &Entry,
+        earlier: &[Entry],
+        ram: IpaRange,
+    ) -> Result<MemAttrs, Refused> {
+        let at = Some(i);
+        e.check().map_err(|x| (Refusal::from_entry(x), at))?;
+        // Checked above: page aligned, non-empty, not wrapping, known bits.
+        let attrs = MemAttrs::from_bits(e.attrs).ok_or((Refusal::Attrs, at))?;
+        let range = IpaRange::new(Ipa(e.start), e.size).ok_or((Refusal::Wraps, at))?;
+        if !ram.covers(&range) {
+            let hyp = self.hyp_mem.is_some_and(|h| h.overlaps(&range));
+            let why = if hyp {
+                Refusal::HypervisorMemory
+            } else {
+                Refusal::OutsideRam
+            };
+            return Err((why, at));
+        }
+        if self.image.iter().flatten().any(|r| r.overlaps(&range)) {
+            return Err((Refusal::Image, at));
+        }
+        if earlier.iter().any(|o| o.overlaps(e)) {
+            return Err((Refusal::Overlap, at));
+        }
+        if self.policy == Policy::Lock && attrs.contains(MemAttrs::EXEC) {
+            return Err((Refusal::Locked, at));
+        }
+        let release = attrs.bits() == mp::ATTR_RELEASE;
+        if !release
+            && overlapping(&self.spans, e.start, e.end())
+                .any(|s| s.attrs.contains(MemAttrs::IMMUTABLE))
+        {
+            return Err((Refusal::Immutable, at));
+        }
+        Ok(attrs)
+    }
+
+    fn apply(&mut self, entries: &[Entry], ops: &mut dyn HypOps) -> Result<(), Refused> {
+        let ram = ops.guest_ram();
+        let mut attrs = [MemAttrs::empty(); MAX_ENTRIES];
+        for (i, e) in entries.iter().enumerate() {
+            let earlier = entries.get(..i).unwrap_or(&[]);
+            let a = self.check(i, e, earlier, ram)?;
+            if let Some(slot) = attrs.get_mut(i) {
+                *slot = a;
+            }
+        }
+        // The new state, on the side.
+        self.scratch.clone_from(&self.spans);
+        for (i, (e, a)) in entries.iter().zip(attrs).enumerate() {
+            set_range(&mut self.scratch, e.start, e.end(), a, e.va)
+                .map_err(|()| (Refusal::NoRoom, Some(i)))?;
+        }
+        // Releases are hashed before stage 2 changes, while read-only.
+        let mut log = self.log;
+        let mut records = self.log_records;
+        let mut released = 0;
+        for (e, a) in entries.iter().zip(attrs) {
+            if a.contains(MemAttrs::EXEC) {
+                continue;
+            }
+            for s in overlapping(&self.spans, e.start, e.end()) {
+                if !s.attrs.contains(MemAttrs::EXEC) {
+                    continue;
+                }
+                let digest =
+                    hash_range(s.start, s.end, ops).map_err(|_| (Refusal::OutsideRam, None))?;
+                log = chain(
+                    &log,
+                    &mp::log_record(LOG_RELEASE, s.start, s.end - s.start, s.va, &digest),
+                    ops,
+                );
+                records += 1;
+                released += 1;
+            }
+        }
+        // Stage 2, undone if it fails part-way.
+        for (i, (e, a)) in entries.iter().zip(attrs).enumerate() {
+            let range = IpaRange::new(Ipa(e.start), e.size).ok_or((Refusal::Wraps, Some(i)))?;
+            if ops.set_perms(range, stage2_perms(a)).is_err() {
+                self.undo(entries.get(..i).unwrap_or(&[]), ops);
+                return Err((Refusal::Tables, Some(i)));
+            }
+        }
+        // New code is hashed after it became read-only and executable.
+        let mut granted = 0;
+        for (e, a) in entries.iter().zip(attrs) {
+            if !a.contains(MemAttrs::EXEC) {
+                continue;
+            }
+            let was_exec: u64 = overlapping(&self.spans, e.start, e.end())
+                .filter(|s| s.attrs.contains(MemAttrs::EXEC))
+                .map(|s| s.end - s.start)
+                .sum();
+            if was_exec == e.size {
+                continue;
+            }
+            let digest = match hash_range(e.start, e.end(), ops) {
+                Ok(d) => d,
+                Err(_) => {
+                    // Not expected: the range was checked to be RAM.
+                    self.undo(entries, ops);
+                    return Err((Refusal::OutsideRam, None));
+                }
+            };
+            log = chain(
+                &log,
+                &mp::log_record(LOG_EXEC, e.start, e.size, e.va, &digest),
+                ops,
+            );
+            records += 1;
+            granted += 1;
+        }
+        core::mem::swap(&mut self.spans, &mut self.scratch);
+        self.log = log;
+        self.log_records = records;
+        self.entries_applied += entries.len() as u64;
+        self.exec_granted += granted;
+        self.released += released;
+        Ok(())
+    }
+
+    /// Puts the stage-2 permissions of `entries`' ranges back to the
+    /// current state. The pages were mapped at page granularity by the
+    /// change being undone, so this needs no table memory.
+    fn undo(&self, entries: &[Entry], ops: &mut dyn HypOps) {
+        for e in entries {
+            let mut at = e.start;
+            for s in overlapping(&self.spans, e.start, e.end()).chain(core::iter::once(Span {
+                start: e.end(),
+                end: e.end(),
+                attrs: DEFAULT,
+                va: 0,
+            })) {
+                if let Some(gap) = IpaRange::new(Ipa(at), s.start.saturating_sub(at)) {
+                    let _ = ops.set_perms(gap, stage2_perms(DEFAULT));
+                }
+                if let Some(r) = IpaRange::new(Ipa(s.start), s.end - s.start) {
+                    let _ = ops.set_perms(r, stage2_perms(s.attrs));
+                }
+                at = s.end;
+            }
+        }
+    }
+
+    /// A write through the text-poke fixmap slot to code this part made
+    /// executable. `None` if the IPA is not such code. Otherwise:
+    ///
+    /// - into a JIT range ([`MemAttrs::JIT`]): a 32- or 64-bit store,
+    ///   4-byte aligned and inside the range, is performed and logged
+    ///   ([`LOG_COPY`]): the BPF JIT copying a program into its pack or
+    ///   filling a freed one with `BRK`s, kprobes writing a slot;
+    /// - into other code (module text): a jump label, NOP <-> B whose
+    ///   target lies, in VA terms, in code the guest was allowed to run,
+    ///   is performed and logged ([`LOG_PATCH`]);
+    /// - anything else is refused as a permission fault the guest's
+    ///   `copy_to_kernel_nofault()` turns into an error.
+    pub fn text_patch(
+        &mut self,
+        fault: &GuestFault<'_>,
+        ops: &mut dyn HypOps,
+    ) -> Option<FaultAction> {
+        let ipa = fault.ipa.get();
+        let span = self
+            .spans
+            .iter()
+            .find(|s| s.attrs.contains(MemAttrs::EXEC) && s.start <= ipa && ipa < s.end)
+            .copied()?;
+        let site = span.va_at(ipa);
+        let syn = fault.syndrome;
+        let value = fault.regs.get(syn.register());
+        let verdict = if !syn.valid() {
+            Err(CodeWrite::NotDecoded)
+        } else if span.attrs.contains(MemAttrs::JIT) {
+            self.copy(&span, ipa, syn.width(), value, ops)
+        } else {
+            self.jump_label(ipa, site, syn.width(), value as u32, ops)
+        };
+        match verdict {
+            Ok(record) => {
+                self.log = chain(&self.log, &record, ops);
+                self.log_records += 1;
+                Some(FaultAction::Emulated)
+            }
+            Err(why) => {
+                self.patches_refused += 1;
+                ops.log(format_args!(
+                    "kernel protect: refused write to dynamic code at IPA {ipa:#x} (VA {site:#x}): {why}"
+                ));
+                Some(FaultAction::RefusedRecoverable)
+            }
+        }
+    }
+
+    /// A store into a JIT range: performed, and its code-log record.
+    fn copy(
+        &mut self,
+        span: &Span,
+        ipa: u64,
+        width: Width,
+        value: u64,
+        ops: &mut dyn HypOps,
+    ) -> Result<[u8; mp::LOG_RECORD_SIZE], CodeWrite> {
+        let size = match width {
+            Width::Word => 4,
+            Width::Double => 8,
+            Width::Byte | Width::Half => return Err(CodeWrite::Width),
+        };
+        if !ipa.is_multiple_of(4) || ipa.checked_add(size).is_none_or(|end| end > span.end) {
+            return Err(CodeWrite::Placement);
+        }
+        // Word by word: the kernel's copies are 4-byte aligned, not
+        // always 8.
+        let bytes = value.to_le_bytes();
+        for (i, w) in bytes.chunks_exact(4).take(size as usize / 4).enumerate() {
+            let mut word = [0u8; 4];
+            word.copy_from_slice(w);
+            ops.write_guest_insn(Ipa(ipa + 4 * i as u64), u32::from_le_bytes(word))
+                .map_err(|_| CodeWrite::Failed)?;
+        }
+        let mut digest = [0u8; 32];
+        if let (Some(d), Some(b)) = (digest.get_mut(..size as usize), bytes.get(..size as usize)) {
+            d.copy_from_slice(b);
+        }
+        self.copies += 1;
+        Ok(mp::log_record(
+            LOG_COPY,
+            ipa,
+            size,
+            span.va_at(ipa),
+            &digest,
+        ))
+    }
+
+    /// A jump-label patch in code that is not a JIT range: performed, and
+    /// its code-log record.
+    fn jump_label(
+        &mut self,
+        ipa: u64,
+        site: u64,
+        width: Width,
+        new: u32,
+        ops: &mut dyn HypOps,
+    ) -> Result<[u8; mp::LOG_RECORD_SIZE], CodeWrite> {
+        let mut old = [0u8; 4];
+        if width != Width::Word || ops.read_guest(Ipa(ipa), &mut old).is_err() {
+            return Err(CodeWrite::Width);
+        }
+        let old = u32::from_le_bytes(old);
+        let in_code = |a: u64| {
+            self.spans.iter().any(|s| {
+                s.attrs.contains(MemAttrs::EXEC) && a >= s.va && a - s.va < s.end - s.start
+            })
+        };
+        if !site.is_multiple_of(4) || old == new {
+            return Err(CodeWrite::NotJumpLabel);
+        }
+        let branch = match (old == NOP, new == NOP) {
+            (true, false) => new,
+            (false, true) => old,
+            _ => return Err(CodeWrite::NotJumpLabel),
+        };
+        match patch::branch_target(branch, site) {
+            Some(target) if target != site && in_code(target) => {}
+            _ => return Err(CodeWrite::NotJumpLabel),
+        }
+        ops.write_guest_insn(Ipa(ipa), new)
+            .map_err(|_| CodeWrite::Failed)?;
+        let mut digest = [0u8; 32];
+        digest[..4].copy_from_slice(&old.to_le_bytes());
+        digest[4..8].copy_from_slice(&new.to_le_bytes());
+        self.patches += 1;
+        Ok(mp::log_record(LOG_PATCH, ipa, 4, site, &digest))
+    }
+
+    /// The stats lines (`kp_perm_*`, `kp_code_log*`).
+    ///
+    /// # Errors
+    /// Whatever `out` returns.
+    pub fn write_stats(&self, out: &mut dyn Write) -> fmt::Result {
+        writeln!(out, "kp_code_policy={}", self.policy.name())?;
+        writeln!(out, "kp_default_deny={}", u8::from(self.enforcing()))?;
+        writeln!(out, "kp_perm_calls={}", self.calls)?;
+        writeln!(out, "kp_perm_entries_applied={}", self.entries_applied)?;
+        writeln!(out, "kp_perm_spans={}", self.spans.len())?;
+        writeln!(out, "kp_perm_exec_blocked={}", self.exec_blocked)?;
+        writeln!(out, "kp_perm_patches={}", self.patches)?;
+        writeln!(out, "kp_perm_patches_refused={}", self.patches_refused)?;
+        writeln!(out, "kp_perm_copies={}", self.copies)?;
+        for r in Refusal::ALL {
+            let n = self.refused.get(r as usize).copied().unwrap_or(0);
+            writeln!(out, "kp_perm_refused_{}={n}", r.key())?;
+        }
+        writeln!(out, "kp_code_log_exec={}", self.exec_granted)?;
+        writeln!(out, "kp_code_log_release={}", self.released)?;
+        writeln!(out, "kp_code_log_records={}", self.log_records)?;
+        write!(out, "kp_code_log=")?;
+        for b in self.log {
+            write!(out, "{b:02x}")?;
+        }
+        writeln!(out)
+    }
+
+    /// The summary line for people.
+    ///
+    /// # Errors
+    /// Whatever `out` returns.
+    pub fn write_summary(&self, out: &mut dyn Write) -> fmt::Result {
+        let refused: u64 = self.refused.iter().sum();
+        if !self.enforcing() {
+            return writeln!(
+                out,
+                "  code policy:    {} (RAM outside the image {} at EL1)",
+                self.policy.name(),
+                if self.policy.default_deny() {
+                    "will not be executable once protection is enabled"
+                } else {
+                    "stays executable"
+                }
+            );
+        }
+        writeln!(
+            out,
+            "  code policy:    {}: RAM outside the image not executable at EL1; {} ranges made executable, {} released, {} EL1 executions blocked, {} permission calls refused; code log {} records",
+            self.policy.name(),
+            self.exec_granted,
+            self.released,
+            self.exec_blocked,
+            refused,
+            self.log_records
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;
