@@ -287,21 +287,17 @@ impl TextBatch {
         let mut tries = 0;
         let (result, done) = loop {
             let [x0, x1, ..] = hv.call(TEXT_PATCH, [entries_ipa, self.len as u64, 0, 0]);
+            // x1 counts the entries applied, whatever the outcome; never
+            // trusted beyond the batch.
+            let done = usize::try_from(x1).unwrap_or(usize::MAX).min(self.len);
             match KpError::from_raw(x0) {
                 Err(KpError::Busy) if tries < retries => {
                     tries += 1;
                     hv.pause();
                 }
                 Ok(()) => break (Ok(self.len), self.len),
-                Err(KpError::Denied) => {
-                    let index = usize::try_from(x1).unwrap_or(usize::MAX).min(self.len);
-                    break (Err(BatchError::Refused { index }), index);
-                }
-                // x1 says what was applied before the failure, if anything.
-                Err(e) => {
-                    let done = usize::try_from(x1).unwrap_or(usize::MAX).min(self.len);
-                    break (Err(BatchError::Call(e)), done);
-                }
+                Err(KpError::Denied) => break (Err(BatchError::Refused { index: done }), done),
+                Err(e) => break (Err(BatchError::Call(e)), done),
             }
         };
         for &(va, size) in self.vas.iter().take(done) {
