@@ -363,6 +363,8 @@ pub enum Op {
     Other { ec: u8, iss: u32 },
     /// An IRQ, FIQ or SError taken at EL2.
     Async,
+    /// A trapped WFI: the guest is idle.
+    Idle,
     /// A secondary CPU comes up for vCPU `slot`.
     SecondaryBoot { slot: u8 },
     /// What the device returns to reads from now on.
@@ -395,10 +397,6 @@ impl Imm {
 pub struct Input {
     /// MMIO guard from boot (a protected VM) rather than after ENROLL.
     pub from_boot: bool,
-    /// The hypervisor keeps a CPU for background hashing.
-    pub hyp_cpu: bool,
-    /// ... and that CPU loses its digest.
-    pub lose_digest: bool,
     /// Stage-2 tables beyond the two that map RAM.
     pub extra_tables: u8,
     /// What firmware answers CPU_ON.
@@ -406,8 +404,6 @@ pub struct Input {
     /// The firmware refuses power-down suspends and CPU_OFF (so they
     /// return, with DENIED).
     pub power_refused: bool,
-    /// Polls of the background hash that find it still running.
-    pub hash_polls: u8,
     pub records: Vec<RecordSeed>,
     /// Jump-label sites in TEXT: word index in the image, and what it
     /// holds.
@@ -480,7 +476,7 @@ struct Guest<'a, 's, 'm> {
     plat: Machine,
     services: &'a Services<'m>,
     vcpu: Vcpu,
-    fed: [u64; 6],
+    fed: [u64; KINDS.len()],
     guarded: RangeSet,
     /// Stage-2 leaves as of the last change (only enabling protection
     /// changes them).
@@ -501,16 +497,18 @@ fn kind_index(k: ExitKind) -> usize {
         ExitKind::InstrAbort => 3,
         ExitKind::SysReg => 4,
         ExitKind::Other => 5,
+        ExitKind::Idle => 6,
     }
 }
 
-const KINDS: [ExitKind; 6] = [
+const KINDS: [ExitKind; 7] = [
     ExitKind::Hvc,
     ExitKind::Smc,
     ExitKind::DataAbort,
     ExitKind::InstrAbort,
     ExitKind::SysReg,
     ExitKind::Other,
+    ExitKind::Idle,
 ];
 
 impl Guest<'_, '_, '_> {
@@ -915,7 +913,7 @@ impl Guest<'_, '_, '_> {
                 // Calls and aborts have ops of their own, which follow
                 // their effects; here they become unknown exceptions.
                 let ec = match u64::from(ec & 0x3f) {
-                    0x16 | 0x17 | 0x20 | 0x24 => 0,
+                    0x01 | 0x16 | 0x17 | 0x20 | 0x24 => 0,
                     ec => ec,
                 };
                 let kind = match ec {
@@ -933,6 +931,12 @@ impl Guest<'_, '_, '_> {
                 );
                 self.vcpu.pc = pc;
                 self.vcpu.pstate = 0b0101;
+            }
+            Op::Idle => {
+                let pc = self.vcpu.pc;
+                self.exit((0x01 << 26) | (1 << 25), 0, 0, ExitKind::Idle);
+                assert!(self.plat.injected.is_empty(), "a WFI was refused");
+                assert_eq!(self.vcpu.pc, pc.wrapping_add(4), "the WFI did not complete");
             }
             Op::Async => {
                 self.fed[kind_index(ExitKind::Other)] += 1;
@@ -1033,17 +1037,14 @@ pub fn run(input: &Input) -> Reach {
         } else {
             Policy::AfterEnroll
         },
-        hyp_cpu: input.hyp_cpu,
         tables: 2 + usize::from(input.extra_tables % 4),
     };
     let mut store = machine::SiteStore::default();
     let services = Services::with_sites(boot.policy, store.storage());
     let (mut guard, mut kp) = services.handles();
-    let mut plat = Machine::new(boot.hyp_cpu);
-    plat.lose_digest = input.lose_digest;
+    let mut plat = Machine::new();
     plat.cpu_on_result = if input.cpu_on_fails { psci::DENIED } else { 0 };
     plat.power_refused = input.power_refused;
-    plat.hash_polls = input.hash_polls % 4;
     for seed in input.records.iter().take(16) {
         plat.ram.write(record_ipa(seed.slot), &seed.record());
     }
@@ -1080,7 +1081,7 @@ pub fn run(input: &Input) -> Reach {
             pstate: 0b0101,
             ..Vcpu::default()
         },
-        fed: [0; 6],
+        fed: [0; KINDS.len()],
         guarded: RangeSet::default(),
         leaves: Vec::new(),
         reach: Reach::default(),
@@ -1126,12 +1127,9 @@ pub fn well_behaved() -> Input {
     };
     Input {
         from_boot: false,
-        hyp_cpu: true,
-        lose_digest: false,
         extra_tables: 1,
         cpu_on_fails: false,
         power_refused: false,
-        hash_polls: 0,
         records: vec![record],
         sites: vec![(0x40, Insn::Nop)],
         batch: vec![(0x40, Insn::Nop)],
@@ -1156,6 +1154,9 @@ pub fn well_behaved() -> Input {
                 [Value::Zero, Value::JumpTable, Value::Small(1)],
             ),
             call(kp_abi::ENABLE_VM_PROTECTION, [Value::Zero; 3]),
+            // The baseline is taken in idle time.
+            Op::Idle,
+            Op::Idle,
             Op::Access {
                 at: Addr::Image((site - IMAGE) as u16),
                 write: true,

@@ -314,10 +314,9 @@ mod tests {
     fn protected() -> (Services<'static>, Vec<Leaf>) {
         let s = Services::new(Policy::AfterEnroll);
         let (mut g, mut k) = s.handles();
-        let mut plat = crate::machine::Machine::new(false);
+        let mut plat = crate::machine::Machine::new();
         let boot = crate::machine::Boot {
             policy: Policy::AfterEnroll,
-            hyp_cpu: false,
             tables: 3,
         };
         let mut hyp = crate::machine::boot(&boot, &mut g, &mut k, &mut plat);
@@ -417,10 +416,9 @@ mod tests {
     fn a_stale_guarded_granule_is_caught() {
         let s = Services::new(Policy::AfterEnroll);
         let (mut g, mut k) = s.handles();
-        let mut plat = crate::machine::Machine::new(false);
+        let mut plat = crate::machine::Machine::new();
         let boot = crate::machine::Boot {
             policy: Policy::AfterEnroll,
-            hyp_cpu: false,
             tables: 2,
         };
         let mut hyp = crate::machine::boot(&boot, &mut g, &mut k, &mut plat);
@@ -439,10 +437,9 @@ mod tests {
     fn cpu_on_calls() -> Vec<(u32, [u64; 3])> {
         let s = Services::new(Policy::AfterEnroll);
         let (mut g, mut k) = s.handles();
-        let mut plat = crate::machine::Machine::new(false);
+        let mut plat = crate::machine::Machine::new();
         let boot = crate::machine::Boot {
             policy: Policy::AfterEnroll,
-            hyp_cpu: false,
             tables: 2,
         };
         let mut hyp = crate::machine::boot(&boot, &mut g, &mut k, &mut plat);

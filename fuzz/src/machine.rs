@@ -20,9 +20,7 @@ use hyp_stub::boot::{HYP_BASE, HYP_END, RAM_BASE};
 use hyp_stub::devices::DeviceWindows;
 use hyp_stub::esr::Width;
 use hyp_stub::hyp::{Hyp, Layout, Platform};
-use hyp_stub::service::{
-    BackgroundHash, Call, CallResult, FaultAction, GuestFault, HypOps, MmioVerdict, Service,
-};
+use hyp_stub::service::{Call, CallResult, FaultAction, GuestFault, HypOps, MmioVerdict, Service};
 use hyp_stub::services::kernel_protect::{AssetExtents, KernelProtect};
 use hyp_stub::services::mmio_guard::{MmioGuard, Policy};
 use hyp_stub::stage2::{Attrs, MemType, Perms, Stage2, TableMemory, Tlb, ENTRIES, PAGE_SIZE};
@@ -49,8 +47,6 @@ pub const LINEAR_VA: u64 = 0xffff_0000_0000_0000;
 pub const POOL_BASE: u64 = HYP_BASE + 0x40_0000;
 /// `VBAR_EL1` of the fake guest.
 pub const VBAR: u64 = 0xffff_8000_0801_0000;
-/// The MPIDR of the CPU the hypervisor keeps, when it keeps one.
-pub const HYP_CPU_MPIDR: u64 = 0x8000_0007;
 /// The MPIDR of the boot CPU, which runs vCPU 0.
 pub const BOOT_MPIDR: u64 = 0x8000_0000;
 /// The hypervisor's own entry point for CPUs it starts or wakes (its
@@ -263,19 +259,10 @@ pub struct Machine {
     pub totals: Totals,
     /// What the firmware answers to CPU_ON.
     pub cpu_on_result: u64,
-    /// Whether the hypervisor has a CPU of its own to hash on.
-    pub hyp_cpu: bool,
-    /// Whether the hypervisor's CPU loses its digest.
-    pub lose_digest: bool,
     /// Whether the firmware refuses power-down suspends and CPU_OFF.
     pub power_refused: bool,
-    /// How many polls of a background hash answer "pending" before it
-    /// is done.
-    pub hash_polls: u8,
     /// The CPU the guest's next exit comes from.
     pub mpidr: u64,
-    background: Option<Vec<(PhysAddr, u64)>>,
-    polls_left: u8,
     console: NullConsole,
 }
 
@@ -292,9 +279,15 @@ pub struct Totals {
     pub cpus_started: u64,
 }
 
+impl Default for Machine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Machine {
     /// A machine with empty RAM.
-    pub fn new(hyp_cpu: bool) -> Self {
+    pub fn new() -> Self {
         Self {
             ram: GuestRam::default(),
             device_value: 0,
@@ -305,13 +298,8 @@ impl Machine {
             injected: Vec::new(),
             totals: Totals::default(),
             cpu_on_result: 0,
-            hyp_cpu,
-            lose_digest: false,
             power_refused: false,
-            hash_polls: 0,
             mpidr: BOOT_MPIDR,
-            background: None,
-            polls_left: 0,
             console: NullConsole,
         }
     }
@@ -323,20 +311,6 @@ impl Machine {
         self.data_writes.clear();
         self.firmware.clear();
         self.injected.clear();
-    }
-
-    /// The digest of the background hash started, if one was and the
-    /// hypervisor's CPU did not lose it.
-    fn take_background(&mut self) -> Option<[u8; 32]> {
-        let spans = self.background.take()?;
-        if self.lose_digest {
-            return None;
-        }
-        let mut h = hyp_stub::sha256::Sha256::new(cheap_compress);
-        for (pa, len) in spans {
-            self.ram.hash(pa.get(), len, &mut h);
-        }
-        Some(h.finalize())
     }
 
     fn check_ram(&self, pa: u64, len: u64, what: &str) {
@@ -357,31 +331,6 @@ impl Platform for Machine {
     fn hash_ram(&mut self, pa: PhysAddr, len: u64, sink: &mut hyp_stub::sha256::Sha256) {
         self.check_ram(pa.get(), len, "hash");
         self.ram.hash(pa.get(), len, sink);
-    }
-    fn start_background_hash(&mut self, spans: &[(PhysAddr, u64)]) -> bool {
-        for &(pa, len) in spans {
-            self.check_ram(pa.get(), len, "background hash");
-        }
-        if self.hyp_cpu && self.background.is_none() {
-            self.background = Some(spans.to_vec());
-            self.polls_left = self.hash_polls;
-            return true;
-        }
-        false
-    }
-    fn poll_background_hash(&mut self) -> BackgroundHash {
-        if self.background.is_none() {
-            return BackgroundHash::None;
-        }
-        if self.polls_left > 0 {
-            self.polls_left -= 1;
-            return BackgroundHash::Pending;
-        }
-        self.take_background()
-            .map_or(BackgroundHash::None, BackgroundHash::Done)
-    }
-    fn wait_background_hash(&mut self) -> Option<[u8; 32]> {
-        self.take_background()
     }
     fn read_ram(&mut self, pa: PhysAddr, buf: &mut [u8]) {
         self.check_ram(pa.get(), buf.len() as u64, "read");
@@ -498,8 +447,11 @@ impl<S: Service> Service for Shared<S> {
     fn mmio_access(&mut self, ipa: Ipa, write: bool) -> MmioVerdict {
         self.lock().mmio_access(ipa, write)
     }
-    fn finish(&mut self, ops: &mut dyn HypOps) {
-        self.lock().finish(ops)
+    fn has_idle_work(&self) -> bool {
+        self.lock().has_idle_work()
+    }
+    fn idle(&mut self, ops: &mut dyn HypOps) {
+        self.lock().idle(ops)
     }
     fn write_stats(&self, out: &mut dyn Write) -> std::fmt::Result {
         self.lock().write_stats(out)
@@ -521,8 +473,6 @@ pub fn extents() -> AssetExtents {
 pub struct Boot {
     /// The MMIO guard's policy.
     pub policy: Policy,
-    /// Whether the hypervisor keeps a CPU for background hashing.
-    pub hyp_cpu: bool,
     /// Stage-2 tables available (2 hold guest RAM as blocks).
     pub tables: usize,
 }
@@ -617,7 +567,7 @@ pub fn stage2(tables: usize) -> Option<Stage2<Pool>> {
                     mem: MemType::Normal,
                     perms: Perms::RWX,
                 },
-                &mut Machine::new(false),
+                &mut Machine::new(),
             )
             .expect("guest RAM fits in two tables");
             let mut blocks = 0;
@@ -650,8 +600,5 @@ pub fn boot<'s, 'm: 's>(
     let s2 = stage2(boot.tables.max(2)).expect("guest RAM fits in two tables");
     let mut hyp = Hyp::new(layout(), reg, s2);
     hyp.start_services(plat).expect("services start");
-    if boot.hyp_cpu {
-        assert!(hyp.reserve_cpu(HYP_CPU_MPIDR));
-    }
     hyp
 }

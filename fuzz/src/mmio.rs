@@ -116,12 +116,11 @@ pub fn run(input: &Input) {
         } else {
             Policy::AfterEnroll
         },
-        hyp_cpu: false,
         tables: 2,
     };
     let services = Services::new(boot.policy);
     let (mut g, mut k) = services.handles();
-    let mut plat = Machine::new(false);
+    let mut plat = Machine::new();
     let mut hyp = machine::boot(&boot, &mut g, &mut k, &mut plat);
     let mut guest: Guard<SEGMENTS> = Guard::new(input.ranged);
     let mut live: Vec<(u64, u64)> = Vec::new();

@@ -59,7 +59,9 @@ pub enum Step {
     Batch { n: u8 },
     /// ENABLE_VM_PROTECTION again: a self-check.
     SelfCheck,
-    /// Power off (finishes any background measurement).
+    /// The guest idles: a step of any measurement under way.
+    Idle,
+    /// Power off.
     PowerOff,
 }
 
@@ -67,8 +69,6 @@ pub enum Step {
 #[derive(Arbitrary, Clone, Debug)]
 pub struct Input {
     checks: Vec<Check>,
-    hyp_cpu: bool,
-    lose_digest: bool,
     /// The kernel's layout (pages of TEXT, RODATA, DATA, BSS).
     pages: [u8; 4],
     /// Jump-label sites seeded in TEXT (and registered).
@@ -318,6 +318,7 @@ pub fn run(input: &Input) -> exit_path::Reach {
                 fid: Fid::Raw(guest_kp::abi::ENABLE_VM_PROTECTION),
                 args: [Value::Zero; 3],
             },
+            Step::Idle => Op::Idle,
             Step::PowerOff => Op::Call {
                 smc: true,
                 imm: Imm::Zero,
@@ -328,12 +329,9 @@ pub fn run(input: &Input) -> exit_path::Reach {
     }
     exit_path::run(&exit_path::Input {
         from_boot: false,
-        hyp_cpu: input.hyp_cpu,
-        lose_digest: input.lose_digest,
         extra_tables: 1,
         cpu_on_fails: false,
         power_refused: false,
-        hash_polls: 0,
         records: vec![record],
         sites,
         batch: input.batch.clone(),

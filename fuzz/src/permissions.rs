@@ -23,7 +23,7 @@ use guest_kp::mem_perms::{Entry, Policy, ATTR_EXEC, ATTR_IMMUTABLE, ATTR_READ, E
 use hyp_stub::addr::{GuestVa, Ipa, IpaRange};
 use hyp_stub::devices::DeviceWindows;
 use hyp_stub::esr::AbortSyndrome;
-use hyp_stub::service::{BackgroundHash, CallResult, FaultAction, GuestFault, HypOps, OpsError};
+use hyp_stub::service::{CallResult, FaultAction, GuestFault, HypOps, OpsError};
 use hyp_stub::services::kernel_protect::permissions::{stage2_perms, MemAttrs, Permissions};
 use hyp_stub::sha256::Sha256;
 use hyp_stub::stage2::{Perms, Stage2, Tlb};
@@ -143,15 +143,6 @@ impl HypOps for Ops {
             at += n;
         }
         Ok(())
-    }
-    fn hash_guest_in_background(&mut self, _: &[IpaRange]) -> Result<bool, OpsError> {
-        Ok(false)
-    }
-    fn background_hash(&mut self) -> BackgroundHash {
-        BackgroundHash::None
-    }
-    fn wait_background_hash(&mut self) -> Option<[u8; 32]> {
-        None
     }
     fn write_guest_insn(&mut self, ipa: Ipa, insn: u32) -> Result<(), OpsError> {
         if !ipa.is_aligned(4) || !self.inside(ipa, 4) {

@@ -41,10 +41,6 @@ bitflags::bitflags! {
         /// The guest is a protected VM whose MMIO guard is enforced from
         /// boot (pKVM's policy), not only after ENROLL.
         const MMIO_GUARD_FROM_BOOT = 1 << 8;
-        /// Keep the last CPU of QEMU's device tree for the hypervisor
-        /// (left out of the guest's), to hash guest memory in the
-        /// background instead of inside the guest's hypercall.
-        const RESERVE_CPU = 1 << 9;
     }
 }
 
@@ -58,8 +54,6 @@ pub const SERVICE_MMIO_GUARD: u64 = Services::MMIO_GUARD.bits();
 pub const SERVICE_KERNEL_PROTECT: u64 = Services::KERNEL_PROTECT.bits();
 /// [`Services::MMIO_GUARD_FROM_BOOT`] in the manifest.
 pub const MMIO_GUARD_FROM_BOOT: u64 = Services::MMIO_GUARD_FROM_BOOT.bits();
-/// [`Services::RESERVE_CPU`] in the manifest.
-pub const RESERVE_CPU: u64 = Services::RESERVE_CPU.bits();
 /// [`DEFAULT`] in the manifest.
 pub const DEFAULT_SERVICES: u64 = DEFAULT.bits();
 
@@ -246,13 +240,13 @@ mod tests {
             m.services(),
             Services::MMIO_GUARD | Services::KERNEL_PROTECT
         );
-        m.services = SERVICE_KERNEL_PROTECT | RESERVE_CPU;
+        m.services = SERVICE_KERNEL_PROTECT | MMIO_GUARD_FROM_BOOT;
         let parsed = Manifest::parse(&m.to_bytes(), RAM_BASE, HYP_BASE).unwrap();
         assert_eq!(
             parsed.services(),
-            Services::KERNEL_PROTECT | Services::RESERVE_CPU
+            Services::KERNEL_PROTECT | Services::MMIO_GUARD_FROM_BOOT
         );
-        for unknown in [1 << 2, 1 << 10, 1 << 63] {
+        for unknown in [1 << 2, 1 << 9, 1 << 63] {
             m.services = SERVICE_MMIO_GUARD | unknown;
             assert_eq!(
                 Manifest::parse(&m.to_bytes(), RAM_BASE, HYP_BASE),

@@ -12,8 +12,7 @@ use crate::addr::{GuestVa, Ipa, IpaRange, PhysAddr};
 use crate::devices::DeviceWindows;
 use crate::esr::{AbortSyndrome, Esr, ExceptionClass, FaultStatus, Width};
 use crate::service::{
-    BackgroundHash, Call, FaultAction, GuestFault, HypOps, MmioVerdict, OpsError, Registry,
-    ServiceError,
+    Call, FaultAction, GuestFault, HypOps, MmioVerdict, OpsError, Registry, ServiceError,
 };
 use crate::smccc::{self, psci};
 use crate::stage2::{Perms, Stage2, Stage2Error, TableMemory, Tlb, PAGE_SIZE};
@@ -32,15 +31,6 @@ pub trait Platform: Tlb {
     }
     /// Feeds RAM at `pa` (already checked to be guest RAM) to `sink`.
     fn hash_ram(&mut self, pa: PhysAddr, len: u64, sink: &mut crate::sha256::Sha256);
-    /// Starts hashing the RAM `spans` (already checked to be guest RAM),
-    /// in order, into one SHA-256 on a CPU the hypervisor keeps for
-    /// itself. False if there is no such CPU or it is busy.
-    fn start_background_hash(&mut self, spans: &[(PhysAddr, u64)]) -> bool;
-    /// Where the background hash stands, without waiting.
-    fn poll_background_hash(&mut self) -> BackgroundHash;
-    /// The digest of the background hash, waiting a bounded time for it
-    /// (power-off only); `None` if none was started or it did not come.
-    fn wait_background_hash(&mut self) -> Option<[u8; 32]>;
     /// Reads RAM at `pa` (already checked to be guest RAM).
     fn read_ram(&mut self, pa: PhysAddr, buf: &mut [u8]);
     /// Writes one instruction to RAM at `pa` (checked, 4-byte aligned)
@@ -139,21 +129,6 @@ impl<M: TableMemory> HypOps for Ops<'_, M> {
         self.plat.hash_ram(PhysAddr(ipa.get()), len, sink);
         Ok(())
     }
-    fn hash_guest_in_background(&mut self, spans: &[IpaRange]) -> Result<bool, OpsError> {
-        let mut phys = [(PhysAddr(0), 0); MAX_BACKGROUND_SPANS];
-        let out = phys.get_mut(..spans.len()).ok_or(OpsError::TooManySpans)?;
-        for (o, r) in out.iter_mut().zip(spans) {
-            self.ram_range(r.start(), r.size())?;
-            *o = (PhysAddr(r.start().get()), r.size());
-        }
-        Ok(self.plat.start_background_hash(out))
-    }
-    fn background_hash(&mut self) -> BackgroundHash {
-        self.plat.poll_background_hash()
-    }
-    fn wait_background_hash(&mut self) -> Option<[u8; 32]> {
-        self.plat.wait_background_hash()
-    }
     fn log(&mut self, args: core::fmt::Arguments<'_>) {
         let out = self.plat.console();
         let _ = out.write_str("hyp-stub: ");
@@ -176,9 +151,6 @@ impl<M: TableMemory> HypOps for Ops<'_, M> {
 
 /// Most vCPUs (one per physical CPU, MPIDR Aff0 0..MAX_CPUS).
 pub const MAX_CPUS: usize = 8;
-
-/// Most guest ranges one background hash covers.
-pub const MAX_BACKGROUND_SPANS: usize = 4;
 
 /// What the CPU does after an exit, once the core is released (the
 /// caller holds the core under a lock that every other CPU's exits wait
@@ -260,9 +232,6 @@ enum CpuState {
         entry: u64,
         context: u64,
     },
-    /// The hypervisor's own CPU, not the guest's (absent from its device
-    /// tree; CPU_ON is refused as for any CPU that does not exist).
-    Hypervisor,
 }
 
 /// The hypervisor core.
@@ -329,19 +298,6 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
             plat,
         };
         (services, ops)
-    }
-
-    /// Keeps the CPU `mpidr` for the hypervisor: the guest cannot start
-    /// it. False if it is not a CPU the hypervisor knows, or is the boot
-    /// CPU.
-    pub fn reserve_cpu(&mut self, mpidr: u64) -> bool {
-        match cpu_slot(mpidr) {
-            Some(slot) if self.cpus[slot] == CpuState::Off => {
-                self.cpus[slot] = CpuState::Hypervisor;
-                true
-            }
-            _ => false,
-        }
     }
 
     /// Called on a CPU started for vCPU `slot`, or woken from a power-down
@@ -415,6 +371,16 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
                     self.inject(vcpu, plat, Injection::InstrAbort { far });
                 }
             }
+            ExceptionClass::Wfx => {
+                self.stats.exit(ExitKind::Idle);
+                let (services, mut ops) = self.services_and_ops(plat);
+                services.idle(&mut ops);
+                // Only WFI traps (HCR_EL2.TWI), and only while a service
+                // has idle work. It completes at once, as the
+                // architecture allows; the guest's idle loop decides
+                // whether to wait again.
+                vcpu.pc = vcpu.pc.wrapping_add(4);
+            }
             ExceptionClass::SysReg => {
                 self.stats.exit(ExitKind::SysReg);
                 self.inject(vcpu, plat, Injection::Undefined);
@@ -425,6 +391,12 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
             }
         }
         Next::Guest
+    }
+
+    /// Whether the guest's WFI should trap, to give its idle time to
+    /// services with deferred work; each CPU asks after each exit.
+    pub fn wants_idle_exits(&self) -> bool {
+        self.services.has_idle_work()
     }
 
     /// Counts an asynchronous exit (IRQ, FIQ or SError taken at EL2).

@@ -38,8 +38,6 @@ pub enum OpsError {
     /// The stage-2 tables are corrupt (an entry points outside the table
     /// memory); nothing was written through it.
     BadTables,
-    /// More ranges than one background hash takes.
-    TooManySpans,
 }
 
 /// What the core offers services (the ops table handed over at init and
@@ -67,26 +65,6 @@ pub trait HypOps {
         len: u64,
         sink: &mut crate::sha256::Sha256,
     ) -> Result<(), OpsError>;
-    /// Starts hashing the guest ranges `spans`, in order, into one SHA-256
-    /// on a CPU the hypervisor keeps for itself, so the guest need not
-    /// wait. The caller must keep the ranges unchanged (stage 2 read-only,
-    /// no writes of its own) until it has taken the digest with
-    /// [`HypOps::background_hash`]. `Ok(false)` if there is no such CPU.
-    ///
-    /// # Errors
-    /// [`OpsError::NotGuestRam`] if a range is not inside guest RAM,
-    /// [`OpsError::TooManySpans`] for more than
-    /// [`crate::hyp::MAX_BACKGROUND_SPANS`] ranges.
-    fn hash_guest_in_background(&mut self, spans: &[IpaRange]) -> Result<bool, OpsError>;
-    /// Where the background hash stands, without waiting for it: every
-    /// other vCPU's exits wait while a service runs, so a service that
-    /// needs the digest and gets [`BackgroundHash::Pending`] answers the
-    /// guest "not yet" instead.
-    fn background_hash(&mut self) -> BackgroundHash;
-    /// The digest of the background hash, waiting a bounded time for it;
-    /// `None` if none was started or it did not come. Only for power-off,
-    /// when no vCPU is left to hold up.
-    fn wait_background_hash(&mut self) -> Option<[u8; 32]>;
     /// Writes one instruction into guest RAM at `ipa` on the guest's
     /// behalf, and makes it visible to instruction fetch.
     ///
@@ -152,17 +130,6 @@ pub enum FaultAction {
     Retry,
 }
 
-/// Where a background hash stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackgroundHash {
-    /// None was started, or it was given up on.
-    None,
-    /// Still being hashed.
-    Pending,
-    /// Hashed: the digest (taken; a second poll says `None`).
-    Done([u8; 32]),
-}
-
 /// A service's answer about one trapped MMIO access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MmioVerdict {
@@ -221,9 +188,16 @@ pub trait Service: Send {
     fn mmio_access(&mut self, _ipa: Ipa, _write: bool) -> MmioVerdict {
         MmioVerdict::Allow
     }
-    /// Called when the guest powers off or resets, before the stats are
-    /// written: finish any background work.
-    fn finish(&mut self, _ops: &mut dyn HypOps) {}
+    /// Whether the service has deferred work for the guest's idle time
+    /// ([`Self::idle`]). While any service has, the guest's WFI traps.
+    fn has_idle_work(&self) -> bool {
+        false
+    }
+    /// A vCPU of the guest is idle (it executed WFI): do a bounded
+    /// amount of deferred work. Every other vCPU's exits wait while this
+    /// runs, so one call must stay short; what is left waits for the
+    /// next idle exit.
+    fn idle(&mut self, _ops: &mut dyn HypOps) {}
     /// Writes the service's counters as `key=value` lines.
     ///
     /// # Errors
@@ -296,10 +270,15 @@ impl<'s> Registry<'s> {
         Ok(())
     }
 
-    /// Lets every service finish its background work.
-    pub fn finish_all(&mut self, ops: &mut dyn HypOps) {
-        for s in self.services.iter_mut() {
-            s.finish(ops);
+    /// Whether any service has work for the guest's idle time.
+    pub fn has_idle_work(&self) -> bool {
+        self.services.iter().any(|s| s.has_idle_work())
+    }
+
+    /// Gives the guest's idle time to the first service with work for it.
+    pub fn idle(&mut self, ops: &mut dyn HypOps) {
+        if let Some(s) = self.services.iter_mut().find(|s| s.has_idle_work()) {
+            s.idle(ops);
         }
     }
 

@@ -26,16 +26,19 @@ pub enum ExitKind {
     InstrAbort,
     /// Trapped system register access.
     SysReg,
+    /// Trapped WFI: the guest was idle and a service had work for it.
+    Idle,
     /// Anything else (IRQ, SError, unknown syndromes).
     Other,
 }
 
-const EXIT_KINDS: [(ExitKind, &str); 6] = [
+const EXIT_KINDS: [(ExitKind, &str); 7] = [
     (ExitKind::Hvc, "exit_hvc"),
     (ExitKind::Smc, "exit_smc"),
     (ExitKind::DataAbort, "exit_dabt"),
     (ExitKind::InstrAbort, "exit_iabt"),
     (ExitKind::SysReg, "exit_sysreg"),
+    (ExitKind::Idle, "exit_idle"),
     (ExitKind::Other, "exit_other"),
 ];
 

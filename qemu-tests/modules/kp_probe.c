@@ -38,8 +38,8 @@ static unsigned long enable_vm_protection(unsigned long target)
 }
 
 /*
- * The control: a self-check. Right after boot the hypervisor may still be
- * taking the baseline on its own CPU and answers BUSY until it has it.
+ * The control: a self-check. The hypervisor takes the measurements a step
+ * at a time and answers BUSY until the verdict is there.
  */
 static unsigned long self_check(void)
 {

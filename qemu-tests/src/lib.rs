@@ -93,10 +93,6 @@ pub struct Boot {
     pub services: u64,
     /// Number of CPUs the guest gets.
     pub cpus: u32,
-    /// Under hyp-stub: one more CPU, which hyp-stub keeps for itself to
-    /// measure the guest in the background (`boot::RESERVE_CPU`); not with
-    /// `hyp::MAX_CPUS` guest CPUs, as hyp-stub cannot run more.
-    pub hyp_cpu: bool,
     /// Hard time limit.
     pub timeout: Duration,
     /// Interactive: console on the terminal (no capture, no timeout).
@@ -116,7 +112,6 @@ impl Default for Boot {
             add: Vec::new(),
             services: 0,
             cpus: 1,
-            hyp_cpu: true,
             timeout: Duration::from_secs(120),
             interactive: false,
             kernel: None,
@@ -275,10 +270,7 @@ pub fn command(a: &Artifacts, b: &Boot, tag: &str, console: &Console) -> Result<
     // monitor; the serial port is the board's PL011.
     cmd.arg("-nodefaults");
     cmd.args(["-machine", machine, "-cpu", "max", "-m", "1G"]);
-    // With as many guest CPUs as hyp-stub runs, there is none left to keep.
-    let hyp_cpu = b.hyp && b.hyp_cpu && (b.cpus as usize) < hyp_stub::hyp::MAX_CPUS;
-    cmd.arg("-smp")
-        .arg((b.cpus + u32::from(hyp_cpu)).to_string());
+    cmd.arg("-smp").arg(b.cpus.to_string());
     let serial = match console {
         Console::Stdio => "stdio".to_string(),
         Console::File(p) => format!("file:{}", p.display()),
@@ -296,7 +288,7 @@ pub fn command(a: &Artifacts, b: &Boot, tag: &str, console: &Console) -> Result<
             services: match b.services {
                 0 => boot::DEFAULT_SERVICES,
                 s => s,
-            } | if hyp_cpu { boot::RESERVE_CPU } else { 0 },
+            },
         };
         let mpath = a.scratch.join(format!("manifest-{tag}.bin"));
         fs::write(&mpath, manifest.to_bytes()).map_err(|e| format!("{}: {e}", mpath.display()))?;

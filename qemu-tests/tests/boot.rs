@@ -122,7 +122,6 @@ fn secondary_cpus_boot_through_psci_cpu_on() {
     check(
         &o,
         &[
-            "CPU 0x2 kept for background measurements",
             "smp: Brought up 1 node, 2 CPUs",
             "pvguard-init: ready",
             "\n2\n",

@@ -10,18 +10,17 @@ const KP: &str = "/sys/hypervisor/pvguard/kernel_protect";
 /// Dumps and counters: debugfs, root only.
 const DBG: &str = "/sys/kernel/debug/pvguard";
 
-/// Boots protected, reads the self-check, runs one, reads it again.
-fn boot_and_self_check(hyp_cpu: bool, before: &str, tag: &str) -> Outcome {
+#[test]
+fn boots_protected_and_self_check_is_intact() {
     let a = artifacts();
     let b = Boot {
         append: "pvguard=on".into(),
         exec: Some(format!(
-            "cat {KP}/state {DBG}/kernel_protect_regions {DBG}/kernel_protect_self_check; echo 1 > {KP}/self_check && cat {DBG}/kernel_protect_self_check; grep -c ^processor /proc/cpuinfo; echo \"sysfs verdict $(cat {KP}/self_check)\"; echo \"regions mode $(stat -c %a {DBG}/kernel_protect_regions)\""
+            "cat {KP}/state {DBG}/kernel_protect_regions {DBG}/kernel_protect_self_check; echo 1 > {KP}/self_check && cat {DBG}/kernel_protect_self_check; echo \"sysfs verdict $(cat {KP}/self_check)\"; echo \"regions mode $(stat -c %a {DBG}/kernel_protect_regions)\""
         )),
-        hyp_cpu,
         ..Boot::default()
     };
-    let o = run(&a, &b, tag).unwrap();
+    let o = run(&a, &b, "kp-boot").unwrap();
     check(
         &o,
         &[
@@ -31,9 +30,10 @@ fn boot_and_self_check(hyp_cpu: bool, before: &str, tag: &str) -> Outcome {
             "pvguard-init: ready",
             "protected\nTEXT",
             "FIXMAP_TEXT_POKE0",
-            before,
+            // The enable call hashed nothing: no measurement in its answer.
+            "\nverdict=none\nchecks=0\n",
             "verdict=intact\nmeasurement=",
-            "checks=1\n1\n",
+            "checks=1\n",
             // One value per sysfs file; physical addresses root only.
             "sysfs verdict intact\n",
             "regions mode 400\n",
@@ -54,36 +54,49 @@ fn boot_and_self_check(hyp_cpu: bool, before: &str, tag: &str) -> Outcome {
             .contains(&format!("measurement={}", &measurement[..16])),
         "the guest sees the hypervisor's measurement"
     );
-    o
+    assert!(
+        s.num("kp_measure_steps_idle") + s.num("kp_measure_steps_call") >= 2,
+        "a baseline and a check, each in steps"
+    );
 }
 
 #[test]
-fn boots_protected_and_self_check_is_intact() {
-    // hyp-stub keeps a CPU of its own: enable returns at once and the
-    // baseline is hashed there while the guest boots on. The self-check
-    // re-measures on the guest's CPU, so "intact" also shows that both
-    // hashes agree.
-    let o = boot_and_self_check(true, "\nverdict=none\nchecks=0\n", "kp-boot");
+fn the_baseline_is_hashed_in_the_guests_idle_time_off_the_boot_path() {
+    // No self-check: init only sleeps, and the baseline is taken while the
+    // guest idles. Its WFI traps only while steps remain.
+    let a = artifacts();
+    let b = Boot {
+        append: "pvguard=on".into(),
+        exec: Some(format!("sleep 1; cat {DBG}/kernel_protect_self_check")),
+        ..Boot::default()
+    };
+    let o = run(&a, &b, "kp-idle").unwrap();
     check(
         &o,
         &[
-            "CPU 0x1 kept for background measurements",
-            "background hash took",
+            "pvguard: kernel protect: protected",
+            "\nverdict=none\nchecks=0\n",
+            "pvguard-init: exit status 0",
         ],
         &[],
     )
     .unwrap();
+    let enabled = o.console.find("kernel protect: enabled").unwrap();
+    let first_hash = o.console.find("measurements use").expect("a measurement");
+    assert!(
+        first_hash > enabled,
+        "nothing hashed before or inside enable"
+    );
     let s = o.stats().expect("stats");
-    assert_eq!(s.text("kp_measured_on"), Some("hypervisor-cpu"));
-}
-
-#[test]
-fn without_a_cpu_of_its_own_the_hypervisor_measures_inside_the_call() {
-    let o = boot_and_self_check(false, "\nverdict=intact\nmeasurement=", "kp-boot-sync");
-    assert!(!o.console.contains("kept for background"));
-    assert!(!o.console.contains("background hash took"));
-    let s = o.stats().expect("stats");
-    assert_eq!(s.text("kp_measured_on"), Some("guest-cpu"));
+    let steps = s.num("kp_measure_steps_idle");
+    assert!(steps > 0, "steps in idle time");
+    assert_eq!(s.num("kp_measure_steps_call"), 0, "no call waited for one");
+    assert_eq!(
+        s.num("exit_idle"),
+        steps,
+        "a step per trapped WFI, and no trap once the baseline is taken"
+    );
+    assert_eq!(s.text("kp_measurement").unwrap_or_default().len(), 64);
 }
 
 /// Runs an LKDTM crash type in a guest booted with rodata=off (the

@@ -35,8 +35,6 @@ commands:
                --add PATH       put a file (e.g. a module) into the guest's /pvguard/
                --services N     hyp-stub services bitmask (see hyp_stub::boot)
                --cpus N         number of guest CPUs (default 1)
-               --no-hyp-cpu     give hyp-stub no CPU of its own (it measures the
-                                guest on the guest's CPU)
                --no-hyp         boot the same kernel on plain QEMU
                --shell          interactive guest shell
   test       host unit tests and QEMU system tests; ends with 'N passed, N failed'
@@ -167,7 +165,6 @@ fn run(args: &[String]) -> Result<(), String> {
                 boot.services = parsed.map_err(|e| format!("--services {v}: {e}"))?;
             }
             "--no-hyp" => boot.hyp = false,
-            "--no-hyp-cpu" => boot.hyp_cpu = false,
             "--cpus" => {
                 let v = value("--cpus")?;
                 boot.cpus = v.parse().map_err(|e| format!("--cpus {v}: {e}"))?;

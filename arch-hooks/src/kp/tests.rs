@@ -153,11 +153,11 @@ fn a_bad_layout_is_reported_not_sent() {
     assert!(hv.calls.is_empty(), "nothing sent");
 }
 
-/// A hypervisor that measures in the background: its enable answer has no
-/// measurement yet.
-struct BackgroundHyp;
+/// A hypervisor that takes the measurement after enable (in idle time):
+/// its enable answer has no measurement yet.
+struct DeferredHyp;
 
-impl Hypercall for BackgroundHyp {
+impl Hypercall for DeferredHyp {
     fn call(&mut self, fid: u32, _: [u64; 4]) -> [u64; 4] {
         match fid {
             abi::ENABLE_VM_PROTECTION => [0, 1, 0, 0],
@@ -167,10 +167,10 @@ impl Hypercall for BackgroundHyp {
 }
 
 #[test]
-fn no_verdict_while_the_measurement_is_taken_in_the_background() {
+fn no_verdict_until_the_hypervisor_has_a_measurement() {
     let mut s = KpState::new();
     s.set_mode(Mode::On);
-    let mut hv = BackgroundHyp;
+    let mut hv = DeferredHyp;
     s.report(&mut hv, &layout(), |_| 0x4100_0000);
     assert_eq!(s.enable(&mut hv), Status::Protected);
     assert_eq!(

@@ -8,14 +8,12 @@ use core::sync::atomic::{AtomicU8, Ordering};
 use hyp_stub::addr::{Ipa, PhysAddr};
 use hyp_stub::esr::Width;
 use hyp_stub::hyp::Platform;
-use hyp_stub::service::BackgroundHash;
 use hyp_stub::sha256::{self, CompressFn};
 use hyp_stub::stage2::Tlb;
 use hyp_stub::vcpu::{El1Context, El1Exception};
 
 use super::console::Console;
 use super::guest_mem;
-use super::measure_cpu;
 use super::sysreg::{read_sysreg, write_sysreg};
 
 /// Which SHA-256 block function measures guest memory. Chosen by the first
@@ -36,20 +34,6 @@ impl Board {
     /// The board.
     pub const fn new() -> Self {
         Self { console: Console }
-    }
-
-    /// Says where a background hash's time went; returns its digest.
-    fn report_background_hash(&mut self, done: measure_cpu::Finished) -> [u8; 32] {
-        let us = measure_cpu::us;
-        let _ = writeln!(
-            self.console,
-            "hyp-stub: background hash took {} us on the hypervisor's CPU with {} ({} us to start it; waited {} us for it)",
-            us(done.hash_ticks),
-            Self::sha256_in_use(),
-            us(done.start_ticks),
-            us(done.wait_ticks)
-        );
-        done.digest
     }
 
     /// The block function measurements use, chosen by the first call;
@@ -146,25 +130,6 @@ impl Platform for Board {
             super::console::println!("measurements use {}", Self::sha256_in_use());
         }
         compress
-    }
-
-    fn start_background_hash(&mut self, spans: &[(PhysAddr, u64)]) -> bool {
-        super::measure_cpu::start(self, spans)
-    }
-
-    fn poll_background_hash(&mut self) -> BackgroundHash {
-        match super::measure_cpu::poll() {
-            measure_cpu::Poll::Nothing => BackgroundHash::None,
-            measure_cpu::Poll::Pending => BackgroundHash::Pending,
-            measure_cpu::Poll::Done(done) => {
-                BackgroundHash::Done(self.report_background_hash(done))
-            }
-        }
-    }
-
-    fn wait_background_hash(&mut self) -> Option<[u8; 32]> {
-        let done = super::measure_cpu::finish()?;
-        Some(self.report_background_hash(done))
     }
 
     fn hash_ram(&mut self, pa: PhysAddr, len: u64, sink: &mut sha256::Sha256) {

@@ -6,7 +6,6 @@ mod board;
 pub mod console;
 mod entry;
 mod guest_mem;
-mod measure_cpu;
 mod mmu;
 mod sha256_ce;
 mod sha256_words;
@@ -24,8 +23,8 @@ use hyp_stub::addr::{Ipa, IpaRange, PhysAddr};
 use hyp_stub::boot::{self, KernelImage, Manifest, Services};
 use hyp_stub::devices::DeviceWindows;
 use hyp_stub::esr::Esr;
-use hyp_stub::fdt::{self, Edits, Fdt, NodeProp, RemoveNode};
-use hyp_stub::hyp::{cpu_slot, Hyp, Layout, Next, Platform};
+use hyp_stub::fdt::{self, Edits, Fdt, NodeProp};
+use hyp_stub::hyp::{Hyp, Layout, Next, Platform};
 use hyp_stub::service::Registry;
 use hyp_stub::services::kernel_protect::{AssetExtents, KernelProtect};
 use hyp_stub::services::mmio_guard::{self, MmioGuard};
@@ -155,33 +154,7 @@ extern "C" fn hyp_main() -> ! {
         refuse_to_boot(format_args!("kernel does not fit in guest RAM"));
     }
 
-    // A CPU kept for the hypervisor's background work (the last one in
-    // QEMU's tree) is left out of the guest's, with the CPU map that
-    // names it.
     let services = manifest.services();
-    let boot_mpidr = read_sysreg!("mpidr_el1") & 0xff_00ff_ffff;
-    let kept_cpu = match fdt.last_cpu() {
-        _ if !services.contains(Services::RESERVE_CPU) => None,
-        Ok(Some((name, mpidr))) if mpidr != boot_mpidr && cpu_slot(mpidr).is_some() => {
-            Some((name, mpidr))
-        }
-        _ => {
-            println!("no spare CPU to keep: measurements run on the guest's CPU");
-            None
-        }
-    };
-    let removals = kept_cpu.map(|(name, _)| {
-        [
-            RemoveNode {
-                parent: "cpus",
-                name,
-            },
-            RemoveNode {
-                parent: "cpus",
-                name: b"cpu-map",
-            },
-        ]
-    });
 
     // The guest's device tree: only guest memory, plus the initramfs.
     let initrd_start = manifest.initrd_ipa.to_be_bytes();
@@ -212,7 +185,7 @@ extern "C" fn hyp_main() -> ! {
         } else {
             &props[..1]
         },
-        remove: removals.as_ref().map_or(&[], |r| &r[..]),
+        remove: &[],
     };
     // SAFETY: boot is single-threaded; DTB_BUF is used only here.
     let buf = unsafe { &mut *addr_of_mut!(DTB_BUF) };
@@ -302,15 +275,6 @@ extern "C" fn hyp_main() -> ! {
     if let Err((name, e)) = hyp.start_services(&mut Board::new()) {
         refuse_to_boot(format_args!("service {name} failed to start: {e}"));
     }
-    if let Some((_, mpidr)) = kept_cpu {
-        if hyp.reserve_cpu(mpidr) {
-            measure_cpu::reserve(mpidr);
-            println!(
-                "CPU {:#x} kept for background measurements (not in the guest's device tree)",
-                mpidr
-            );
-        }
-    }
     *HYP.lock() = Some(hyp);
 
     println!("services {:#x}", services.bits());
@@ -348,9 +312,6 @@ extern "C" fn hyp_main() -> ! {
 extern "C" fn secondary_main(slot: usize) -> ! {
     // SAFETY: the boot CPU built the EL2 tables before any CPU_ON.
     unsafe { mmu::enable_el2_mmu_secondary() };
-    if measure_cpu::slot() == Some(slot) {
-        measure_cpu::run();
-    }
     let (vtcr, vttbr) = *STAGE2_REGS.lock();
     let boot = HYP.lock().as_mut().and_then(|hyp| hyp.secondary_boot(slot));
     let Some((guest_entry, context)) = boot else {
@@ -500,10 +461,14 @@ extern "C" fn handle_lower_sync(regs: &mut GuestRegs) {
         pc: read_sysreg!("elr_el2"),
         pstate: read_sysreg!("spsr_el2"),
     };
-    let next = match HYP.lock().as_mut() {
-        Some(hyp) => hyp.handle_sync(esr, far, hpfar, &mut vcpu, &mut Board::new()),
-        None => Next::Guest,
+    let (next, idle_exits) = match HYP.lock().as_mut() {
+        Some(hyp) => (
+            hyp.handle_sync(esr, far, hpfar, &mut vcpu, &mut Board::new()),
+            hyp.wants_idle_exits(),
+        ),
+        None => (Next::Guest, false),
     };
+    trap_wfi(idle_exits);
     // The core is released: what waits happens here.
     match next {
         Next::Guest => {}
@@ -528,6 +493,23 @@ extern "C" fn handle_lower_sync(regs: &mut GuestRegs) {
     unsafe {
         write_sysreg!("elr_el2", vcpu.pc);
         write_sysreg!("spsr_el2", vcpu.pstate);
+    }
+}
+
+/// Makes this CPU's WFI trap, or stop trapping: it traps while a service
+/// has work for the guest's idle time, and each CPU learns so on its own
+/// exits.
+fn trap_wfi(on: bool) {
+    let hcr = read_sysreg!("hcr_el2");
+    let want = if on {
+        hcr | HCR_EL2::TWI::SET.value
+    } else {
+        hcr & !HCR_EL2::TWI::SET.value
+    };
+    if want != hcr {
+        // SAFETY: TWI only decides whether the guest's WFI traps to EL2;
+        // it takes effect at the ERET that ends this exception.
+        unsafe { write_sysreg!("hcr_el2", want) };
     }
 }
 

@@ -93,8 +93,6 @@ impl<M: TableMemory> Hyp<'_, M> {
             // No Trusted OS: nothing to migrate.
             psci::MIGRATE_INFO_TYPE => (psci::MIGRATE_NOT_NEEDED, Next::Guest),
             psci::SYSTEM_OFF | psci::SYSTEM_RESET => {
-                let (services, mut ops) = self.services_and_ops(plat);
-                services.finish_all(&mut ops);
                 let _ = self.write_summary(plat.console());
                 let _ = self.write_stats(plat.console());
                 // Neither takes an argument; neither returns on success.
@@ -185,9 +183,11 @@ impl<M: TableMemory> Hyp<'_, M> {
             return (psci::INVALID_ADDRESS, Next::Guest);
         }
         let me = Self::current_slot(plat);
-        let others_on = self.cpus.iter().enumerate().any(|(slot, state)| {
-            Some(slot) != me && !matches!(state, CpuState::Off | CpuState::Hypervisor)
-        });
+        let others_on = self
+            .cpus
+            .iter()
+            .enumerate()
+            .any(|(slot, state)| Some(slot) != me && *state != CpuState::Off);
         if others_on {
             return (psci::DENIED, Next::Guest);
         }
@@ -204,7 +204,6 @@ impl<M: TableMemory> Hyp<'_, M> {
             return psci::INVALID_ADDRESS;
         }
         match self.cpus[slot] {
-            CpuState::Hypervisor => return psci::INVALID_PARAMETERS,
             CpuState::On | CpuState::Suspended { .. } => return psci::ALREADY_ON,
             CpuState::Pending { .. } => return psci::ON_PENDING,
             CpuState::Off => {}
@@ -238,8 +237,6 @@ impl<M: TableMemory> Hyp<'_, M> {
             return psci::INVALID_PARAMETERS;
         };
         match self.cpus[slot] {
-            // The hypervisor's own CPU does not exist for the guest.
-            CpuState::Hypervisor => psci::INVALID_PARAMETERS,
             CpuState::On | CpuState::Suspended { .. } => psci::AFFINITY_ON,
             CpuState::Pending { .. } => psci::AFFINITY_ON_PENDING,
             CpuState::Off => match plat.firmware_call(psci::AFFINITY_INFO_64, [target, 0, 0])[0] {

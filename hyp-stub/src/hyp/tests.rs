@@ -19,9 +19,6 @@ struct FakePlatform {
     console: String,
     ram: std::collections::BTreeMap<u64, u8>,
     insns: Vec<(PhysAddr, u32)>,
-    /// Whether it has a CPU of the hypervisor's own to hash on.
-    hyp_cpu: bool,
-    background: Option<Vec<(PhysAddr, u64)>>,
     /// The MPIDR of the CPU making the calls.
     mpidr: u64,
     /// What the firmware answers (PSCI_VERSION 1.1 if `None`).
@@ -39,28 +36,6 @@ impl Platform for FakePlatform {
             .map(|i| self.ram.get(&(pa.get() + i)).copied().unwrap_or(0))
             .collect();
         sink.update(&bytes);
-    }
-    fn start_background_hash(&mut self, spans: &[(PhysAddr, u64)]) -> bool {
-        if self.hyp_cpu && self.background.is_none() {
-            self.background = Some(spans.to_vec());
-            return true;
-        }
-        false
-    }
-    fn poll_background_hash(&mut self) -> BackgroundHash {
-        if self.background.is_some() {
-            BackgroundHash::Pending
-        } else {
-            BackgroundHash::None
-        }
-    }
-    fn wait_background_hash(&mut self) -> Option<[u8; 32]> {
-        let spans = self.background.take()?;
-        let mut h = crate::sha256::Sha256::new(crate::sha256::compress_soft);
-        for (pa, len) in spans {
-            self.hash_ram(pa, len, &mut h);
-        }
-        Some(h.finalize())
     }
     fn start_cpu(&mut self, mpidr: u64, slot: usize) -> u64 {
         self.firmware.push((0xc400_0003, [mpidr, slot as u64, 0]));
@@ -526,8 +501,6 @@ fn system_suspend_is_denied_while_another_vcpu_runs() {
     let (x0, next) = psci_call(&mut hyp, &mut plat, &suspend);
     assert_eq!(x0, psci::SUCCESS);
     assert!(matches!(next, Next::PowerDown { slot: 0, .. }));
-    // A CPU the hypervisor keeps does not count.
-    assert!(hyp.reserve_cpu(3));
     assert_eq!(hyp.secondary_boot(0), Some((0x4020_0000, 0)));
     assert_eq!(psci_call(&mut hyp, &mut plat, &suspend).0, psci::SUCCESS);
 }
@@ -953,22 +926,7 @@ fn cpu_on_is_checked_forwarded_with_the_hypervisors_entry_and_completed() {
     assert_eq!(hyp.secondary_boot(1), None, "only once");
     assert_eq!(on(&mut hyp, &mut plat, 1, 0x4020_0000), psci::ALREADY_ON);
     assert_eq!(hyp.secondary_boot(5), None);
-    // A CPU kept for the hypervisor does not exist for the guest.
-    assert!(!hyp.reserve_cpu(0), "not the boot CPU");
-    assert!(!hyp.reserve_cpu(1), "not a running vCPU");
-    assert!(!hyp.reserve_cpu(0x100), "not an MPIDR the core knows");
-    assert!(hyp.reserve_cpu(3));
-    assert!(!hyp.reserve_cpu(3), "only once");
     let before = plat.firmware.len();
-    assert_eq!(
-        on(&mut hyp, &mut plat, 3, 0x4020_0000),
-        psci::INVALID_PARAMETERS
-    );
-    assert_eq!(hyp.secondary_boot(3), None);
-    let mut v = vcpu_with(&[u64::from(psci::AFFINITY_INFO_64), 3, 0]);
-    hyp.handle_sync(Esr(HVC), 0, 0, &mut v, &mut plat);
-    assert_eq!(v.regs.x[0], psci::INVALID_PARAMETERS, "not even its state");
-    assert_eq!(plat.firmware.len(), before, "nothing reached the firmware");
     let mut v = vcpu_with(&[u64::from(psci::AFFINITY_INFO_64), 1, 0]);
     hyp.handle_sync(Esr(HVC), 0, 0, &mut v, &mut plat);
     assert_eq!(v.regs.x[0], psci::AFFINITY_ON);
@@ -979,18 +937,16 @@ fn cpu_on_is_checked_forwarded_with_the_hypervisors_entry_and_completed() {
     );
 }
 
-/// Asks for a background hash of `[x1, x1 + x2)` on each call, and takes
-/// the digest when the guest powers off.
+/// Has `left` units of work for the guest's idle time, one per idle exit.
 #[derive(Default)]
-struct BackgroundHasher {
-    started: Vec<Result<bool, OpsError>>,
-    digest: Option<[u8; 32]>,
-    finished: bool,
+struct IdleWorker {
+    left: u32,
+    done: u32,
 }
 
-impl Service for BackgroundHasher {
+impl Service for IdleWorker {
     fn name(&self) -> &'static str {
-        "hasher"
+        "idle"
     }
     fn function_ids(&self) -> &'static [u32] {
         &[0xc600_0020]
@@ -998,75 +954,49 @@ impl Service for BackgroundHasher {
     fn init(&mut self, _: &mut dyn HypOps) -> Result<(), ServiceError> {
         Ok(())
     }
-    fn call(&mut self, call: &Call, ops: &mut dyn HypOps) -> CallResult {
-        let [start, len, count, ..] = call.args;
-        let r = IpaRange::new(Ipa(start), len).unwrap();
-        let spans = vec![r; count as usize];
-        self.started.push(ops.hash_guest_in_background(&spans));
+    fn call(&mut self, call: &Call, _: &mut dyn HypOps) -> CallResult {
+        self.left += call.args[0] as u32;
         [0; 4]
     }
-    fn finish(&mut self, ops: &mut dyn HypOps) {
-        self.finished = true;
-        assert_eq!(
-            ops.background_hash(),
-            BackgroundHash::Pending,
-            "polling does not wait"
-        );
-        self.digest = ops.wait_background_hash();
+    fn has_idle_work(&self) -> bool {
+        self.left != 0
+    }
+    fn idle(&mut self, _: &mut dyn HypOps) {
+        assert!(self.left != 0, "only asked while it has work");
+        self.left -= 1;
+        self.done += 1;
     }
 }
 
 #[test]
-fn background_hashes_are_checked_and_finished_before_power_off() {
-    let mut hasher = BackgroundHasher::default();
+fn a_trapped_wfi_gives_idle_time_to_the_service_with_work_and_completes() {
+    /// ESR of a trapped WFI (EC 0x01, IL).
+    const WFI: u64 = (0x01 << 26) | (1 << 25);
+    let mut worker = IdleWorker::default();
     let mut reg = Registry::new();
-    reg.register(&mut hasher).unwrap();
+    reg.register(&mut worker).unwrap();
     let mut hyp = hyp_with(reg);
     let mut plat = FakePlatform::default();
-    plat.ram.insert(0x4000_0010, 0xab);
-    let mut ask = |plat: &mut FakePlatform, start: u64, len: u64, count: u64| {
-        let mut v = vcpu_with(&[0xc600_0020, start, len, count]);
-        hyp.handle_sync(Esr(HVC), 0, 0, &mut v, plat);
-    };
-    ask(&mut plat, 0x4000_0000, 0x1000, 1);
-    plat.hyp_cpu = true;
-    ask(&mut plat, 0x7e00_0000, 0x1000, 1);
-    ask(&mut plat, 0x3fff_f000, 0x2000, 1);
-    ask(
-        &mut plat,
-        0x4000_0000,
-        0x1000,
-        MAX_BACKGROUND_SPANS as u64 + 1,
-    );
-    assert!(
-        plat.background.is_none(),
-        "nothing bad reached the platform"
-    );
-    ask(&mut plat, 0x4000_0000, 0x1000, 2);
-    assert_eq!(
-        plat.background,
-        Some(vec![(PhysAddr(0x4000_0000), 0x1000); 2])
-    );
-    let mut v = vcpu_with(&[u64::from(psci::SYSTEM_OFF)]);
+    assert!(!hyp.wants_idle_exits(), "no work: WFI does not trap");
+    let mut v = vcpu_with(&[0xc600_0020, 2]);
     hyp.handle_sync(Esr(HVC), 0, 0, &mut v, &mut plat);
+    assert!(hyp.wants_idle_exits());
+    for pc in [0x1000u64, 0x2000, 0x3000] {
+        let mut v = vcpu_with(&[]);
+        v.pc = pc;
+        assert_eq!(
+            hyp.handle_sync(Esr(WFI), 0, 0, &mut v, &mut plat),
+            Next::Guest
+        );
+        assert_eq!(v.pc, pc + 4, "the WFI completes; nothing is injected");
+    }
+    assert!(!hyp.wants_idle_exits(), "the work is done");
+    assert!(plat.injected.is_none());
+    let mut stats = String::new();
+    hyp.write_stats(&mut stats).unwrap();
+    assert!(stats.contains("exit_idle=3\n"), "{stats}");
     drop(hyp);
-    assert_eq!(
-        hasher.started,
-        [
-            Ok(false),
-            Err(OpsError::NotGuestRam),
-            Err(OpsError::NotGuestRam),
-            Err(OpsError::TooManySpans),
-            Ok(true)
-        ]
-    );
-    assert!(hasher.finished);
-    let mut page = [0u8; 0x1000];
-    page[0x10] = 0xab;
-    let mut want = crate::sha256::Sha256::new(crate::sha256::compress_soft);
-    want.update(&page);
-    want.update(&page);
-    assert_eq!(hasher.digest, Some(want.finalize()));
+    assert_eq!(worker.done, 2, "one unit per idle exit, none without work");
 }
 
 #[test]

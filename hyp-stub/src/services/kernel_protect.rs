@@ -6,7 +6,9 @@
 //! hypervisor then enforces stage-2 permissions (TEXT read+execute at EL1
 //! only, RODATA read-only and never executable at EL1 as its vDSO runs at
 //! EL0, DATA and BSS read+write and never executable) and measures
-//! TEXT+RODATA (SHA-256), inside the call or on a CPU of its own.
+//! TEXT+RODATA (SHA-256) as they were then. The hash is taken off the
+//! guest's boot path, a step at a time in its idle time and in later
+//! self-checks ([`measurement`]).
 //!
 //! Faults on protected memory go to one handler per kind (RX, RO, RW). A
 //! write fault whose VA lies in the guest's FIXMAP_TEXT_POKE0 slot is the
@@ -27,6 +29,7 @@
 //! Page permissions for the rest of guest RAM (default deny at EL1,
 //! `MEM_PERMISSIONS`, the code log) are in [`permissions`].
 
+pub mod measurement;
 pub mod permissions;
 
 use core::fmt::{self, Write};
@@ -34,17 +37,15 @@ use core::fmt::{self, Write};
 use guest_kp::abi::{self, KpError, Protection, RegionType, SiteTable, TextPatch};
 use guest_kp::mem_perms::{self, Policy};
 use guest_kp::record::{Collector, IpaSpan, KernelAssetInfo, Layout, RecordError};
-use guest_kp::sites::{
-    Accepted, PatchPolicy, PatchRequest, Refusal, SiteRegistry, SiteStorage, BRK_KPROBES,
-};
+use guest_kp::sites::{Accepted, PatchPolicy, PatchRequest, Refusal, SiteRegistry, SiteStorage};
+use measurement::{Digest, KprobeSite, Measuring, Progress, Undo, STEP_BYTES};
 
 use crate::addr::{Ipa, IpaRange};
 use crate::esr::Width;
 use crate::service::{
-    BackgroundHash, Call, CallResult, FaultAction, GuestFault, HypOps, OpsError, Service,
-    ServiceError,
+    Call, CallResult, FaultAction, GuestFault, HypOps, OpsError, Service, ServiceError,
 };
-use crate::stage2::{Perms, PAGE_SIZE};
+use crate::stage2::Perms;
 
 /// The extents the resource manager grants a VM (Gunyah's RX, RO, RW;
 /// everything else is RWX). Reported regions must lie inside them.
@@ -100,35 +101,35 @@ enum State {
     Protected(Layout),
 }
 
-/// Which CPU hashed the baseline.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum MeasuredOn {
-    /// The guest's, inside one of its calls.
-    GuestCpu,
-    /// The hypervisor's own, while the guest went on.
-    HypervisorCpu,
-}
-
-/// The measurement of TEXT+RODATA taken when protection was enabled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The measurement of TEXT+RODATA as they were when protection was
+/// enabled.
 enum Baseline {
     /// Protection is not enabled yet.
     NotTaken,
-    /// Being hashed on the hypervisor's own CPU: until it is taken,
-    /// nothing may change TEXT or RODATA.
-    Pending,
+    /// Being hashed, a step at a time.
+    Taking(Measuring),
     /// Taken.
-    Taken { digest: [u8; 32], on: MeasuredOn },
+    Taken([u8; 32]),
     /// Could not be taken (not expected: the ranges were checked when they
     /// were protected); every self-check fails.
     Lost,
 }
 
-/// An armed kprobe: the instruction its `BRK` replaced.
-#[derive(Clone, Copy, Debug)]
-struct KprobeSite {
-    ipa: u64,
-    original: u32,
+/// A self-check: a second measurement, compared with the baseline.
+enum Check {
+    /// Being hashed, a step at a time.
+    Taking(Measuring),
+    /// Hashed in idle time; the next self-check call takes the verdict.
+    Done(bool),
+}
+
+/// Who gave a measurement step its time.
+#[derive(Clone, Copy)]
+enum StepIn {
+    /// The guest's idle time (a trapped WFI).
+    Idle,
+    /// A self-check call.
+    Call,
 }
 
 /// A write into TEXT the rules accepted, not yet performed.
@@ -159,15 +160,14 @@ struct Counters {
     exec_blocked: u64,
     self_checks: u64,
     self_check_failures: u64,
-    /// Self-checks answered BUSY while the baseline was being hashed.
+    /// Self-check calls answered BUSY: a measurement was still being
+    /// taken.
     busy: u64,
-    /// Text patches deferred (the guest retries) for the same reason.
-    patches_deferred: u64,
+    /// Measurement steps taken in the guest's idle time.
+    steps_idle: u64,
+    /// Measurement steps taken inside self-check calls.
+    steps_call: u64,
 }
-
-/// The baseline is still being hashed on the hypervisor's CPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct NotYet;
 
 /// The service. Its patch sites live in storage the caller lends it
 /// (`'m`): the boot path gives it static arrays.
@@ -177,12 +177,19 @@ pub struct KernelProtect<'m> {
     ram: (u64, u64),
     collector: Collector,
     baseline: Baseline,
+    check: Option<Check>,
     patch_log: [u8; 32],
     sites: SiteRegistry<'m>,
     policy: PatchPolicy,
     kprobes: heapless::Vec<KprobeSite, MAX_KPROBE_SITES>,
     counters: Counters,
     perms: permissions::Permissions,
+}
+
+/// How many bytes a measurement hashes.
+fn measured_bytes(layout: &Layout) -> u64 {
+    let [t, r] = [layout.text(), layout.rodata()];
+    (t.end() - t.start()) + (r.end() - r.start())
 }
 
 /// Bytes as lowercase hex digits, as the stats block and the summary
@@ -235,6 +242,7 @@ impl<'m> KernelProtect<'m> {
             ram: (0, 0),
             collector: Collector::new(),
             baseline: Baseline::NotTaken,
+            check: None,
             patch_log: [0; 32],
             sites: SiteRegistry::new(storage),
             policy: PatchPolicy::ALLOW_ALL,
@@ -359,116 +367,103 @@ impl<'m> KernelProtect<'m> {
         }
     }
 
-    /// SHA-256 of TEXT then RODATA as they were when protection was
-    /// enabled: every registered site and armed kprobe is put back as it
-    /// was then, so any other difference shows. Also says whether each
-    /// of them held a state the rules allow (else TEXT changed behind the
-    /// hypervisor's back, which stage 2 should make impossible).
-    fn measure(&self, layout: &Layout, ops: &mut dyn HypOps) -> Result<([u8; 32], bool), OpsError> {
-        let mut h = crate::sha256::Sha256::new(ops.sha256_compress());
-        let mut page = [0u8; PAGE_SIZE as usize];
-        let mut legit = true;
-        for span in [layout.text(), layout.rodata()] {
-            let mut at = span.start();
-            while at < span.end() {
-                // Pages without sites are hashed in place, in one run up
-                // to the next page with one (`at` is page aligned, as the
-                // reported regions are).
-                let next = self.next_patchable(at).map(|p| p & !(PAGE_SIZE - 1));
-                let run_end = next.map_or(span.end(), |p| p.min(span.end()));
-                if run_end > at {
-                    ops.hash_guest(Ipa(at), run_end - at, &mut h)?;
-                    at = run_end;
-                    continue;
+    /// What the measurement puts back as it was at enable.
+    fn undo(&self) -> Undo<'_, 'm> {
+        Undo {
+            sites: &self.sites,
+            kprobes: &self.kprobes,
+        }
+    }
+
+    /// One step of `m`, given its time by `by`.
+    fn measure_step(
+        &mut self,
+        m: Measuring,
+        layout: &Layout,
+        ops: &mut dyn HypOps,
+        by: StepIn,
+    ) -> Result<Progress, OpsError> {
+        match by {
+            StepIn::Idle => self.counters.steps_idle += 1,
+            StepIn::Call => self.counters.steps_call += 1,
+        }
+        m.step(layout, &self.undo(), ops, STEP_BYTES)
+    }
+
+    /// One step of whatever is being measured: the baseline first, then
+    /// a self-check. True while more remains.
+    fn advance(&mut self, layout: &Layout, ops: &mut dyn HypOps, by: StepIn) -> bool {
+        if matches!(self.baseline, Baseline::Taking(_)) {
+            let Baseline::Taking(m) = core::mem::replace(&mut self.baseline, Baseline::Lost) else {
+                return false;
+            };
+            self.baseline = match self.measure_step(m, layout, ops, by) {
+                Ok(Progress::More(m)) => Baseline::Taking(m),
+                // The baseline is of the kernel as the registry recorded
+                // it at enable, whatever a site holds.
+                Ok(Progress::Done(d)) => Baseline::Taken(d.sha256),
+                Err(e) => {
+                    ops.log(format_args!(
+                        "kernel protect: cannot measure TEXT+RODATA ({e:?}); self-checks will fail"
+                    ));
+                    Baseline::Lost
                 }
-                ops.read_guest(Ipa(at), &mut page)?;
-                legit &= self.sites.restore(at, &mut page);
-                let first = self.kprobes.partition_point(|k| k.ipa < at);
-                for k in self
-                    .kprobes
-                    .iter()
-                    .skip(first)
-                    .take_while(|k| k.ipa < at + PAGE_SIZE)
-                {
-                    let off = (k.ipa - at) as usize;
-                    if let Some(w) = page.get_mut(off..off + 4) {
-                        legit &= w == BRK_KPROBES.to_le_bytes();
-                        w.copy_from_slice(&k.original.to_le_bytes());
-                    }
+            };
+            return true;
+        }
+        if let Some(Check::Taking(m)) = self.check.take() {
+            let baseline = self.digest();
+            self.check = Some(match self.measure_step(m, layout, ops, by) {
+                Ok(Progress::More(m)) => Check::Taking(m),
+                Ok(Progress::Done(Digest { sha256, legit })) => {
+                    Check::Done(legit && baseline == Some(sha256))
                 }
-                h.update(&page);
-                at += PAGE_SIZE;
+                Err(_) => Check::Done(false),
+            });
+            return matches!(self.check, Some(Check::Taking(_)));
+        }
+        false
+    }
+
+    /// A self-check call: a step of the baseline if it is still being
+    /// taken, then a step of the check; `None` (BUSY) until the verdict
+    /// is there.
+    fn self_check(&mut self, layout: &Layout, ops: &mut dyn HypOps) -> Option<bool> {
+        if let Some(Check::Done(intact)) = self.check {
+            self.check = None;
+            return Some(intact);
+        }
+        if matches!(self.baseline, Baseline::Taking(_)) {
+            self.advance(layout, ops, StepIn::Call);
+        }
+        match self.baseline {
+            Baseline::Taken(_) => {}
+            Baseline::Taking(_) => return None,
+            Baseline::NotTaken | Baseline::Lost => return Some(false),
+        }
+        if self.check.is_none() {
+            self.check = Some(Check::Taking(Measuring::new(layout)));
+        }
+        self.advance(layout, ops, StepIn::Call);
+        match self.check {
+            Some(Check::Done(intact)) => {
+                self.check = None;
+                Some(intact)
             }
-        }
-        Ok((h.finalize(), legit))
-    }
-
-    /// The lowest IPA at or after `at` that the measurement puts back.
-    fn next_patchable(&self, at: u64) -> Option<u64> {
-        let kprobe = self
-            .kprobes
-            .get(self.kprobes.partition_point(|k| k.ipa < at))
-            .map(|k| k.ipa);
-        match (self.sites.next_word(at), kprobe) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// Takes the baseline from the hypervisor's CPU if it was being
-    /// hashed. Everything that changes TEXT or needs the baseline comes
-    /// through here first.
-    ///
-    /// # Errors
-    /// [`NotYet`] while the hash is still running: this runs under the
-    /// core's lock, so the guest is told to come back (BUSY, or the
-    /// faulting store re-executed) rather than kept waiting here.
-    fn settle(&mut self, layout: &Layout, ops: &mut dyn HypOps) -> Result<(), NotYet> {
-        if self.baseline != Baseline::Pending {
-            return Ok(());
-        }
-        self.baseline = match ops.background_hash() {
-            BackgroundHash::Pending => return Err(NotYet),
-            BackgroundHash::Done(digest) => Baseline::Taken {
-                digest,
-                on: MeasuredOn::HypervisorCpu,
-            },
-            // Not expected: the hash was started. TEXT and RODATA are
-            // unchanged since enable (nothing was patched while pending),
-            // so measuring now gives the same baseline.
-            BackgroundHash::None => self.measure_baseline(layout, ops),
-        };
-        Ok(())
-    }
-
-    /// Measures the baseline now, on the calling CPU; if that fails, says
-    /// so.
-    fn measure_baseline(&self, layout: &Layout, ops: &mut dyn HypOps) -> Baseline {
-        match self.measure(layout, ops) {
-            Ok((digest, _)) => Baseline::Taken {
-                digest,
-                on: MeasuredOn::GuestCpu,
-            },
-            Err(e) => {
-                ops.log(format_args!(
-                    "kernel protect: cannot measure TEXT+RODATA ({e:?}); self-checks will fail"
-                ));
-                Baseline::Lost
-            }
+            _ => None,
         }
     }
 
     /// The baseline's digest, once taken.
     fn digest(&self) -> Option<[u8; 32]> {
         match self.baseline {
-            Baseline::Taken { digest, .. } => Some(digest),
+            Baseline::Taken(digest) => Some(digest),
             _ => None,
         }
     }
 
     /// The enable call's answer: x1 = intact, x2 = patches performed,
-    /// x3 = the first 64 bits of the baseline (0 while it is still being
-    /// hashed in the background).
+    /// x3 = the first 64 bits of the baseline (0 until it is taken).
     fn verdict(&self, intact: bool) -> CallResult {
         let mut prefix = [0u8; 8];
         if let Some(digest) = self.digest() {
@@ -493,9 +488,9 @@ impl<'m> KernelProtect<'m> {
             State::Inactive | State::Active => ret(KpError::ObjectState),
             State::Reported(layout) => {
                 // Permissions first: from here on TEXT and RODATA change
-                // only through this service, so the measurement taken
-                // next (here or on the hypervisor's CPU) is of the kernel
-                // as it was at this call.
+                // only through this service, so the measurement, taken
+                // later a step at a time, is of the kernel as it was at
+                // this call.
                 for ty in RegionType::IPA {
                     let (Some(span), Some(protection)) = (layout.span(ty), ty.protection()) else {
                         continue;
@@ -530,12 +525,7 @@ impl<'m> KernelProtect<'m> {
                         self.counters.sites_dropped
                     ));
                 }
-                let spans = [layout.text().into(), layout.rodata().into()];
-                self.baseline = if ops.hash_guest_in_background(&spans) == Ok(true) {
-                    Baseline::Pending
-                } else {
-                    self.measure_baseline(&layout, ops)
-                };
+                self.baseline = Baseline::Taking(Measuring::new(&layout));
                 ops.log(format_args!(
                     "kernel protect: enabled; TEXT {:#x}..{:#x} RODATA {:#x}..{:#x} DATA {:#x}..{:#x} BSS {:#x}..{:#x}",
                     layout.text().start(),
@@ -547,18 +537,14 @@ impl<'m> KernelProtect<'m> {
                     layout.bss().start(),
                     layout.bss().end()
                 ));
-                // Protected either way; without a baseline, not intact.
-                self.verdict(self.baseline != Baseline::Lost)
+                self.verdict(true)
             }
             State::Protected(layout) => {
-                if self.settle(&layout, ops).is_err() {
+                let Some(intact) = self.self_check(&layout, ops) else {
                     self.counters.busy += 1;
                     return ret(KpError::Busy);
-                }
+                };
                 self.counters.self_checks += 1;
-                let intact = self
-                    .digest()
-                    .is_some_and(|baseline| self.measure(&layout, ops) == Ok((baseline, true)));
                 if !intact {
                     self.counters.self_check_failures += 1;
                 }
@@ -718,11 +704,6 @@ impl<'m> KernelProtect<'m> {
             self.counters.refused_calls += 1;
             return ret(KpError::AddrInvalid);
         }
-        // TEXT must not change under a baseline still being hashed.
-        if self.settle(&layout, ops).is_err() {
-            self.counters.busy += 1;
-            return ret(KpError::Busy);
-        }
         self.counters.patch_batches += 1;
         let mut log = crate::sha256::Sha256::new(ops.sha256_compress());
         log.update(&self.patch_log);
@@ -809,12 +790,6 @@ impl<'m> KernelProtect<'m> {
                 return FaultAction::RefusedRecoverable;
             }
         };
-        // TEXT must not change under a baseline still being hashed: the
-        // store runs again (and traps again) until it is taken.
-        if self.settle(layout, ops).is_err() {
-            self.counters.patches_deferred += 1;
-            return FaultAction::Retry;
-        }
         let mut log = crate::sha256::Sha256::new(ops.sha256_compress());
         log.update(&self.patch_log);
         if let Err(why) = self.perform(judged, ops, &mut log) {
@@ -917,17 +892,13 @@ impl Service for KernelProtect<'_> {
         }
     }
 
-    fn finish(&mut self, ops: &mut dyn HypOps) {
-        // Power-off: no vCPU is left to hold up, so the digest is waited
-        // for (a bounded time) and the stats show it.
-        if let (State::Protected(layout), Baseline::Pending) = (self.state, self.baseline) {
-            self.baseline = match ops.wait_background_hash() {
-                Some(digest) => Baseline::Taken {
-                    digest,
-                    on: MeasuredOn::HypervisorCpu,
-                },
-                None => self.measure_baseline(&layout, ops),
-            };
+    fn has_idle_work(&self) -> bool {
+        matches!(self.baseline, Baseline::Taking(_)) || matches!(self.check, Some(Check::Taking(_)))
+    }
+
+    fn idle(&mut self, ops: &mut dyn HypOps) {
+        if let State::Protected(layout) = self.state {
+            self.advance(&layout, ops, StepIn::Idle);
         }
     }
 
@@ -973,28 +944,20 @@ impl Service for KernelProtect<'_> {
         writeln!(out, "kp_self_checks={}", c.self_checks)?;
         writeln!(out, "kp_self_check_failures={}", c.self_check_failures)?;
         writeln!(out, "kp_busy={}", c.busy)?;
-        writeln!(out, "kp_patches_deferred={}", c.patches_deferred)?;
-        let measured_on = match self.baseline {
-            Baseline::NotTaken => "-",
-            Baseline::Pending
-            | Baseline::Taken {
-                on: MeasuredOn::HypervisorCpu,
-                ..
-            } => "hypervisor-cpu",
-            // A lost baseline was last tried on the guest's CPU.
-            Baseline::Taken {
-                on: MeasuredOn::GuestCpu,
-                ..
-            }
-            | Baseline::Lost => "guest-cpu",
+        writeln!(out, "kp_measure_steps_idle={}", c.steps_idle)?;
+        writeln!(out, "kp_measure_steps_call={}", c.steps_call)?;
+        let hashed = match &self.baseline {
+            Baseline::Taking(m) => m.hashed(),
+            Baseline::Taken(_) => self.reported_layout().map_or(0, |l| measured_bytes(&l)),
+            Baseline::NotTaken | Baseline::Lost => 0,
         };
-        writeln!(out, "kp_measured_on={measured_on}")?;
+        writeln!(out, "kp_baseline_hashed={hashed}")?;
         write!(out, "kp_measurement=")?;
         match self.baseline {
-            Baseline::Pending => write!(out, "pending")?,
+            Baseline::Taking(_) => write!(out, "pending")?,
             Baseline::Lost => write!(out, "lost")?,
             // All zeros until protection is enabled.
-            Baseline::NotTaken | Baseline::Taken { .. } => {
+            Baseline::NotTaken | Baseline::Taken(_) => {
                 write!(out, "{}", Hex(&self.digest().unwrap_or([0; 32])))?;
             }
         }
@@ -1019,18 +982,22 @@ impl Service for KernelProtect<'_> {
             )?,
         }
         write!(out, "  measurement:    ")?;
-        match self.baseline {
+        match &self.baseline {
             Baseline::NotTaken => writeln!(out, "none")?,
-            Baseline::Pending => writeln!(out, "still being taken")?,
+            Baseline::Taking(m) => writeln!(
+                out,
+                "still being taken in idle time ({} of {} bytes hashed)",
+                m.hashed(),
+                self.reported_layout().map_or(0, |l| measured_bytes(&l))
+            )?,
             Baseline::Lost => writeln!(out, "LOST: the baseline could not be taken")?,
-            Baseline::Taken { digest, on } => {
-                write!(out, "SHA-256 of text+rodata {}", Hex(&digest))?;
-                let on = match on {
-                    MeasuredOn::GuestCpu => "the guest's CPU",
-                    MeasuredOn::HypervisorCpu => "the hypervisor's CPU",
-                };
-                writeln!(out, " (hashed on {on})")?;
-            }
+            Baseline::Taken(digest) => writeln!(
+                out,
+                "SHA-256 of text+rodata {} ({} steps in idle time, {} in self-checks)",
+                Hex(digest),
+                c.steps_idle,
+                c.steps_call
+            )?,
         }
         write!(out, "  self-check:     ")?;
         match (c.self_checks, c.self_check_failures) {

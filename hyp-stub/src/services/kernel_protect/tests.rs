@@ -34,18 +34,10 @@ const BATCH_IPA: u64 = 0x4070_0000;
 /// A kernel pointer, as ftrace_nop_ops.
 const NOP_OPS: u64 = 0xffff_8000_8250_1000;
 
-/// 8 MiB of fake guest RAM at RAM, and optionally a hypervisor CPU for
-/// background hashing. Its hash is computed only when the digest is
-/// taken, so anything written while it is "running" would show.
+/// 8 MiB of fake guest RAM at RAM.
 struct Ops {
     mem: Vec<u8>,
     perms: Vec<(IpaRange, Perms)>,
-    hyp_cpu: bool,
-    background: Option<Vec<IpaRange>>,
-    /// The hypervisor's CPU never delivers its digest.
-    lose_background: bool,
-    /// Polls of the background hash that find it still running.
-    pending_polls: u32,
     /// Hashing guest RAM fails.
     fail_hash: bool,
 }
@@ -55,17 +47,7 @@ impl Ops {
         Self {
             mem: vec![0; 8 << 20],
             perms: Vec::new(),
-            hyp_cpu: false,
-            background: None,
-            lose_background: false,
-            pending_polls: 0,
             fail_hash: false,
-        }
-    }
-    fn with_hyp_cpu() -> Self {
-        Self {
-            hyp_cpu: true,
-            ..Self::new()
         }
     }
     fn at(&mut self, ipa: u64) -> &mut [u8] {
@@ -114,35 +96,6 @@ impl HypOps for Ops {
         }
         sink.update(&self.at(ipa.get())[..len as usize]);
         Ok(())
-    }
-    fn hash_guest_in_background(&mut self, spans: &[IpaRange]) -> Result<bool, OpsError> {
-        assert!(self.background.is_none(), "one background hash at a time");
-        if spans.iter().any(|r| !self.guest_ram().covers(r)) {
-            return Err(OpsError::NotGuestRam);
-        }
-        if self.hyp_cpu {
-            self.background = Some(spans.to_vec());
-        }
-        Ok(self.hyp_cpu)
-    }
-    fn background_hash(&mut self) -> BackgroundHash {
-        if self.background.is_some() && self.pending_polls > 0 {
-            self.pending_polls -= 1;
-            return BackgroundHash::Pending;
-        }
-        self.wait_background_hash()
-            .map_or(BackgroundHash::None, BackgroundHash::Done)
-    }
-    fn wait_background_hash(&mut self) -> Option<[u8; 32]> {
-        let spans = self.background.take()?;
-        if self.lose_background {
-            return None;
-        }
-        let mut h = crate::sha256::Sha256::new(crate::sha256::compress_soft);
-        for r in spans {
-            h.update(&self.at(r.start().get())[..r.size() as usize]);
-        }
-        Some(h.finalize())
     }
     fn write_guest_u64(&mut self, ipa: Ipa, value: u64) -> Result<(), OpsError> {
         assert!(ipa.is_aligned(8), "the service checks alignment first");
@@ -230,8 +183,20 @@ fn register_jumps(kp: &mut KernelProtect, ops: &mut Ops, entries: &[(u64, u64)])
     )
 }
 
-/// enable_vm_protection on the guest itself.
+/// enable_vm_protection on the guest itself, asked again while the
+/// answer is BUSY, as the guest does.
 fn enable(kp: &mut KernelProtect, ops: &mut Ops) -> CallResult {
+    for _ in 0..1000 {
+        let r = enable_once(kp, ops);
+        if r[0] != err(KpError::Busy) {
+            return r;
+        }
+    }
+    panic!("BUSY for ever");
+}
+
+/// One enable_vm_protection call on the guest itself.
+fn enable_once(kp: &mut KernelProtect, ops: &mut Ops) -> CallResult {
     call(
         kp,
         ops,
@@ -239,6 +204,30 @@ fn enable(kp: &mut KernelProtect, ops: &mut Ops) -> CallResult {
         [abi::SELF_ADDRSPACE, 0, 0],
     )
 }
+
+/// Gives the service the guest's idle time until it has no more work;
+/// how many idle exits that took.
+fn idle_until_done(kp: &mut KernelProtect, ops: &mut Ops) -> usize {
+    let mut exits = 0;
+    while kp.has_idle_work() {
+        kp.idle(ops);
+        exits += 1;
+        assert!(exits < 1000, "idle work never ends");
+    }
+    exits
+}
+
+/// A SHA-256 of TEXT then RODATA as they are in `ops` now, computed
+/// here, independently of the service.
+fn sha256_now(ops: &mut Ops) -> [u8; 32] {
+    let mut h = crate::sha256::Sha256::new(crate::sha256::compress_soft);
+    h.update(&ops.at(TEXT.0)[..(TEXT.1 - TEXT.0) as usize]);
+    h.update(&ops.at(RODATA.0)[..(RODATA.1 - RODATA.0) as usize]);
+    h.finalize()
+}
+
+/// Measurement steps for TEXT+RODATA.
+const STEPS: u64 = (TEXT.1 - TEXT.0 + RODATA.1 - RODATA.0).div_ceil(STEP_BYTES);
 
 fn err(e: KpError) -> u64 {
     e.as_raw()
@@ -451,18 +440,18 @@ fn fault<'a>(
 
 #[test]
 fn jump_label_patches_through_the_fixmap_are_performed() {
-    jump_label_patches(Ops::new());
+    jump_label_patches(false);
 }
 
 #[test]
-fn jump_label_patches_with_a_baseline_hashed_in_the_background() {
-    // (That the first patch waits for the digest is checked by
-    // `a_patch_waits_for_the_background_baseline`: here the two patches
-    // cancel out before the self-check.)
-    jump_label_patches(Ops::with_hyp_cpu());
+fn jump_label_patches_go_on_while_the_baseline_is_being_taken() {
+    jump_label_patches(true);
 }
 
-fn jump_label_patches(mut ops: Ops) {
+/// A jump label flipped on and off; with `idle`, one measurement step in
+/// idle time before each patch, so they land between steps.
+fn jump_label_patches(idle: bool) {
+    let mut ops = Ops::new();
     let site = TEXT.0 + 0x1234 * 4;
     let b = encode_b(site, site + 0x80).unwrap();
     // A jump-label site (a NOP) in TEXT when protection is enabled.
@@ -478,13 +467,20 @@ fn jump_label_patches(mut ops: Ops) {
     regs.x[3] = u64::from(b);
     let va = FIXMAP + (site & 0xfff);
     let f = fault(site, va, store(3, 2), &regs, false);
+    if idle {
+        kp.idle(&mut ops);
+    }
     assert_eq!(kp.guest_fault(&f, &mut ops), FaultAction::Emulated);
     assert_eq!(ops.word(site), b, "performed on the guest's behalf");
     regs.x[3] = u64::from(NOP);
     let f = fault(site, va, store(3, 2), &regs, false);
+    if idle {
+        kp.idle(&mut ops);
+    }
     assert_eq!(kp.guest_fault(&f, &mut ops), FaultAction::Emulated);
     assert_eq!(ops.word(site), NOP);
     assert_eq!(kp.counters.patches_accepted, 2);
+    assert_eq!(kp.counters.steps_idle, if idle { 2 } else { 0 });
     let r = enable(&mut kp, &mut ops);
     assert_eq!(r[..3], [0, 1, 2], "intact, with two accepted patches");
 }
@@ -572,6 +568,9 @@ fn other_writes_and_executes_are_refused_and_counted() {
 #[test]
 fn self_check_detects_a_change_made_behind_its_back() {
     let (mut kp, mut ops) = protected();
+    // (Once the baseline is taken: until then, stage 2 alone keeps the
+    // kernel as it was at enable.)
+    idle_until_done(&mut kp, &mut ops);
     ops.at(RODATA.0 + 64)[0] ^= 0xff;
     let r = enable(&mut kp, &mut ops);
     assert_eq!(r[..2], [0, 0], "not intact");
@@ -584,143 +583,146 @@ fn stats(kp: &KernelProtect) -> std::string::String {
     out
 }
 
-#[test]
-fn baseline_hashed_on_the_hypervisor_cpu_is_the_same_measurement() {
-    let fill = |ops: &mut Ops| {
-        for (i, b) in ops.at(TEXT.0)[..(RODATA.1 - TEXT.0) as usize]
-            .iter_mut()
-            .enumerate()
-        {
-            *b = (i * 131 + i / 4096) as u8;
-        }
-    };
-    let mut sync_ops = Ops::new();
-    fill(&mut sync_ops);
-    let mut sync = service(&mut sync_ops);
-    assert_eq!(submit(&mut sync, &mut sync_ops, &record()), 0);
-    let r = enable(&mut sync, &mut sync_ops);
-    assert_ne!(r[3], 0, "measured inside the call");
-    assert!(stats(&sync).contains("kp_measured_on=guest-cpu\n"));
-
-    let mut ops = Ops::with_hyp_cpu();
-    fill(&mut ops);
-    let mut kp = service(&mut ops);
-    assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
-    let r = enable(&mut kp, &mut ops);
-    assert_eq!(
-        r,
-        [0, 1, 0, 0],
-        "protected; the measurement is not ready yet"
-    );
-    assert!(
-        ops.perms.len() == 4 && ops.background.is_some(),
-        "permissions applied before the hash started"
-    );
-    assert!(stats(&kp).contains("kp_measurement=pending\n"));
-    // Power-off takes the digest so the stats show it.
-    kp.finish(&mut ops);
-    assert_eq!(kp.digest(), sync.digest());
-    assert!(kp.digest().is_some());
-    assert!(stats(&kp).contains("kp_measured_on=hypervisor-cpu\n"));
-    assert!(!stats(&kp).contains("pending"));
-    // A self-check compares against it.
-    let r = enable(&mut kp, &mut ops);
-    assert_eq!(r[..2], [0, 1]);
-    assert_eq!(
-        r[3],
-        u64::from_be_bytes(kp.digest().unwrap()[..8].try_into().unwrap())
-    );
-}
-
-#[test]
-fn self_check_is_busy_until_the_background_baseline_is_taken() {
-    let mut ops = Ops::with_hyp_cpu();
-    let mut kp = service(&mut ops);
-    assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
-    enable(&mut kp, &mut ops);
-    ops.pending_polls = 2;
-    for _ in 0..2 {
-        let r = enable(&mut kp, &mut ops);
-        assert_eq!(
-            r[0],
-            KpError::Busy.as_raw(),
-            "not waited for under the lock"
-        );
+/// Fills TEXT and RODATA with a pattern that differs page to page.
+fn fill(ops: &mut Ops) {
+    for (i, b) in ops.at(TEXT.0)[..(RODATA.1 - TEXT.0) as usize]
+        .iter_mut()
+        .enumerate()
+    {
+        *b = (i * 131 + i / 4096) as u8;
     }
-    assert!(stats(&kp).contains("kp_busy=2\n"));
-    assert!(stats(&kp).contains("kp_self_checks=0\n"), "no check ran");
-    let r = enable(&mut kp, &mut ops);
-    assert_eq!(r[..2], [0, 1], "intact");
-    assert_ne!(r[3], 0);
-    assert!(ops.background.is_none(), "the digest was taken");
 }
 
 #[test]
-fn a_patch_waits_for_the_background_baseline() {
-    // One patch, then a self-check: had the patch been written before the
-    // fake hashed, the baseline would hold the new branch while the
-    // self-check restores the original NOP, and they would differ.
-    let site = TEXT.0 + 0x40 * 4;
-    let b = encode_b(site, site + 0x40).unwrap();
+fn enable_leaves_the_baseline_to_idle_time_and_it_is_the_kernel_as_it_was() {
+    let mut ops = Ops::new();
+    fill(&mut ops);
+    let want = sha256_now(&mut ops);
+    let mut kp = service(&mut ops);
+    kp.idle(&mut ops);
+    assert!(!kp.has_idle_work(), "nothing to do before protection");
+    assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+    let r = enable_once(&mut kp, &mut ops);
+    assert_eq!(r, [0, 1, 0, 0], "protected; nothing hashed inside the call");
+    assert_eq!(ops.perms.len(), 4, "permissions applied first");
+    assert!(stats(&kp).contains("kp_measurement=pending\n"));
+    assert!(stats(&kp).contains("kp_baseline_hashed=0\n"));
+    assert!(kp.has_idle_work());
+    kp.idle(&mut ops);
+    assert!(
+        stats(&kp).contains(&format!("kp_baseline_hashed={STEP_BYTES}\n")),
+        "one step per idle exit"
+    );
+    assert_eq!(idle_until_done(&mut kp, &mut ops) as u64, STEPS - 1);
+    assert_eq!(kp.digest(), Some(want), "SHA-256 of TEXT then RODATA");
+    assert!(stats(&kp).contains(&format!("kp_measure_steps_idle={STEPS}\n")));
+    assert!(stats(&kp).contains("kp_measure_steps_call=0\n"));
+    // A self-check compares against it; its own steps run in idle time
+    // too, and the next call takes the verdict.
+    assert_eq!(enable_once(&mut kp, &mut ops)[0], err(KpError::Busy));
+    idle_until_done(&mut kp, &mut ops);
+    let r = enable_once(&mut kp, &mut ops);
+    assert_eq!(r[..2], [0, 1], "intact");
+    assert_eq!(r[3], u64::from_be_bytes(want[..8].try_into().unwrap()));
+    assert!(!kp.has_idle_work());
+}
+
+#[test]
+fn without_idle_time_self_checks_take_the_measurements_a_step_per_call() {
+    let mut ops = Ops::new();
+    fill(&mut ops);
+    let want = sha256_now(&mut ops);
+    let mut kp = service(&mut ops);
+    assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+    enable_once(&mut kp, &mut ops);
+    // Each call takes one step of the baseline, then of the check (both
+    // in the call that finishes the baseline): never the whole hash
+    // under the lock.
+    let mut busy = 0;
+    let r = loop {
+        let r = enable_once(&mut kp, &mut ops);
+        if r[0] != err(KpError::Busy) {
+            break r;
+        }
+        busy += 1;
+        assert!(busy < 1000);
+    };
+    assert_eq!(r[..2], [0, 1], "intact");
+    assert_eq!(busy, 2 * STEPS - 2);
+    assert_eq!(kp.digest(), Some(want));
+    let s = stats(&kp);
+    assert!(s.contains(&format!("kp_busy={busy}\n")), "{s}");
+    assert!(s.contains(&format!("kp_measure_steps_call={}\n", 2 * STEPS)));
+    assert!(s.contains("kp_self_checks=1\n"));
+    // The next check starts afresh, from the kernel as it is then.
+    ops.at(RODATA.1 - 1)[0] ^= 1;
+    assert_eq!(enable(&mut kp, &mut ops)[..2], [0, 0], "modified");
+}
+
+#[test]
+fn patches_between_measurement_steps_are_undone_in_the_baseline() {
+    // Two sites: one in the first step's bytes, one at TEXT's end. Both
+    // are patched after the first step; the baseline must still be the
+    // kernel as it was at enable, as an unpatched twin measures it.
+    let sites = [TEXT.0 + 0x40, TEXT.1 - 0x80];
     let setup = |ops: &mut Ops| {
-        ops.at(site)[..4].copy_from_slice(&NOP.to_le_bytes());
+        fill(ops);
+        for s in sites {
+            ops.put(s, NOP);
+        }
         let mut kp = service(ops);
         assert_eq!(submit(&mut kp, ops, &record()), 0);
-        assert_eq!(register_jumps(&mut kp, ops, &[(site, site + 0x40)])[0], 0);
-        enable(&mut kp, ops);
+        let table: Vec<(u64, u64)> = sites.iter().map(|&s| (s, s + 0x40)).collect();
+        assert_eq!(register_jumps(&mut kp, ops, &table)[..2], [0, 2]);
+        enable_once(&mut kp, ops);
         kp
     };
-    let mut sync_ops = Ops::new();
-    let sync = setup(&mut sync_ops);
-    let mut ops = Ops::with_hyp_cpu();
+    let mut twin_ops = Ops::new();
+    let mut twin = setup(&mut twin_ops);
+    idle_until_done(&mut twin, &mut twin_ops);
+    let mut ops = Ops::new();
     let mut kp = setup(&mut ops);
-    assert!(ops.background.is_some());
-    let mut regs = GuestRegs::default();
-    regs.x[2] = u64::from(b);
-    let f = fault(site, FIXMAP + (site & 0xfff), store(2, 2), &regs, false);
-    ops.pending_polls = 1;
+    kp.idle(&mut ops);
+    let entries: Vec<TextPatch> = sites.iter().map(|&s| insn(s, on(s))).collect();
     assert_eq!(
-        kp.guest_fault(&f, &mut ops),
-        FaultAction::Retry,
-        "the store runs again later"
+        batch(&mut kp, &mut ops, &entries),
+        [0, 2, 0, 0],
+        "not deferred"
     );
-    assert_eq!(ops.word(site), NOP, "nothing written meanwhile");
-    assert!(stats(&kp).contains("kp_patches_deferred=1\n"));
-    assert_eq!(kp.guest_fault(&f, &mut ops), FaultAction::Emulated);
-    assert!(ops.background.is_none(), "the digest was taken first");
-    assert_eq!(ops.word(site), b);
-    assert_eq!(kp.digest(), sync.digest(), "the baseline is pre-patch");
+    assert_eq!(ops.word(sites[1]), on(sites[1]));
+    idle_until_done(&mut kp, &mut ops);
+    assert_eq!(kp.digest(), twin.digest(), "the baseline is pre-patch");
     assert!(kp.digest().is_some());
-    let r = enable(&mut kp, &mut ops);
-    assert_eq!(r[..3], [0, 1, 1], "intact, one patch");
+    // A check under way sees patches land between its steps too.
+    assert_eq!(enable_once(&mut kp, &mut ops)[0], err(KpError::Busy));
+    kp.idle(&mut ops);
+    let back: Vec<TextPatch> = sites.iter().map(|&s| insn(s, NOP)).collect();
+    assert_eq!(batch(&mut kp, &mut ops, &back), [0, 2, 0, 0]);
+    assert_eq!(
+        enable(&mut kp, &mut ops)[..3],
+        [0, 1, 4],
+        "intact, 4 patches"
+    );
 }
 
 #[test]
 fn a_baseline_that_cannot_be_taken_fails_every_self_check() {
-    for hyp_cpu in [false, true] {
-        let mut ops = if hyp_cpu {
-            Ops::with_hyp_cpu()
-        } else {
-            Ops::new()
-        };
-        ops.lose_background = true;
-        ops.fail_hash = true;
-        let mut kp = service(&mut ops);
-        assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
-        let r = enable(&mut kp, &mut ops);
-        assert_eq!(ops.perms.len(), 4, "protected regardless");
-        assert!(stats(&kp).contains("kp_state=protected\n"));
-        if !hyp_cpu {
-            assert_eq!(r[..2], [0, 0], "protected, not intact");
-        }
-        // The first self-check takes (or fails to take) the baseline.
-        let r = enable(&mut kp, &mut ops);
-        assert_eq!(r[..2], [0, 0]);
-        ops.fail_hash = false;
-        let r = enable(&mut kp, &mut ops);
-        assert_eq!(r[..2], [0, 0], "never intact without a baseline");
-        assert!(stats(&kp).contains("kp_measurement=lost\n"));
-    }
+    let mut ops = Ops::new();
+    ops.fail_hash = true;
+    let mut kp = service(&mut ops);
+    assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+    let r = enable(&mut kp, &mut ops);
+    assert_eq!(ops.perms.len(), 4, "protected regardless");
+    assert_eq!(r, [0, 1, 0, 0]);
+    assert!(stats(&kp).contains("kp_state=protected\n"));
+    // The first self-check fails to take the baseline.
+    let r = enable(&mut kp, &mut ops);
+    assert_eq!(r[..2], [0, 0]);
+    ops.fail_hash = false;
+    let r = enable(&mut kp, &mut ops);
+    assert_eq!(r[..2], [0, 0], "never intact without a baseline");
+    assert!(stats(&kp).contains("kp_measurement=lost\n"));
+    assert!(!kp.has_idle_work(), "nothing left to do in idle time");
 }
 
 fn summary(kp: &KernelProtect) -> std::string::String {
@@ -739,7 +741,17 @@ fn summary_says_what_is_protected_and_the_self_check_verdict() {
     enable(&mut kp, &mut ops);
     let s = summary(&kp);
     assert!(s.contains("protected: text read-only"), "{s}");
+    assert!(
+        s.contains("still being taken in idle time (0 of 3145728 bytes hashed)"),
+        "{s}"
+    );
+    idle_until_done(&mut kp, &mut ops);
+    let s = summary(&kp);
     assert!(s.contains("SHA-256 of text+rodata "), "{s}");
+    assert!(
+        s.contains("(12 steps in idle time, 0 in self-checks)"),
+        "{s}"
+    );
     assert!(s.contains("self-check:     not run"), "{s}");
     enable(&mut kp, &mut ops);
     assert!(summary(&kp).contains("intact (1 of 1 checks)"));
@@ -1045,24 +1057,6 @@ fn text_patch_calls_are_checked() {
     );
 }
 
-#[test]
-fn a_batch_is_busy_while_the_baseline_is_pending() {
-    let mut ops = Ops::with_hyp_cpu();
-    let site = text(0x100);
-    ops.put(site, NOP);
-    let mut kp = service(&mut ops);
-    assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
-    register_jumps(&mut kp, &mut ops, &[(site, site + 0x40)]);
-    assert_eq!(enable(&mut kp, &mut ops), [0, 1, 0, 0], "hashing");
-    ops.pending_polls = 1;
-    let r = batch(&mut kp, &mut ops, &[insn(site, on(site))]);
-    assert_eq!(r[0], err(KpError::Busy));
-    assert_eq!(ops.word(site), NOP, "nothing applied");
-    let r = batch(&mut kp, &mut ops, &[insn(site, on(site))]);
-    assert_eq!(r, [0, 1, 0, 0]);
-    assert_eq!(self_check(&mut kp, &mut ops)[..3], [0, 1, 1]);
-}
-
 /// ftrace's trampolines in TEXT.
 const CALLERS: [u64; 2] = [TEXT.0 + 0x40, TEXT.0 + 0x80];
 
@@ -1251,12 +1245,8 @@ fn kprobes_arm_and_restore_exactly_and_keep_the_measurement() {
 
 #[test]
 fn thousands_of_flips_leave_the_measurement_as_it_was_at_enable() {
-    for hyp_cpu in [false, true] {
-        let mut ops = if hyp_cpu {
-            Ops::with_hyp_cpu()
-        } else {
-            Ops::new()
-        };
+    {
+        let mut ops = Ops::new();
         // 200 sites over 50 pages, every other one a B at enable.
         let sites: Vec<u64> = (0..200u64).map(|i| text(i * 0x100 + 8)).collect();
         for &s in &sites {
@@ -1277,11 +1267,12 @@ fn thousands_of_flips_leave_the_measurement_as_it_was_at_enable() {
                 .collect();
             assert_eq!(batch(kp, ops, &entries), [0, 200, 0, 0]);
         };
+        // The baseline is taken between the flips.
         for _ in 0..11 {
+            kp.idle(&mut ops);
             flip(&mut kp, &mut ops);
         }
         assert_eq!(self_check(&mut kp, &mut ops)[..3], [0, 1, 2200]);
-        kp.finish(&mut ops);
         assert_eq!(self_check(&mut kp, &mut ops)[..2], [0, 1]);
     }
 }

@@ -30,15 +30,6 @@ impl HypOps for Ops {
     ) -> Result<(), OpsError> {
         Err(OpsError::NotGuestRam)
     }
-    fn hash_guest_in_background(&mut self, _: &[IpaRange]) -> Result<bool, OpsError> {
-        Ok(false)
-    }
-    fn background_hash(&mut self) -> crate::service::BackgroundHash {
-        crate::service::BackgroundHash::None
-    }
-    fn wait_background_hash(&mut self) -> Option<[u8; 32]> {
-        None
-    }
     fn write_guest_u64(&mut self, _: Ipa, _: u64) -> Result<(), OpsError> {
         Err(OpsError::NotGuestRam)
     }

@@ -9,7 +9,6 @@ use guest_kp::mem_perms::{ATTR_EXEC, ATTR_IMMUTABLE, ATTR_READ, ATTR_WRITE};
 
 use super::*;
 use crate::devices::DeviceWindows;
-use crate::service::BackgroundHash;
 use crate::stage2::tests::{CountingTlb, FakeTables};
 use crate::stage2::{Attrs, MemType, Stage2, Stage2Error};
 
@@ -123,15 +122,6 @@ impl HypOps for Ops {
         let at = (ipa.get() - RAM) as usize;
         sink.update(&self.mem[at..at + len as usize]);
         Ok(())
-    }
-    fn hash_guest_in_background(&mut self, _: &[IpaRange]) -> Result<bool, OpsError> {
-        Ok(false)
-    }
-    fn background_hash(&mut self) -> BackgroundHash {
-        BackgroundHash::None
-    }
-    fn wait_background_hash(&mut self) -> Option<[u8; 32]> {
-        None
     }
     fn write_guest_insn(&mut self, ipa: Ipa, insn: u32) -> Result<(), OpsError> {
         let at = (ipa.get() - RAM) as usize;
