@@ -419,6 +419,8 @@ pub struct Input {
 pub struct Reach {
     /// Exits fed.
     pub exits: u64,
+    /// Discovery calls answered without the core.
+    pub lock_free: u64,
     /// SMCCC calls a service answered.
     pub service_calls: u64,
     /// MMIO guard calls answered.
@@ -473,6 +475,8 @@ const IPA_MASK: u64 = 0x000f_ffff_ffff_ffff;
 
 struct Guest<'a, 's, 'm> {
     hyp: Hyp<'s, Pool>,
+    /// The answers any CPU gives without the core, as the EL2 code does.
+    discovery: &'s hyp_stub::hyp::Discovery,
     plat: Machine,
     services: &'a Services<'m>,
     vcpu: Vcpu,
@@ -528,6 +532,12 @@ impl Guest<'_, '_, '_> {
     fn exit(&mut self, esr: u64, far: u64, ipa: u64, kind: ExitKind) -> After {
         self.fed[kind_index(kind)] += 1;
         self.plat.take_events();
+        // As `handle_lower_sync`: discovery calls without the core.
+        if self.discovery.try_exit(Esr(esr), &mut self.vcpu) {
+            assert!(matches!(kind, ExitKind::Hvc | ExitKind::Smc));
+            self.reach.lock_free += 1;
+            return After::Stayed;
+        }
         let hpfar = (ipa >> 12) << 4;
         let next = self
             .hyp
@@ -958,7 +968,7 @@ impl Guest<'_, '_, '_> {
 
     fn finish(mut self) -> Reach {
         self.refresh_leaves();
-        let stats = &self.hyp.stats;
+        let stats = &self.hyp.all_stats();
         let total: u64 = self.fed.iter().sum();
         assert_eq!(
             stats.exits_total(),
@@ -1071,9 +1081,11 @@ pub fn run(input: &Input) -> Reach {
         let at = BATCH + i as u64 * guest_kp::abi::TEXT_PATCH_ENTRY_SIZE as u64;
         plat.ram.write(at, &entry.to_bytes());
     }
-    let hyp = machine::boot(&boot, &mut guard, &mut kp, &mut plat);
+    let discovery = hyp_stub::hyp::Discovery::new();
+    let hyp = machine::boot(&boot, &mut guard, &mut kp, &discovery, &mut plat);
     let mut g = Guest {
         hyp,
+        discovery: &discovery,
         plat,
         services: &services,
         vcpu: Vcpu {
@@ -1194,6 +1206,7 @@ mod tests {
             "{r:?}"
         );
         assert_eq!(r.protect_vm_assets, 1);
+        assert_eq!(r.lock_free, 1, "the UID, answered without the core");
     }
 
     /// A guest that starts vCPU 1, powers vCPU 0 down and turns vCPU 1

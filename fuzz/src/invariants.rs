@@ -319,7 +319,8 @@ mod tests {
             policy: Policy::AfterEnroll,
             tables: 3,
         };
-        let mut hyp = crate::machine::boot(&boot, &mut g, &mut k, &mut plat);
+        let discovery = hyp_stub::hyp::Discovery::new();
+        let mut hyp = crate::machine::boot(&boot, &mut g, &mut k, &discovery, &mut plat);
         let mut rec = KernelAssetInfo::new();
         for (i, ty) in RegionType::IPA.into_iter().enumerate() {
             rec.set_region(
@@ -421,7 +422,8 @@ mod tests {
             policy: Policy::AfterEnroll,
             tables: 2,
         };
-        let mut hyp = crate::machine::boot(&boot, &mut g, &mut k, &mut plat);
+        let discovery = hyp_stub::hyp::Discovery::new();
+        let mut hyp = crate::machine::boot(&boot, &mut g, &mut k, &discovery, &mut plat);
         let mut v = hyp_stub::vcpu::Vcpu::default();
         v.regs.x[0] = u64::from(mmio_guard::abi::MAP);
         v.regs.x[1] = 0x0900_0000;
@@ -442,7 +444,8 @@ mod tests {
             policy: Policy::AfterEnroll,
             tables: 2,
         };
-        let mut hyp = crate::machine::boot(&boot, &mut g, &mut k, &mut plat);
+        let discovery = hyp_stub::hyp::Discovery::new();
+        let mut hyp = crate::machine::boot(&boot, &mut g, &mut k, &discovery, &mut plat);
         let mut v = hyp_stub::vcpu::Vcpu::default();
         v.regs.x[..4].copy_from_slice(&[u64::from(psci::CPU_ON_64), 1, IMAGE, 7]);
         plat.take_events();

@@ -592,13 +592,14 @@ pub fn boot<'s, 'm: 's>(
     boot: &Boot,
     guard: &'s mut Shared<MmioGuard>,
     kp: &'s mut Shared<KernelProtect<'m>>,
+    discovery: &'s hyp_stub::hyp::Discovery,
     plat: &mut Machine,
 ) -> Hyp<'s, Pool> {
     let mut reg = hyp_stub::service::Registry::new();
     reg.register(guard).expect("register guard");
     reg.register(kp).expect("register kernel protect");
     let s2 = stage2(boot.tables.max(2)).expect("guest RAM fits in two tables");
-    let mut hyp = Hyp::new(layout(), reg, s2);
+    let mut hyp = Hyp::new(layout(), reg, s2, discovery);
     hyp.start_services(plat).expect("services start");
     hyp
 }

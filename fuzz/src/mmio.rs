@@ -121,7 +121,8 @@ pub fn run(input: &Input) {
     let services = Services::new(boot.policy);
     let (mut g, mut k) = services.handles();
     let mut plat = Machine::new();
-    let mut hyp = machine::boot(&boot, &mut g, &mut k, &mut plat);
+    let discovery = hyp_stub::hyp::Discovery::new();
+    let mut hyp = machine::boot(&boot, &mut g, &mut k, &discovery, &mut plat);
     let mut guest: Guard<SEGMENTS> = Guard::new(input.ranged);
     let mut live: Vec<(u64, u64)> = Vec::new();
     // Before the one sync: the hypervisor may guard less than the guest
@@ -267,7 +268,11 @@ pub fn run(input: &Input) {
         );
         check(&guest, &live, &services, unsynced);
     }
-    assert_eq!(b.hyp.stats.exits_total(), b.calls + exits, "exits_total");
+    assert_eq!(
+        b.hyp.all_stats().exits_total(),
+        b.calls + exits,
+        "exits_total"
+    );
 }
 
 fn check(guest: &Guard<SEGMENTS>, live: &[(u64, u64)], services: &Services, unsynced: bool) {

@@ -238,6 +238,8 @@ enum CpuState {
 pub struct Hyp<'s, M: TableMemory> {
     layout: Layout,
     services: Registry<'s>,
+    /// The discovery answers, shared with the lock-free path.
+    discovery: &'s Discovery,
     stage2: Stage2<M>,
     cpus: [CpuState; MAX_CPUS],
     /// Counters, printed at power-off.
@@ -254,14 +256,23 @@ pub fn cpu_slot(mpidr: u64) -> Option<usize> {
 
 impl<'s, M: TableMemory> Hyp<'s, M> {
     /// Creates the core with the guest's stage-2 tables (guest RAM already
-    /// mapped) and its services (not yet started).
-    pub fn new(layout: Layout, services: Registry<'s>, stage2: Stage2<M>) -> Self {
+    /// mapped) and its services (not yet started). `discovery` gets its
+    /// answers now: from then on any CPU may answer discovery calls from
+    /// it without the core ([`Discovery::try_exit`]).
+    pub fn new(
+        layout: Layout,
+        services: Registry<'s>,
+        stage2: Stage2<M>,
+        discovery: &'s Discovery,
+    ) -> Self {
+        discovery.fix(&services);
         let mut cpus = [CpuState::Off; MAX_CPUS];
         // The boot CPU runs vCPU 0.
         cpus[0] = CpuState::On;
         Self {
             layout,
             services,
+            discovery,
             stage2,
             cpus,
             stats: Stats::default(),
@@ -442,44 +453,17 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
     }
 
     fn smccc_call(&mut self, call: &Call, plat: &mut dyn Platform) -> [u64; 4] {
-        let fid = call.fid;
-        match fid {
-            smccc::SMCCC_VERSION => [smccc::VERSION_1_1, 0, 0, 0],
-            smccc::SMCCC_ARCH_FEATURES => {
-                let queried = call.args[0] as u32;
-                let known = matches!(queried, smccc::SMCCC_VERSION | smccc::SMCCC_ARCH_FEATURES)
-                    || self.services.handles(queried);
-                [if known { 0 } else { smccc::NOT_SUPPORTED }, 0, 0, 0]
-            }
-            smccc::VENDOR_HYP_UID => smccc::KVM_UID,
-            smccc::VENDOR_HYP_KVM_FEATURES => self.features(),
-            f => {
-                let (services, mut ops) = self.services_and_ops(plat);
-                match services.find(f) {
-                    Some(service) => service.call(call, &mut ops),
-                    None => {
-                        self.stats.calls_unsupported += 1;
-                        [smccc::NOT_SUPPORTED, 0, 0, 0]
-                    }
-                }
+        if let Some(answer) = self.discovery.answer(call) {
+            return answer;
+        }
+        let (services, mut ops) = self.services_and_ops(plat);
+        match services.find(call.fid) {
+            Some(service) => service.call(call, &mut ops),
+            None => {
+                self.stats.calls_unsupported += 1;
+                [smccc::NOT_SUPPORTED, 0, 0, 0]
             }
         }
-    }
-
-    /// The KVM vendor-hyp features bitmap: bit N of the 128 bits in
-    /// x0..x3 says vendor-hyp function N is implemented.
-    fn features(&self) -> [u64; 4] {
-        let mut bits = [1u64 << smccc::KVM_FUNC_FEATURES, 0, 0, 0];
-        for s in self.services.iter() {
-            for &fid in s.function_ids() {
-                if let Some(n) = smccc::vendor_hyp_function(fid) {
-                    if let Some(word) = bits.get_mut(usize::from(n / 32)) {
-                        *word |= 1 << (n % 32);
-                    }
-                }
-            }
-        }
-        bits
     }
 
     /// Offers a stage-2 fault on guest RAM to the services.
@@ -660,7 +644,7 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
         for s in self.services.iter() {
             s.write_summary(out)?;
         }
-        let st = &self.stats;
+        let st = self.all_stats();
         writeln!(
             out,
             "  hypervisor:     {} exits; {} MMIO accesses refused, {} guest RAM accesses refused, {} unsupported calls",
@@ -671,13 +655,19 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
         )
     }
 
+    /// The core's counters with the exits answered without it added.
+    pub fn all_stats(&self) -> Stats {
+        self.discovery.add_to(&self.stats)
+    }
+
     /// Writes the stats block, services' counters included.
     ///
     /// # Errors
     /// Whatever `out` returns.
     pub fn write_stats(&self, out: &mut dyn Write) -> core::fmt::Result {
         writeln!(out, "hyp-stub stats:")?;
-        self.stats.write_lines(out)?;
+        self.all_stats().write_lines(out)?;
+        writeln!(out, "exits_lock_free={}", self.discovery.exits())?;
         if let Some(n) = self.stage2.table_memory().in_use() {
             writeln!(out, "stage2_tables={n}")?;
         }
@@ -694,6 +684,9 @@ fn fault_ipa(hpfar: u64, far: u64) -> Ipa {
     Ipa(((hpfar & 0x0000_0fff_ffff_fff0) << 8) | (far & (PAGE_SIZE - 1)))
 }
 
+mod discovery;
 mod power;
 #[cfg(test)]
 mod tests;
+
+pub use discovery::Discovery;

@@ -218,6 +218,9 @@ pub trait Service: Send {
 /// How many services can be registered.
 pub const MAX_SERVICES: usize = 4;
 
+/// Most function IDs the registered services may answer together.
+pub const MAX_SERVICE_IDS: usize = 64;
+
 /// Why registration failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RegisterError {
@@ -225,6 +228,9 @@ pub enum RegisterError {
     Full,
     /// The function ID is already claimed by another service.
     DuplicateId(u32),
+    /// The services would answer more than [`MAX_SERVICE_IDS`] function
+    /// IDs together.
+    TooManyIds,
 }
 
 /// The registered services.
@@ -247,6 +253,10 @@ impl<'s> Registry<'s> {
     /// [`RegisterError`] if the registry is full or a function ID is
     /// already taken.
     pub fn register(&mut self, service: &'s mut dyn Service) -> Result<(), RegisterError> {
+        let ids: usize = self.services.iter().map(|s| s.function_ids().len()).sum();
+        if ids + service.function_ids().len() > MAX_SERVICE_IDS {
+            return Err(RegisterError::TooManyIds);
+        }
         for &fid in service.function_ids() {
             if self
                 .services
@@ -288,13 +298,6 @@ impl<'s> Registry<'s> {
             .iter_mut()
             .find(|s| s.function_ids().contains(&fid))
             .map(|s| &mut **s)
-    }
-
-    /// Whether some service answers `fid`.
-    pub fn handles(&self, fid: u32) -> bool {
-        self.services
-            .iter()
-            .any(|s| s.function_ids().contains(&fid))
     }
 
     /// Offers an immediate HVC to each service until one takes it.

@@ -47,7 +47,7 @@ const EXIT_KINDS: [(ExitKind, &str); 7] = [
 pub const TRACKED_CALLS: usize = 64;
 
 /// The counters.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Stats {
     exits: [u64; EXIT_KINDS.len()],
     calls: heapless::Vec<(u32, u64), TRACKED_CALLS>,
@@ -88,12 +88,27 @@ impl Stats {
         }
     }
 
+    /// Counts `n` exits (counted elsewhere, without the core).
+    pub fn add_exits(&mut self, kind: ExitKind, n: u64) {
+        if let Some(i) = EXIT_KINDS.iter().position(|(k, _)| *k == kind) {
+            self.exits[i] += n;
+        }
+    }
+
     /// Counts one call of `fid`.
     pub fn call(&mut self, fid: u32) {
-        if let Some((_, n)) = self.calls.iter_mut().find(|(f, _)| *f == fid) {
-            *n += 1;
-        } else if self.calls.push((fid, 1)).is_err() {
-            self.calls_untracked += 1;
+        self.add_calls(fid, 1);
+    }
+
+    /// Counts `n` calls of `fid`.
+    pub fn add_calls(&mut self, fid: u32, n: u64) {
+        if n == 0 {
+            return;
+        }
+        if let Some((_, c)) = self.calls.iter_mut().find(|(f, _)| *f == fid) {
+            *c += n;
+        } else if self.calls.push((fid, n)).is_err() {
+            self.calls_untracked += n;
         }
     }
 

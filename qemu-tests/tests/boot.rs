@@ -73,6 +73,12 @@ fn stats_are_consistent_and_count_discovery() {
     assert!(s.num("call_0x80000000") >= 1, "SMCCC_VERSION counted");
     assert!(s.num("call_0x8600ff01") >= 1, "vendor-hyp UID counted");
     assert!(s.num("call_0x86000000") >= 1, "KVM features counted");
+    // Those three are answered without the core's lock, and still counted.
+    let lock_free = s.num("exits_lock_free");
+    assert!(
+        lock_free >= 3 && lock_free <= s.sum("exit_hvc") + s.sum("exit_smc"),
+        "discovery without the lock: {lock_free}"
+    );
     assert!(s.num("call_0x84000008") == 1, "PSCI SYSTEM_OFF counted");
     assert!(
         s.num("mmio_emulated") > 100,

@@ -24,7 +24,7 @@ use hyp_stub::boot::{self, KernelImage, Manifest, Services};
 use hyp_stub::devices::DeviceWindows;
 use hyp_stub::esr::Esr;
 use hyp_stub::fdt::{self, Edits, Fdt, NodeProp};
-use hyp_stub::hyp::{Hyp, Layout, Next, Platform};
+use hyp_stub::hyp::{Discovery, Hyp, Layout, Next, Platform};
 use hyp_stub::service::Registry;
 use hyp_stub::services::kernel_protect::{AssetExtents, KernelProtect};
 use hyp_stub::services::mmio_guard::{self, MmioGuard};
@@ -40,6 +40,8 @@ use mmu::{GuestTlb, PoolTables};
 use sysreg::{isb, read_sysreg, write_sysreg};
 
 static HYP: Mutex<Option<Hyp<'static, PoolTables>>> = Mutex::new(None);
+/// The discovery answers, given by any CPU without taking [`HYP`].
+static DISCOVERY: Discovery = Discovery::new();
 /// VTCR_EL2 and VTTBR_EL2, for secondary CPUs.
 static STAGE2_REGS: Mutex<(u64, u64)> = Mutex::new((0, 0));
 
@@ -271,7 +273,7 @@ extern "C" fn hyp_main() -> ! {
             refuse_to_boot(format_args!("cannot register kernel protect: {e:?}"));
         }
     }
-    let mut hyp = Hyp::new(layout, registry, s2);
+    let mut hyp = Hyp::new(layout, registry, s2, &DISCOVERY);
     if let Err((name, e)) = hyp.start_services(&mut Board::new()) {
         refuse_to_boot(format_args!("service {name} failed to start: {e}"));
     }
@@ -461,6 +463,13 @@ extern "C" fn handle_lower_sync(regs: &mut GuestRegs) {
         pc: read_sysreg!("elr_el2"),
         pstate: read_sysreg!("spsr_el2"),
     };
+    // Exits that touch no state of the core's do not wait for it.
+    if DISCOVERY.try_exit(esr, &mut vcpu) {
+        *regs = vcpu.regs;
+        // SAFETY: as below: where the guest resumes, after ERET.
+        unsafe { write_sysreg!("elr_el2", vcpu.pc) };
+        return;
+    }
     let (next, idle_exits) = match HYP.lock().as_mut() {
         Some(hyp) => (
             hyp.handle_sync(esr, far, hpfar, &mut vcpu, &mut Board::new()),

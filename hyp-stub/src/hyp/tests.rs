@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0 OR MIT
 //! Host tests of the core against a fake platform and fake services.
 
+use std::boxed::Box;
 use std::string::String;
 use std::vec::Vec;
 
@@ -102,7 +103,7 @@ fn hyp_with(reg: Registry<'_>) -> TestHyp<'_> {
         &mut FakePlatform::default(),
     )
     .unwrap();
-    Hyp::new(layout(), reg, s2)
+    Hyp::new(layout(), reg, s2, Box::leak(Box::default()))
 }
 
 /// Everything below RAM is a device.
@@ -184,6 +185,69 @@ fn discovery_answers_like_kvm() {
     assert_eq!(v.pc, 0x1000, "HVC's ELR is already past the instruction");
     assert_eq!(hyp.stats.calls_of(0x8000_0000), 1);
     assert_eq!(hyp.stats.calls_of(0x8600_ff01), 1);
+}
+
+#[test]
+fn discovery_is_answered_without_the_core_and_as_the_core_answers() {
+    let mut fake = Fake {
+        fail: false,
+        deny_at: None,
+        calls: 0,
+    };
+    let mut reg = Registry::new();
+    reg.register(&mut fake).unwrap();
+    let unfixed = crate::hyp::Discovery::new();
+    let mut v = vcpu_with(&[0x8000_0000]);
+    assert!(!unfixed.try_exit(Esr(HVC), &mut v), "nothing before boot");
+    let mut hyp = hyp_with(reg);
+    let mut plat = FakePlatform::default();
+    let discovery = hyp.discovery;
+    let calls: [&[u64]; 7] = [
+        &[0x8000_0000],
+        &[0x8000_0001, 0x8000_0000],
+        &[0x8000_0001, 0xc600_0005],
+        &[0x8000_0001, 0xc600_0099],
+        &[0x8000_0001, 0x8000_8000],
+        &[0x8600_ff01],
+        &[0x8600_0000],
+    ];
+    for (i, call) in calls.iter().enumerate() {
+        let (esr, pc) = if i % 2 == 0 {
+            (HVC, 0x1000)
+        } else {
+            (SMC, 0x1004)
+        };
+        let mut lock_free = vcpu_with(call);
+        assert!(discovery.try_exit(Esr(esr), &mut lock_free), "{call:x?}");
+        assert_eq!(lock_free.pc, pc, "SMC skipped, HVC already past");
+        let mut core = vcpu_with(call);
+        hyp.handle_sync(Esr(esr), 0, 0, &mut core, &mut plat);
+        assert_eq!(lock_free.regs.x, core.regs.x, "the same answer: {call:x?}");
+    }
+    // Not discovery: the core's.
+    for (esr, call) in [
+        (HVC, &[0xc600_0006u64, 1][..]),
+        (HVC, &[0x8400_0000][..]),
+        (HVC | 0x6094, &[0x8000_0000][..]),
+        (0x24 << 26, &[0x8000_0000][..]),
+    ] {
+        let mut v = vcpu_with(call);
+        assert!(!discovery.try_exit(Esr(esr), &mut v), "{esr:#x} {call:x?}");
+        assert_eq!(&v.regs.x[..call.len()], call, "untouched");
+    }
+    // Counted once each, with the core's counts.
+    let all = hyp.all_stats();
+    assert_eq!(all.exits_total(), 14);
+    assert_eq!(all.calls_of(0x8000_0001), 8);
+    assert_eq!(all.calls_of(0x8600_ff01), 2);
+    assert_eq!(hyp.stats.exits_total(), 7, "the core saw only its own");
+    let mut out = String::new();
+    hyp.write_stats(&mut out).unwrap();
+    assert!(
+        out.contains("exits_total=14\nexit_hvc=8\nexit_smc=6\n"),
+        "{out}"
+    );
+    assert!(out.contains("exits_lock_free=7\n"), "{out}");
 }
 
 #[test]
@@ -1115,4 +1179,57 @@ fn a_recoverable_refusal_is_a_permission_fault_at_the_va() {
         assert_eq!(hyp.stats.aborts_injected, 1);
         assert_eq!(hyp.stats.ram_faults_refused, 1);
     }
+}
+
+/// A service answering `ids`.
+struct Ids(&'static [u32]);
+
+impl Service for Ids {
+    fn name(&self) -> &'static str {
+        "ids"
+    }
+    fn function_ids(&self) -> &'static [u32] {
+        self.0
+    }
+    fn init(&mut self, _: &mut dyn HypOps) -> Result<(), ServiceError> {
+        Ok(())
+    }
+    fn call(&mut self, _: &Call, _: &mut dyn HypOps) -> CallResult {
+        [0; 4]
+    }
+}
+
+#[test]
+fn the_registry_keeps_the_function_ids_discovery_can_answer_for() {
+    static LOW: [u32; 40] = {
+        let mut a = [0; 40];
+        let mut i = 0;
+        while i < 40 {
+            a[i] = 0xc600_1000 + i as u32;
+            i += 1;
+        }
+        a
+    };
+    static HIGH: [u32; 25] = {
+        let mut a = [0; 25];
+        let mut i = 0;
+        while i < 25 {
+            a[i] = 0xc600_2000 + i as u32;
+            i += 1;
+        }
+        a
+    };
+    let (mut low, mut high, mut fits) = (Ids(&LOW), Ids(&HIGH), Ids(&HIGH[..24]));
+    let mut reg = Registry::new();
+    reg.register(&mut low).unwrap();
+    assert_eq!(
+        reg.register(&mut high).err(),
+        Some(crate::service::RegisterError::TooManyIds),
+        "65 IDs"
+    );
+    reg.register(&mut fits).unwrap();
+    let hyp = hyp_with(reg);
+    let mut v = vcpu_with(&[0x8000_0001, 0xc600_2017]);
+    assert!(hyp.discovery.try_exit(Esr(HVC), &mut v));
+    assert_eq!(v.regs.x[0], 0, "the 64th ID is known");
 }
