@@ -391,11 +391,11 @@ impl<'m> KernelProtect<'m> {
     }
 
     /// One step of whatever is being measured: the baseline first, then
-    /// a self-check. True while more remains.
-    fn advance(&mut self, layout: &Layout, ops: &mut dyn HypOps, by: StepIn) -> bool {
+    /// a self-check. A finished check's verdict stays for the next call.
+    fn advance(&mut self, layout: &Layout, ops: &mut dyn HypOps, by: StepIn) {
         if matches!(self.baseline, Baseline::Taking(_)) {
             let Baseline::Taking(m) = core::mem::replace(&mut self.baseline, Baseline::Lost) else {
-                return false;
+                return;
             };
             self.baseline = match self.measure_step(m, layout, ops, by) {
                 Ok(Progress::More(m)) => Baseline::Taking(m),
@@ -409,9 +409,12 @@ impl<'m> KernelProtect<'m> {
                     Baseline::Lost
                 }
             };
-            return true;
+            return;
         }
-        if let Some(Check::Taking(m)) = self.check.take() {
+        if matches!(self.check, Some(Check::Taking(_))) {
+            let Some(Check::Taking(m)) = self.check.take() else {
+                return;
+            };
             let baseline = self.digest();
             self.check = Some(match self.measure_step(m, layout, ops, by) {
                 Ok(Progress::More(m)) => Check::Taking(m),
@@ -420,9 +423,7 @@ impl<'m> KernelProtect<'m> {
                 }
                 Err(_) => Check::Done(false),
             });
-            return matches!(self.check, Some(Check::Taking(_)));
         }
-        false
     }
 
     /// A self-check call: a step of the baseline if it is still being
@@ -993,7 +994,7 @@ impl Service for KernelProtect<'_> {
             Baseline::Lost => writeln!(out, "LOST: the baseline could not be taken")?,
             Baseline::Taken(digest) => writeln!(
                 out,
-                "SHA-256 of text+rodata {} ({} steps in idle time, {} in self-checks)",
+                "SHA-256 of text+rodata {} (measurement steps: {} in idle time, {} in self-check calls)",
                 Hex(digest),
                 c.steps_idle,
                 c.steps_call

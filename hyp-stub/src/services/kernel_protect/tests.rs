@@ -749,7 +749,7 @@ fn summary_says_what_is_protected_and_the_self_check_verdict() {
     let s = summary(&kp);
     assert!(s.contains("SHA-256 of text+rodata "), "{s}");
     assert!(
-        s.contains("(12 steps in idle time, 0 in self-checks)"),
+        s.contains("(measurement steps: 12 in idle time, 0 in self-check calls)"),
         "{s}"
     );
     assert!(s.contains("self-check:     not run"), "{s}");
