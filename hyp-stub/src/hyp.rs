@@ -425,11 +425,7 @@ impl<'s, M: TableMemory> Hyp<'s, M> {
     }
 
     fn hypercall(&mut self, imm: u16, vcpu: &mut Vcpu, plat: &mut dyn Platform) -> Next {
-        let x = &vcpu.regs.x;
-        let call = Call {
-            fid: x[0] as u32,
-            args: [x[1], x[2], x[3], x[4], x[5], x[6]],
-        };
+        let call = Call::from_regs(&vcpu.regs);
         let (result, next) = if imm != 0 {
             // Not an SMCCC call: the immediate names the call.
             self.stats.call(u32::from(imm));

@@ -22,6 +22,17 @@ pub struct Call {
     pub args: [u64; 6],
 }
 
+impl Call {
+    /// The call a vCPU makes with these registers: w0 and x1..x6.
+    pub fn from_regs(regs: &GuestRegs) -> Self {
+        let x = &regs.x;
+        Self {
+            fid: x[0] as u32,
+            args: [x[1], x[2], x[3], x[4], x[5], x[6]],
+        }
+    }
+}
+
 /// Result registers x0..x3.
 pub type CallResult = [u64; 4];
 

@@ -112,11 +112,7 @@ impl Discovery {
         if esr.imm16() != 0 {
             return false;
         }
-        let x = &vcpu.regs.x;
-        let call = Call {
-            fid: x[0] as u32,
-            args: [x[1], x[2], x[3], x[4], x[5], x[6]],
-        };
+        let call = Call::from_regs(&vcpu.regs);
         let (Some(answer), Some(i)) = (
             self.answer(&call),
             CALLS.iter().position(|&f| f == call.fid),

@@ -135,6 +135,7 @@ fn vcpu_with(x: &[u64]) -> Vcpu {
     v
 }
 
+#[derive(Default)]
 struct Fake {
     fail: bool,
     deny_at: Option<Ipa>,
@@ -189,11 +190,7 @@ fn discovery_answers_like_kvm() {
 
 #[test]
 fn discovery_is_answered_without_the_core_and_as_the_core_answers() {
-    let mut fake = Fake {
-        fail: false,
-        deny_at: None,
-        calls: 0,
-    };
+    let mut fake = Fake::default();
     let mut reg = Registry::new();
     reg.register(&mut fake).unwrap();
     let unfixed = crate::hyp::Discovery::new();
@@ -252,11 +249,7 @@ fn discovery_is_answered_without_the_core_and_as_the_core_answers() {
 
 #[test]
 fn services_are_dispatched_and_advertised() {
-    let mut fake = Fake {
-        fail: false,
-        deny_at: None,
-        calls: 0,
-    };
+    let mut fake = Fake::default();
     let mut reg = Registry::new();
     reg.register(&mut fake).unwrap();
     let mut hyp = hyp_with(reg);
@@ -282,14 +275,9 @@ fn services_are_dispatched_and_advertised() {
 fn failing_service_is_fail_closed_and_duplicates_refused() {
     let mut bad = Fake {
         fail: true,
-        deny_at: None,
-        calls: 0,
+        ..Fake::default()
     };
-    let mut twin = Fake {
-        fail: false,
-        deny_at: None,
-        calls: 0,
-    };
+    let mut twin = Fake::default();
     let mut reg = Registry::new();
     reg.register(&mut bad).unwrap();
     assert_eq!(
@@ -714,9 +702,8 @@ fn mmio_is_emulated_on_the_device_outside_the_core() {
 #[test]
 fn mmio_that_cannot_be_emulated_aborts_the_guest() {
     let mut deny = Fake {
-        fail: false,
         deny_at: Some(Ipa(0x0a00_0000)),
-        calls: 0,
+        ..Fake::default()
     };
     let mut reg = Registry::new();
     reg.register(&mut deny).unwrap();

@@ -430,8 +430,7 @@ impl<'m> KernelProtect<'m> {
     /// taken, then a step of the check; `None` (BUSY) until the verdict
     /// is there.
     fn self_check(&mut self, layout: &Layout, ops: &mut dyn HypOps) -> Option<bool> {
-        if let Some(Check::Done(intact)) = self.check {
-            self.check = None;
+        if let Some(intact) = self.take_verdict() {
             return Some(intact);
         }
         if matches!(self.baseline, Baseline::Taking(_)) {
@@ -446,13 +445,16 @@ impl<'m> KernelProtect<'m> {
             self.check = Some(Check::Taking(Measuring::new(layout)));
         }
         self.advance(layout, ops, StepIn::Call);
-        match self.check {
-            Some(Check::Done(intact)) => {
-                self.check = None;
-                Some(intact)
-            }
-            _ => None,
-        }
+        self.take_verdict()
+    }
+
+    /// The verdict of a finished check, which frees the slot for the next.
+    fn take_verdict(&mut self) -> Option<bool> {
+        let Some(Check::Done(intact)) = self.check else {
+            return None;
+        };
+        self.check = None;
+        Some(intact)
     }
 
     /// The baseline's digest, once taken.
