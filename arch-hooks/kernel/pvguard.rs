@@ -63,6 +63,7 @@ use cmdline::Mode;
 use guest_kp::abi::TextPatch;
 use guest_kp::builder::Builder;
 use guest_kp::guest::{BatchError, Hypercall, TextBatch};
+use guest_kp::mem_perms::{SiteList, SITE_SIZE};
 use guest_kp::record::{AlignedRecord, KernelAssetInfo};
 use guest_kp::sites::PatchPolicy;
 use kp::{KpState, PatchTables, Table};
@@ -716,27 +717,79 @@ fn code_error(what: core::fmt::Arguments<'_>, e: code::CodeError) -> c_int {
     }
 }
 
+/// A module's jump labels (`struct pvguard_jump_sites` in
+/// `pvguard_rust.h`): its `__jump_table`, and a buffer for the site list
+/// the hypervisor reads.
+#[repr(C)]
+pub struct JumpSites {
+    table: *const code::JumpEntry,
+    entries: u64,
+    buf: *mut u8,
+    buf_pa: u64,
+}
+
+/// The site list of the `ranges` of a module's text, written into the
+/// buffer of `sites` (which may be null: no jump labels).
+///
+/// # Safety
+/// `sites` is null or valid, its table holds `entries` entries and its
+/// buffer `entries` sites, physically contiguous at `buf_pa`.
+unsafe fn site_list(sites: *const JumpSites, ranges: &[code::Range; 2]) -> SiteList {
+    // SAFETY: null or valid, as the caller guarantees.
+    let Some(s) = (unsafe { sites.as_ref() }) else {
+        return SiteList::default();
+    };
+    if s.table.is_null() || s.buf.is_null() || s.entries == 0 {
+        return SiteList::default();
+    }
+    let n = s.entries as usize;
+    // SAFETY: the module's jump table, `n` entries, not written while
+    // its text is made executable (the module is not live yet).
+    let table = unsafe { core::slice::from_raw_parts(s.table, n) };
+    // SAFETY: a buffer of `n` sites that only this call writes.
+    let out = unsafe { core::slice::from_raw_parts_mut(s.buf, n * SITE_SIZE) };
+    let text = ranges.map(|r| (r.va, r.pages));
+    let count = code::module_sites(table, s.table as u64, &text, out);
+    SiteList {
+        ipa: s.buf_pa,
+        count,
+    }
+}
+
 /// Two ranges of one module in one call: its text and init text
-/// (`seal` false), or its rodata and ro_after_init (`seal` true). Returns
-/// 0 or a negative errno.
+/// (`seal` false), with the sites of its jump labels, or its rodata and
+/// ro_after_init (`seal` true, `sites` null). Returns 0 or a negative
+/// errno.
+///
+/// # Safety
+/// As for `site_list`.
 #[no_mangle]
-pub extern "C" fn pvguard_rust_code_module(
+pub unsafe extern "C" fn pvguard_rust_code_module(
     seal: bool,
     va0: u64,
     pages0: u64,
     va1: u64,
     pages1: u64,
+    sites: *const JumpSites,
 ) -> c_int {
     // SAFETY: called with `pvguard_lock` held.
     let protected = unsafe { guest() }.kp.status() == kp::Status::Protected;
     // SAFETY: called with `pvguard_lock` held, the only user of `CODE`.
     let (state, page) = unsafe { &mut *CODE.0.get() };
-    let ranges = if seal {
-        code::module_seal((va0, pages0), (va1, pages1))
+    let (ranges, sites) = if seal {
+        let ranges = code::module_seal((va0, pages0), (va1, pages1));
+        (ranges, SiteList::default())
     } else {
-        code::module_text((va0, pages0), (va1, pages1))
+        let ranges = code::module_text((va0, pages0), (va1, pages1));
+        let sites = if protected {
+            // SAFETY: as the caller guarantees.
+            unsafe { site_list(sites, &ranges) }
+        } else {
+            SiteList::default()
+        };
+        (ranges, sites)
     };
-    match state.grant(&mut CodeChannel(page), protected, &ranges, &code_pa) {
+    match state.grant(&mut CodeChannel(page), protected, &ranges, sites, &code_pa) {
         Ok(()) => 0,
         Err(e) => code_error(format_args!("module at {:#x}", va0), e),
     }

@@ -39,8 +39,8 @@
 
 use crate::guest_kp::abi::KpError;
 use crate::guest_kp::mem_perms::{
-    decode_answer, List, ATTR_DEFAULT, ATTR_EXEC, ATTR_IMMUTABLE, ATTR_JIT, ATTR_READ,
-    ATTR_RELEASE, MEM_PERMISSIONS,
+    decode_answer, List, SiteEntry, SiteList, ATTR_DEFAULT, ATTR_EXEC, ATTR_IMMUTABLE, ATTR_JIT,
+    ATTR_READ, ATTR_RELEASE, MEM_PERMISSIONS, SITE_SIZE,
 };
 
 /// The kernel's page size for these requests (the ABI's granule).
@@ -174,6 +174,60 @@ pub fn module_text(text: (u64, u64), init_text: (u64, u64)) -> [Range; 2] {
     ]
 }
 
+/// One entry of a module's `__jump_table` as arm64 lays it out
+/// (`CONFIG_HAVE_ARCH_JUMP_LABEL_RELATIVE`): the site and the label as
+/// offsets from the fields that hold them, and the key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JumpEntry {
+    /// Site, relative to this field.
+    pub code: i32,
+    /// Label, relative to this field.
+    pub target: i32,
+    /// The static key (and flags in its low bits).
+    pub key: i64,
+}
+
+/// Size of a [`JumpEntry`], the C side's `sizeof(struct jump_entry)`.
+pub const JUMP_ENTRY_SIZE: u64 = 16;
+
+/// The site list for a module's text: every entry of its jump table
+/// (at kernel address `table_va`) whose site lies in one of the `text`
+/// ranges (VA, pages), as absolute VAs, written into `out` in the wire
+/// form. Returns how many were written; entries whose site lies
+/// elsewhere (none in a module the kernel built) and entries past the
+/// room of `out` are left out, so the hypervisor refuses the patches at
+/// those sites rather than a load being refused.
+pub fn module_sites(
+    table: &[JumpEntry],
+    table_va: u64,
+    text: &[(u64, u64)],
+    out: &mut [u8],
+) -> u64 {
+    let in_text = |va: u64| {
+        text.iter()
+            .any(|&(start, pages)| va >= start && va - start < pages.saturating_mul(PAGE))
+    };
+    let mut n = 0;
+    let mut slots = out.chunks_exact_mut(SITE_SIZE);
+    for (i, e) in table.iter().enumerate() {
+        let field = table_va.wrapping_add(i as u64 * JUMP_ENTRY_SIZE);
+        let site = field.wrapping_add_signed(i64::from(e.code));
+        let label = field
+            .wrapping_add(4)
+            .wrapping_add_signed(i64::from(e.target));
+        if !in_text(site) {
+            continue;
+        }
+        let Some(slot) = slots.next() else {
+            break;
+        };
+        slot.copy_from_slice(&SiteEntry { site, label }.to_bytes());
+        n += 1;
+    }
+    n
+}
+
 /// A module's rodata and ro_after_init, sealed in one call.
 pub fn module_seal(rodata: (u64, u64), ro_after_init: (u64, u64)) -> [Range; 2] {
     let seal = |(va, pages)| Range {
@@ -291,6 +345,7 @@ impl CodeState {
                     ch,
                     true,
                     &[range(ATTR_READ | ATTR_EXEC | ATTR_IMMUTABLE)],
+                    SiteList::default(),
                     pa_of,
                 )
             }
@@ -303,12 +358,18 @@ impl CodeState {
                 }
                 Ok(())
             }
-            Op::Seal => self.grant(ch, true, &[range(ATTR_READ | ATTR_IMMUTABLE)], pa_of),
+            Op::Seal => self.grant(
+                ch,
+                true,
+                &[range(ATTR_READ | ATTR_IMMUTABLE)],
+                SiteList::default(),
+                pa_of,
+            ),
             Op::Release => {
                 if !self.overflow && !self.overlapping(va, end).any(|t| t.exec) {
                     return Ok(());
                 }
-                self.request(ch, &[range(ATTR_RELEASE)], false, pa_of)
+                self.request(ch, &[range(ATTR_RELEASE)], None, pa_of)
             }
             Op::Free => {
                 let mut any = self.overflow;
@@ -327,9 +388,9 @@ impl CodeState {
                 // to read/write (never writable while executable: one
                 // stage-2 change), logged as released all the same.
                 if immutable {
-                    self.request(ch, &[range(ATTR_RELEASE)], false, pa_of)?;
+                    self.request(ch, &[range(ATTR_RELEASE)], None, pa_of)?;
                 }
-                self.request(ch, &[range(ATTR_DEFAULT)], false, pa_of)?;
+                self.request(ch, &[range(ATTR_DEFAULT)], None, pa_of)?;
                 self.untrack(va, end);
                 Ok(())
             }
@@ -337,7 +398,8 @@ impl CodeState {
     }
 
     /// Applies `ranges` (the ranges of one module), in one all-or-nothing
-    /// call if they include code, and remembers them.
+    /// call if they include code, with the jump-label `sites` of that
+    /// code, and remembers them.
     ///
     /// # Errors
     /// A [`CodeError`]; then nothing was applied.
@@ -346,14 +408,18 @@ impl CodeState {
         ch: &mut dyn Channel,
         protected: bool,
         ranges: &[Range],
+        sites: SiteList,
         pa_of: &dyn Fn(u64) -> Option<u64>,
     ) -> Result<(), CodeError> {
         if !protected {
             return Ok(());
         }
-        // Code must become executable whole; sealing may take several
-        // calls.
-        let one_call = ranges.iter().any(|r| r.attrs & ATTR_EXEC != 0);
+        // Code must become executable whole, with its sites; sealing may
+        // take several calls.
+        let one_call = ranges
+            .iter()
+            .any(|r| r.attrs & ATTR_EXEC != 0)
+            .then_some(sites);
         self.request(ch, ranges, one_call, pa_of)?;
         if self.active == Active::Yes {
             for r in ranges.iter().filter(|r| r.pages != 0) {
@@ -372,12 +438,12 @@ impl CodeState {
         r: Range,
         pa_of: &dyn Fn(u64) -> Option<u64>,
     ) -> Result<(), CodeError> {
-        if let Err(e) = self.request(ch, &[r], false, pa_of) {
+        if let Err(e) = self.request(ch, &[r], None, pa_of) {
             let back = Range {
                 attrs: ATTR_DEFAULT,
                 ..r
             };
-            let _ = self.request(ch, &[back], false, pa_of);
+            let _ = self.request(ch, &[back], None, pa_of);
             return Err(e);
         }
         if self.active == Active::Yes {
@@ -387,13 +453,13 @@ impl CodeState {
         Ok(())
     }
 
-    /// One request, in as few calls as the list allows; with `one_call`,
-    /// it must fit in one (all or nothing).
+    /// One request, in as few calls as the list allows; with `one_call`
+    /// (the sites that go with it), it must fit in one (all or nothing).
     fn request(
         &mut self,
         ch: &mut dyn Channel,
         ranges: &[Range],
-        one_call: bool,
+        one_call: Option<SiteList>,
         pa_of: &dyn Fn(u64) -> Option<u64>,
     ) -> Result<(), CodeError> {
         if self.active == Active::No {
@@ -405,26 +471,26 @@ impl CodeState {
                 let page_va = r.va.wrapping_add(i.wrapping_mul(PAGE));
                 let pa = pa_of(page_va).ok_or(CodeError::NoPage(page_va))?;
                 if self.list.push_page(pa, page_va, r.attrs).is_err() {
-                    if one_call {
+                    if one_call.is_some() {
                         return Err(CodeError::TooScattered);
                     }
-                    self.send(ch)?;
+                    self.send(ch, SiteList::default())?;
                     self.list.clear();
                     // An empty list always takes a page.
                     let _ = self.list.push_page(pa, page_va, r.attrs);
                 }
             }
         }
-        self.send(ch)
+        self.send(ch, one_call.unwrap_or_default())
     }
 
-    fn send(&mut self, ch: &mut dyn Channel) -> Result<(), CodeError> {
+    fn send(&mut self, ch: &mut dyn Channel, sites: SiteList) -> Result<(), CodeError> {
         if self.list.is_empty() {
             return Ok(());
         }
         let (ipa, n) = ch.stage(&self.list);
         self.calls += 1;
-        let answer = ch.call(MEM_PERMISSIONS, [ipa, n, 0, 0]);
+        let answer = ch.call(MEM_PERMISSIONS, [ipa, n, sites.ipa, sites.count]);
         match decode_answer(answer) {
             Ok(_) => {
                 self.active = Active::Yes;

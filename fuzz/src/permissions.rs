@@ -24,7 +24,9 @@ use hyp_stub::addr::{GuestVa, Ipa, IpaRange};
 use hyp_stub::devices::DeviceWindows;
 use hyp_stub::esr::AbortSyndrome;
 use hyp_stub::service::{CallResult, FaultAction, GuestFault, HypOps, OpsError};
-use hyp_stub::services::kernel_protect::permissions::{stage2_perms, MemAttrs, Permissions};
+use hyp_stub::services::kernel_protect::permissions::{
+    stage2_perms, MemAttrs, Permissions,
+};
 use hyp_stub::sha256::Sha256;
 use hyp_stub::stage2::{Perms, Stage2, Tlb};
 use hyp_stub::vcpu::GuestRegs;
@@ -309,7 +311,7 @@ fn call(
             Entry::from_bytes(&b)
         })
         .collect();
-    (p.call(at, count, ops), given)
+    (p.call(at, count, guest_kp::mem_perms::SiteList::default(), ops), given)
 }
 
 /// What an input did: calls accepted, stores performed.

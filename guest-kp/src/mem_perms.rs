@@ -18,10 +18,12 @@
 //! | w0 | [`MEM_PERMISSIONS`] | status: 0 or a [`KpError`] code |
 //! | x1 | IPA of the list | index of the first refused entry, or [`NO_ENTRY`] |
 //! | x2 | number of entries, 1..=[`MAX_ENTRIES`] | number of code-log records after the call |
-//! | x3 | - | first 64 bits of the code-log digest after the call (big-endian) |
+//! | x3 | IPA of the jump-label site list, or 0 | first 64 bits of the code-log digest after the call (big-endian) |
+//! | x4 | number of sites, 0..=[`MAX_SITES`] | - |
 //!
 //! x1 is [`NO_ENTRY`] when a refusal is not about one entry (the call,
-//! the list, the state).
+//! the list, the state). When it is about one site of the site list, x1
+//! is that site's index.
 //!
 //! The list is `x2` [`Entry`]s of [`ENTRY_SIZE`] bytes each, in guest RAM
 //! at x1 (8-byte aligned). The hypervisor copies it, checks every entry
@@ -34,6 +36,24 @@
 //! hypervisor needs the VA to check the targets of the jump-label
 //! patches it performs in that code (a branch is relative to the VA, not
 //! to the IPA), and the code log names where code ran.
+//!
+//! # Jump-label sites
+//!
+//! The call that makes a module's text executable also names the jump
+//! labels the kernel may later patch in it: x4 [`SiteEntry`]s of
+//! [`SITE_SIZE`] bytes each, in guest RAM at x3 (8-byte aligned), built
+//! by the guest from the module's `__jump_table` when the text becomes
+//! executable. Each names the VA of a site and of its label. The
+//! hypervisor reads the list once and accepts it with the rest of the
+//! call, or refuses the whole call, if a site or its label is not
+//! 4-byte aligned code of one of this call's EXEC entries that was not
+//! executable before, if a site is its own label or named twice, or if
+//! the instruction at the site is not `NOP` or `B` to its label. From
+//! then on a store into that code through the text-poke path is
+//! performed only at such a site, and only as `NOP` <-> `B` to the
+//! site's own label; the sites go when the code is released. The list's
+//! digest is logged ([`LOG_SITES`]), so a verifier knows which patches
+//! the code admits.
 //!
 //! # Attributes (Heki's values)
 //!
@@ -74,7 +94,8 @@
 //! `chain = SHA-256(chain || record)` with the record laid out by
 //! [`log_record`]. A jump-label patch the hypervisor performs in such
 //! code is logged too ([`LOG_PATCH`]), and so is every store it performs
-//! into a JIT range ([`ATTR_JIT`], [`LOG_COPY`]). A verifier that has the records replays the chain; the
+//! into a JIT range ([`ATTR_JIT`], [`LOG_COPY`]), and every site list
+//! ([`LOG_SITES`]). A verifier that has the records replays the chain; the
 //! guest reads the digest with [`CODE_LOG`] (two calls, 16 bytes each)
 //! and the number of records with either call.
 
@@ -126,6 +147,54 @@ pub const ENTRY_SIZE: usize = 32;
 /// one call's work is bounded.
 pub const MAX_ENTRIES: usize = 128;
 
+/// Size of one [`SiteEntry`] in guest memory.
+pub const SITE_SIZE: usize = 16;
+
+/// Most jump-label sites one call registers.
+pub const MAX_SITES: u64 = 8192;
+
+/// One jump-label site of a site list: `{ u64 site; u64 label; }`,
+/// little-endian guest VAs, as a module's `__jump_table` names them
+/// (absolute, not relative).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SiteEntry {
+    /// VA of the instruction that flips between `NOP` and `B`.
+    pub site: u64,
+    /// VA the `B` jumps to.
+    pub label: u64,
+}
+
+impl SiteEntry {
+    /// The site's wire form.
+    pub fn to_bytes(&self) -> [u8; SITE_SIZE] {
+        let mut b = [0u8; SITE_SIZE];
+        b[..8].copy_from_slice(&self.site.to_le_bytes());
+        b[8..].copy_from_slice(&self.label.to_le_bytes());
+        b
+    }
+
+    /// Decodes one site from its wire form.
+    pub fn from_bytes(b: &[u8; SITE_SIZE]) -> Self {
+        let mut site = [0u8; 8];
+        let mut label = [0u8; 8];
+        site.copy_from_slice(&b[..8]);
+        label.copy_from_slice(&b[8..]);
+        Self {
+            site: u64::from_le_bytes(site),
+            label: u64::from_le_bytes(label),
+        }
+    }
+}
+
+/// Where a call's site list is (x3) and how many sites it holds (x4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SiteList {
+    /// IPA of the first [`SiteEntry`] (8-byte aligned).
+    pub ipa: u64,
+    /// Number of sites; 0 for none (then `ipa` is not looked at).
+    pub count: u64,
+}
+
 /// x1 of a refusal that is not about one entry.
 pub const NO_ENTRY: u64 = u64::MAX;
 
@@ -141,6 +210,11 @@ pub const LOG_PATCH: u8 = 3;
 /// ([`ATTR_JIT`]) through the text-poke path; size is the store's width
 /// (4 or 8) and the digest field holds the bytes stored, then zeros.
 pub const LOG_COPY: u8 = 4;
+/// Code-log record kind: the jump-label sites registered with the code
+/// of the same call; start, size and va are those of the call's first
+/// EXEC entry, and the digest is SHA-256 over the site list as read
+/// ([`SiteEntry`]s in wire form, in the guest's order).
+pub const LOG_SITES: u8 = 5;
 /// Size of one code-log record.
 pub const LOG_RECORD_SIZE: usize = 1 + 8 + 8 + 8 + 32;
 

@@ -71,8 +71,25 @@ fn modules_load_run_and_unload_under_default_deny() {
     assert!(release >= 4, "release records: {release}");
     assert_eq!(
         s.num("kp_code_log_records"),
-        exec + release + s.num("kp_perm_patches") + s.num("kp_perm_copies"),
+        exec + release
+            + s.num("kp_perm_patches")
+            + s.num("kp_perm_copies")
+            + s.num("kp_code_log_sites"),
         "every record accounted for"
+    );
+    // Its jump labels came with its text, and went with it.
+    eprintln!(
+        "jump-label sites of modules: {} registered in {} lists, {} released, {} held",
+        s.num("kp_perm_sites_registered"),
+        s.num("kp_code_log_sites"),
+        s.num("kp_perm_sites_released"),
+        s.num("kp_perm_sites")
+    );
+    assert!(s.num("kp_code_log_sites") >= 1);
+    assert!(s.num("kp_perm_sites_registered") > 0);
+    assert_eq!(
+        s.num("kp_perm_sites_released"),
+        s.num("kp_perm_sites_registered") - s.num("kp_perm_sites"),
     );
     // The guest's self-check shows the code log; if nothing was logged
     // after it (module init memory is freed from a workqueue), it is the
@@ -94,6 +111,69 @@ fn modules_load_run_and_unload_under_default_deny() {
             .map(|(_, v)| v.parse::<u64>().unwrap_or(0))
             .sum();
     assert_eq!(refused, 0, "no call refused");
+}
+
+const MODPATCH: [&str; 3] = [
+    "B to other code at a jump-label site",
+    "B to a label at a NOP that is no site",
+    "the site's own B",
+];
+
+fn module_patches(append: &str, tag: &str) -> Outcome {
+    let pokes: String = (0..MODPATCH.len())
+        .map(|n| format!("echo {n} > {DBG}/kp_modpatch; "))
+        .collect();
+    modules(
+        append,
+        &format!(
+            "insmod /pvguard/test_static_key_base.ko && insmod /pvguard/test_static_keys.ko && echo loaded; {pokes}"
+        ),
+        tag,
+    )
+}
+
+/// Patches into a module's text that the old NOP <-> B rule let through
+/// (both end in a B to the module's own code): only its registered
+/// jump-label sites may change, and only to their own labels.
+#[test]
+fn module_text_patches_other_than_its_jump_labels_are_refused() {
+    let o = module_patches("pvguard=on pvguard_code=measure", "code-modpatch");
+    let mut expect = vec!["loaded".to_string()];
+    for (n, name) in MODPATCH.iter().enumerate() {
+        expect.push(format!("modpatch {n}: {name}"));
+        expect.push(match n {
+            2 => "modpatch 2: written".into(),
+            _ => format!("modpatch {n}: refused (-14)"),
+        });
+    }
+    let expect: Vec<&str> = expect.iter().map(String::as_str).collect();
+    check(&o, &expect, &[]).unwrap();
+    assert!(!o.console.contains("not blocked") && !o.console.contains("not put back"));
+    let s = o.stats().expect("stats");
+    assert_eq!(s.num("kp_perm_patches_refused"), 2);
+    assert!(s.num("kp_perm_sites") > 0);
+    assert_eq!(s.num("kp_perm_refused_site"), 0);
+}
+
+/// The control: the same pokes on the same kernel without protection.
+#[test]
+fn the_same_module_text_patches_succeed_without_protection() {
+    let o = module_patches("pvguard=off", "code-modpatch-control");
+    check(
+        &o,
+        &[
+            "loaded",
+            "modpatch 0: written: not blocked",
+            "modpatch 1: written: not blocked",
+            "modpatch 2: written",
+        ],
+        &[],
+    )
+    .unwrap();
+    assert!(!o
+        .console
+        .lines()
+        .any(|l| l.contains("modpatch") && (l.contains("refused") || l.contains("not put back"))));
 }
 
 #[test]

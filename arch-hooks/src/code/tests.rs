@@ -22,6 +22,8 @@ struct Hyp {
     pages: BTreeMap<u64, u64>,
     staged: Vec<Entry>,
     calls: Vec<Vec<Entry>>,
+    /// x3 and x4 of each call: the site list.
+    sites: Vec<(u64, u64)>,
     policy_image: bool,
     lock: bool,
 }
@@ -41,6 +43,7 @@ impl Channel for Hyp {
         assert_eq!(args[1] as usize, self.staged.len());
         let list = std::mem::take(&mut self.staged);
         self.calls.push(list.clone());
+        self.sites.push((args[2], args[3]));
         if self.policy_image {
             return [KpError::ObjectState.as_raw(), NO_ENTRY, 0, 0];
         }
@@ -74,9 +77,14 @@ fn a_module_life_cycle_in_few_calls() {
     let mut h = Hyp::default();
     // Text (6 pages in 3 physical runs) and init text, one call.
     let (text, init_text) = ((VA, 6), (VA + 12 * PAGE, 2));
-    c.grant(&mut h, true, &module_text(text, init_text), &pa_of)
+    let sites = SiteList {
+        ipa: 0x4000_2000,
+        count: 3,
+    };
+    c.grant(&mut h, true, &module_text(text, init_text), sites, &pa_of)
         .unwrap();
     assert_eq!(h.calls.len(), 1);
+    assert_eq!(h.sites[0], (0x4000_2000, 3), "the sites go with the text");
     assert_eq!(h.calls[0].len(), 4);
     assert_eq!(
         h.calls[0][1].va,
@@ -99,10 +107,12 @@ fn a_module_life_cycle_in_few_calls() {
         &mut h,
         true,
         &module_seal((VA + 8 * PAGE, 1), (VA + 9 * PAGE, 1)),
+        SiteList::default(),
         &pa_of,
     )
     .unwrap();
     assert_eq!(h.calls.len(), 2);
+    assert_eq!(h.sites[1], (0, 0));
     // The init text is freed: not immutable, straight to read/write.
     c.apply(&mut h, true, Op::Free, VA + 12 * PAGE, 2, &pa_of)
         .unwrap();
@@ -270,4 +280,55 @@ fn a_refused_jit_range_fails_its_caller_and_is_put_back() {
         ATTR_DEFAULT,
         "put back to read/write"
     );
+}
+
+/// A module's `__jump_table` (relative entries) becomes absolute (site,
+/// label) pairs; only sites in the module's text are named.
+#[test]
+fn a_jump_table_becomes_a_site_list() {
+    let table_va = VA + 40 * PAGE;
+    // Entry i's fields are at table_va + 16 i (code) and + 4 (target).
+    let rel = |i: u64, field: u64, to: u64| (to as i64 - (table_va + 16 * i + field) as i64) as i32;
+    let table = [
+        JumpEntry {
+            code: rel(0, 0, VA + 0x100),
+            target: rel(0, 4, VA + 0x180),
+            key: 0,
+        },
+        // In init text, with a label before its site.
+        JumpEntry {
+            code: rel(1, 0, VA + 12 * PAGE + 0x20),
+            target: rel(1, 4, VA + 12 * PAGE + 0x8),
+            key: 1,
+        },
+        // Outside both: left out.
+        JumpEntry {
+            code: rel(2, 0, VA + 30 * PAGE),
+            target: rel(2, 4, VA + 30 * PAGE + 4),
+            key: 0,
+        },
+    ];
+    assert_eq!(core::mem::size_of::<JumpEntry>() as u64, JUMP_ENTRY_SIZE);
+    let text = [(VA, 6), (VA + 12 * PAGE, 2)];
+    let mut out = [0u8; 3 * SITE_SIZE];
+    assert_eq!(module_sites(&table, table_va, &text, &mut out), 2);
+    let site =
+        |i: usize| SiteEntry::from_bytes(out[i * SITE_SIZE..][..SITE_SIZE].try_into().unwrap());
+    assert_eq!(
+        site(0),
+        SiteEntry {
+            site: VA + 0x100,
+            label: VA + 0x180
+        }
+    );
+    assert_eq!(
+        site(1),
+        SiteEntry {
+            site: VA + 12 * PAGE + 0x20,
+            label: VA + 12 * PAGE + 0x8
+        }
+    );
+    // No room: what fits.
+    let mut one = [0u8; SITE_SIZE];
+    assert_eq!(module_sites(&table, table_va, &text, &mut one), 1);
 }

@@ -47,6 +47,20 @@ fn entries_are_32_little_endian_bytes() {
 }
 
 #[test]
+fn sites_are_16_little_endian_bytes() {
+    let e = SiteEntry {
+        site: VA + 0x124,
+        label: VA + 0x200,
+    };
+    let b = e.to_bytes();
+    assert_eq!(b.len(), SITE_SIZE);
+    assert_eq!(&b[..8], &(VA + 0x124).to_le_bytes());
+    assert_eq!(&b[8..], &(VA + 0x200).to_le_bytes());
+    assert_eq!(SiteEntry::from_bytes(&b), e);
+    assert_ne!(LOG_SITES, LOG_COPY);
+}
+
+#[test]
 fn every_rule_of_an_entry() {
     let ok = entry(0x4000_0000, 0x1000, ATTR_READ | ATTR_EXEC | ATTR_IMMUTABLE);
     assert_eq!(ok.check(), Ok(()));

@@ -26,6 +26,7 @@ use hyp_stub::esr::Esr;
 use hyp_stub::fdt::{self, Edits, Fdt, NodeProp};
 use hyp_stub::hyp::{Discovery, Hyp, Layout, Next, Platform};
 use hyp_stub::service::Registry;
+use hyp_stub::services::kernel_protect::code_sites::{CodeSite, MAX_CODE_SITES};
 use hyp_stub::services::kernel_protect::{AssetExtents, KernelProtect};
 use hyp_stub::services::mmio_guard::{self, MmioGuard};
 use hyp_stub::smccc::psci;
@@ -52,6 +53,7 @@ static mut DTB_BUF: [u8; DTB_BUF_SIZE] = [0; DTB_BUF_SIZE];
 /// Kernel protect's patch-site registry (in BSS: 128 KiB + 256 KiB).
 static mut JUMP_SITES: [JumpSite; MAX_JUMP_SITES] = [JumpSite::EMPTY; MAX_JUMP_SITES];
 static mut FTRACE_SITES: [FtraceSite; MAX_FTRACE_SITES] = [FtraceSite::EMPTY; MAX_FTRACE_SITES];
+static mut CODE_SITES: [CodeSite; MAX_CODE_SITES] = [CodeSite::EMPTY; MAX_CODE_SITES];
 
 /// Stops the machine after a boot failure, saying why.
 fn refuse_to_boot(why: core::fmt::Arguments<'_>) -> ! {
@@ -235,13 +237,16 @@ extern "C" fn hyp_main() -> ! {
         static KP: StaticCell<KernelProtect<'static>> = StaticCell::new();
         // SAFETY: boot is single-threaded and these arrays are taken only
         // here, once (KP.init would panic on a second pass).
-        let storage = unsafe {
-            SiteStorage {
-                jump: &mut *addr_of_mut!(JUMP_SITES),
-                ftrace: &mut *addr_of_mut!(FTRACE_SITES),
-            }
+        let (storage, code_sites) = unsafe {
+            (
+                SiteStorage {
+                    jump: &mut *addr_of_mut!(JUMP_SITES),
+                    ftrace: &mut *addr_of_mut!(FTRACE_SITES),
+                },
+                &mut *addr_of_mut!(CODE_SITES),
+            )
         };
-        let kp = KP.init(KernelProtect::with_sites(storage));
+        let kp = KP.init(KernelProtect::with_sites(storage).with_code_sites(code_sites));
         kp.set_policy(patch_policy);
         println!(
             "text patches: ftrace {}, kprobes {} (command line)",

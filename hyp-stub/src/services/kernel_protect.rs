@@ -29,6 +29,7 @@
 //! Page permissions for the rest of guest RAM (default deny at EL1,
 //! `MEM_PERMISSIONS`, the code log) are in [`permissions`].
 
+pub mod code_sites;
 pub mod measurement;
 pub mod permissions;
 
@@ -183,7 +184,7 @@ pub struct KernelProtect<'m> {
     policy: PatchPolicy,
     kprobes: heapless::Vec<KprobeSite, MAX_KPROBE_SITES>,
     counters: Counters,
-    perms: permissions::Permissions,
+    perms: permissions::Permissions<'m>,
 }
 
 /// How many bytes a measurement hashes.
@@ -250,6 +251,15 @@ impl<'m> KernelProtect<'m> {
             counters: Counters::default(),
             perms: permissions::Permissions::new(),
         }
+    }
+
+    /// Lends the storage for the jump-label sites of dynamic code (module
+    /// text); without it, a call that names sites is refused for want of
+    /// room. Right after [`Self::with_sites`].
+    pub fn with_code_sites(mut self, store: &'m mut [code_sites::CodeSite]) -> Self {
+        let sites = code_sites::CodeSites::new(store);
+        self.perms = permissions::Permissions::with_code_sites(sites);
+        self
     }
 
     /// Sets what may be patched besides jump labels (from the guest's
@@ -841,7 +851,10 @@ impl Service for KernelProtect<'_> {
             abi::ENABLE_VM_PROTECTION => self.enable(a1, ops),
             abi::PATCH_SITES => self.patch_sites([a1, a2, a3, a4], ops),
             abi::TEXT_PATCH => self.text_patch_batch(a1, a2, ops),
-            mem_perms::MEM_PERMISSIONS => self.perms.call(a1, a2, ops),
+            mem_perms::MEM_PERMISSIONS => {
+                let sites = mem_perms::SiteList { ipa: a3, count: a4 };
+                self.perms.call(a1, a2, sites, ops)
+            }
             mem_perms::CODE_LOG => self.perms.code_log_call(a1),
             _ => ret(KpError::Unimplemented),
         }

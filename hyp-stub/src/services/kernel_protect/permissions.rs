@@ -17,14 +17,19 @@
 //! Ordering that keeps what is measured what runs: a range becoming
 //! executable is made read-only and executable at stage 2 first and
 //! hashed after; a range stopping being executable is hashed before its
-//! stage-2 permissions change, while it is still read-only.
+//! stage-2 permissions change, while it is still read-only. The
+//! jump-label sites a call names with its code ([`code_sites`]) are
+//! checked against that code once it is read-only, and are the only
+//! places the hypervisor later patches it.
+
+use super::code_sites::{CodeSites, Full};
 
 use core::fmt::{self, Write};
 
 use guest_kp::abi::{self, KpError};
 use guest_kp::mem_perms::{
-    self as mp, Entry, Policy, ENTRY_SIZE, LOG_COPY, LOG_EXEC, LOG_PATCH, LOG_RELEASE, MAX_ENTRIES,
-    NO_ENTRY,
+    self as mp, Entry, Policy, SiteEntry, SiteList, ENTRY_SIZE, LOG_COPY, LOG_EXEC, LOG_PATCH,
+    LOG_RELEASE, LOG_SITES, MAX_ENTRIES, MAX_SITES, NO_ENTRY, SITE_SIZE,
 };
 use guest_kp::patch::{self, NOP};
 
@@ -84,6 +89,20 @@ impl Span {
 
 type Spans = heapless::Vec<Span, MAX_SPANS>;
 
+/// Code whose stores the hypervisor judges as jump labels: EXEC, not JIT.
+fn is_code(a: MemAttrs) -> bool {
+    a.contains(MemAttrs::EXEC) && !a.contains(MemAttrs::JIT)
+}
+
+/// The first entry of a call that is such code.
+fn first_code<'e>(entries: &'e [Entry], attrs: &[MemAttrs]) -> Option<&'e Entry> {
+    entries
+        .iter()
+        .zip(attrs)
+        .find(|(_, a)| is_code(**a))
+        .map(|(e, _)| e)
+}
+
 /// The attributes of every page not in a span (under default deny).
 const DEFAULT: MemAttrs = MemAttrs::READ.union(MemAttrs::WRITE);
 
@@ -141,10 +160,21 @@ pub enum Refusal {
     NoRoom,
     /// Stage-2 table memory ran out (the call was undone).
     Tables,
+    /// More than [`MAX_SITES`] sites, or sites without code to go with.
+    SiteListSize,
+    /// The site list's IPA is not 8-byte aligned.
+    SiteListAlignment,
+    /// The site list is not in guest RAM.
+    SiteListNotInRam,
+    /// A site that is not a jump label of the call's new code (see the
+    /// ABI), or one named twice.
+    Site,
+    /// More sites than the hypervisor has room left for.
+    SiteRoom,
 }
 
 impl Refusal {
-    const COUNT: usize = 18;
+    const COUNT: usize = 23;
     const ALL: [Refusal; Self::COUNT] = [
         Refusal::State,
         Refusal::ListSize,
@@ -164,19 +194,33 @@ impl Refusal {
         Refusal::Locked,
         Refusal::NoRoom,
         Refusal::Tables,
+        Refusal::SiteListSize,
+        Refusal::SiteListAlignment,
+        Refusal::SiteListNotInRam,
+        Refusal::Site,
+        Refusal::SiteRoom,
     ];
 
     /// The error the guest gets.
     pub const fn error(self) -> KpError {
         match self {
             Refusal::State => KpError::ObjectState,
-            Refusal::ListSize | Refusal::EmptyEntry | Refusal::NoRoom => KpError::ArgumentSize,
-            Refusal::ListAlignment | Refusal::Misaligned => KpError::ArgumentAlignment,
+            Refusal::ListSize
+            | Refusal::EmptyEntry
+            | Refusal::NoRoom
+            | Refusal::SiteListSize
+            | Refusal::SiteRoom => KpError::ArgumentSize,
+            Refusal::ListAlignment | Refusal::Misaligned | Refusal::SiteListAlignment => {
+                KpError::ArgumentAlignment
+            }
             Refusal::ListNotInRam
             | Refusal::Wraps
             | Refusal::OutsideRam
-            | Refusal::HypervisorMemory => KpError::AddrInvalid,
-            Refusal::Attrs | Refusal::Va | Refusal::Overlap => KpError::ArgumentInvalid,
+            | Refusal::HypervisorMemory
+            | Refusal::SiteListNotInRam => KpError::AddrInvalid,
+            Refusal::Attrs | Refusal::Va | Refusal::Overlap | Refusal::Site => {
+                KpError::ArgumentInvalid
+            }
             Refusal::WriteExec | Refusal::Image | Refusal::Immutable | Refusal::Locked => {
                 KpError::Denied
             }
@@ -205,6 +249,11 @@ impl Refusal {
             Refusal::Locked => "locked",
             Refusal::NoRoom => "no_room",
             Refusal::Tables => "tables",
+            Refusal::SiteListSize => "site_list_size",
+            Refusal::SiteListAlignment => "site_list_alignment",
+            Refusal::SiteListNotInRam => "site_list_not_in_ram",
+            Refusal::Site => "site",
+            Refusal::SiteRoom => "site_room",
         }
     }
 
@@ -231,8 +280,10 @@ enum CodeWrite {
     Width,
     /// Misaligned, or past the JIT range.
     Placement,
-    /// Not NOP <-> B to approved code (code that is not a JIT range).
-    NotJumpLabel,
+    /// Not a jump-label site registered with the code.
+    NotASite,
+    /// At a site: not NOP <-> B to the site's own label.
+    ForeignBranch,
     /// The hypervisor could not write guest memory.
     Failed,
 }
@@ -243,17 +294,21 @@ impl fmt::Display for CodeWrite {
             CodeWrite::NotDecoded => "store not decoded",
             CodeWrite::Width => "store width not taken",
             CodeWrite::Placement => "misaligned or outside the JIT range",
-            CodeWrite::NotJumpLabel => "not a NOP <-> B to approved code",
+            CodeWrite::NotASite => "not a registered jump-label site",
+            CodeWrite::ForeignBranch => "not NOP <-> B to the site's own label",
             CodeWrite::Failed => "guest memory not writable by the hypervisor",
         })
     }
 }
 
-/// A refusal and the entry it is about.
+/// A refusal and the entry (or site) it is about.
 type Refused = (Refusal, Option<usize>);
 
+/// Sites read from guest memory at once.
+const SITE_CHUNK: usize = 32;
+
 /// The service part's state.
-pub struct Permissions {
+pub struct Permissions<'m> {
     policy: Policy,
     hyp_mem: Option<IpaRange>,
     /// The image's regions, once protection is enabled with default deny.
@@ -271,9 +326,13 @@ pub struct Permissions {
     patches: u64,
     patches_refused: u64,
     copies: u64,
+    sites: CodeSites<'m>,
+    sites_registered: u64,
+    sites_released: u64,
+    site_lists: u64,
 }
 
-impl Default for Permissions {
+impl Default for Permissions<'static> {
     fn default() -> Self {
         Self::new()
     }
@@ -393,9 +452,17 @@ fn hash_range(start: u64, end: u64, ops: &mut dyn HypOps) -> Result<[u8; 32], Op
     Ok(h.finalize())
 }
 
-impl Permissions {
-    /// The state before boot: policy `image`, nothing enabled.
-    pub const fn new() -> Self {
+impl Permissions<'static> {
+    /// The state before boot, without room for jump-label sites.
+    pub fn new() -> Self {
+        Self::with_code_sites(CodeSites::none())
+    }
+}
+
+impl<'m> Permissions<'m> {
+    /// The state before boot: policy `image`, nothing enabled; the
+    /// jump-label sites of dynamic code go to `sites`.
+    pub fn with_code_sites(sites: CodeSites<'m>) -> Self {
         Self {
             policy: Policy::ImageOnly,
             hyp_mem: None,
@@ -413,6 +480,10 @@ impl Permissions {
             patches: 0,
             patches_refused: 0,
             copies: 0,
+            sites,
+            sites_registered: 0,
+            sites_released: 0,
+            site_lists: 0,
         }
     }
 
@@ -519,8 +590,15 @@ impl Permissions {
         ]
     }
 
-    /// MEM_PERMISSIONS: x1 = IPA of the list, x2 = number of entries.
-    pub fn call(&mut self, list: u64, count: u64, ops: &mut dyn HypOps) -> CallResult {
+    /// MEM_PERMISSIONS: x1 = IPA of the list, x2 = number of entries,
+    /// x3 and x4 the jump-label sites of its code.
+    pub fn call(
+        &mut self,
+        list: u64,
+        count: u64,
+        sites: SiteList,
+        ops: &mut dyn HypOps,
+    ) -> CallResult {
         self.calls += 1;
         let mut entries = [Entry {
             start: 0,
@@ -533,7 +611,7 @@ impl Permissions {
             Err(r) => return self.refuse(r),
         };
         let entries = entries.get(..n).unwrap_or(&[]);
-        match self.apply(entries, ops) {
+        match self.apply(entries, sites, ops) {
             Ok(()) => [abi::RET_OK, 0, self.log_records, self.log_prefix()],
             Err(r) => self.refuse(r),
         }
@@ -614,7 +692,12 @@ impl Permissions {
         Ok(attrs)
     }
 
-    fn apply(&mut self, entries: &[Entry], ops: &mut dyn HypOps) -> Result<(), Refused> {
+    fn apply(
+        &mut self,
+        entries: &[Entry],
+        sites: SiteList,
+        ops: &mut dyn HypOps,
+    ) -> Result<(), Refused> {
         let ram = ops.guest_ram();
         let mut attrs = [MemAttrs::empty(); MAX_ENTRIES];
         for (i, e) in entries.iter().enumerate() {
@@ -624,9 +707,11 @@ impl Permissions {
                 *slot = a;
             }
         }
+        let attrs = attrs.get(..entries.len()).unwrap_or(&[]);
+        self.check_site_list(entries, attrs, sites, ram)?;
         // The new state, on the side.
         self.scratch.clone_from(&self.spans);
-        for (i, (e, a)) in entries.iter().zip(attrs).enumerate() {
+        for (i, (e, &a)) in entries.iter().zip(attrs).enumerate() {
             set_range(&mut self.scratch, e.start, e.end(), a, e.va)
                 .map_err(|()| (Refusal::NoRoom, Some(i)))?;
         }
@@ -654,13 +739,22 @@ impl Permissions {
             }
         }
         // Stage 2, undone if it fails part-way.
-        for (i, (e, a)) in entries.iter().zip(attrs).enumerate() {
+        for (i, (e, &a)) in entries.iter().zip(attrs).enumerate() {
             let range = IpaRange::new(Ipa(e.start), e.size).ok_or((Refusal::Wraps, Some(i)))?;
             if ops.set_perms(range, stage2_perms(a)).is_err() {
                 self.undo(entries.get(..i).unwrap_or(&[]), ops);
                 return Err((Refusal::Tables, Some(i)));
             }
         }
+        // The sites are checked against the code once it is read-only.
+        let sites_digest = match self.stage_sites(entries, attrs, sites, ops) {
+            Ok(d) => d,
+            Err(r) => {
+                self.sites.abort();
+                self.undo(entries, ops);
+                return Err(r);
+            }
+        };
         // New code is hashed after it became read-only and executable.
         let mut granted = 0;
         for (e, a) in entries.iter().zip(attrs) {
@@ -678,6 +772,7 @@ impl Permissions {
                 Ok(d) => d,
                 Err(_) => {
                     // Not expected: the range was checked to be RAM.
+                    self.sites.abort();
                     self.undo(entries, ops);
                     return Err((Refusal::OutsideRam, None));
                 }
@@ -690,13 +785,138 @@ impl Permissions {
             records += 1;
             granted += 1;
         }
+        let mut site_lists = 0;
+        if let (Some(digest), Some(code)) = (sites_digest, first_code(entries, attrs)) {
+            log = chain(
+                &log,
+                &mp::log_record(LOG_SITES, code.start, code.size, code.va, &digest),
+                ops,
+            );
+            records += 1;
+            site_lists = 1;
+        }
         core::mem::swap(&mut self.spans, &mut self.scratch);
+        // New sites lie in this call's code; released code takes its
+        // sites along (entries of one list never overlap).
+        self.sites.commit();
+        self.sites_registered += sites.count;
+        self.site_lists += site_lists;
+        for (e, a) in entries.iter().zip(attrs) {
+            if !a.contains(MemAttrs::EXEC) {
+                self.sites_released += self.sites.remove(e.start, e.end()) as u64;
+            }
+        }
         self.log = log;
         self.log_records = records;
         self.entries_applied += entries.len() as u64;
         self.exec_granted += granted;
         self.released += released;
         Ok(())
+    }
+
+    /// The site list's own rules, before anything changes.
+    fn check_site_list(
+        &self,
+        entries: &[Entry],
+        attrs: &[MemAttrs],
+        l: SiteList,
+        ram: IpaRange,
+    ) -> Result<(), Refused> {
+        if l.count == 0 {
+            return Ok(());
+        }
+        if l.count > MAX_SITES || first_code(entries, attrs).is_none() {
+            return Err((Refusal::SiteListSize, None));
+        }
+        if !l.ipa.is_multiple_of(8) {
+            return Err((Refusal::SiteListAlignment, None));
+        }
+        // Bounded by MAX_SITES: no overflow.
+        let bytes = l.count * SITE_SIZE as u64;
+        if !IpaRange::new(Ipa(l.ipa), bytes).is_some_and(|r| ram.covers(&r)) {
+            return Err((Refusal::SiteListNotInRam, None));
+        }
+        if l.count > self.sites.room() as u64 {
+            return Err((Refusal::SiteRoom, None));
+        }
+        Ok(())
+    }
+
+    /// Reads the site list once, checks every site against the call's
+    /// code (already read-only) and stages it; the digest of the list as
+    /// read, or `None` for no list.
+    fn stage_sites(
+        &mut self,
+        entries: &[Entry],
+        attrs: &[MemAttrs],
+        l: SiteList,
+        ops: &mut dyn HypOps,
+    ) -> Result<Option<[u8; 32]>, Refused> {
+        if l.count == 0 {
+            return Ok(None);
+        }
+        let mut h = Sha256::new(ops.sha256_compress());
+        let mut buf = [0u8; SITE_CHUNK * SITE_SIZE];
+        let mut first = 0u64;
+        while first < l.count {
+            let n = (l.count - first).min(SITE_CHUNK as u64) as usize;
+            let chunk = buf.get_mut(..n * SITE_SIZE).unwrap_or(&mut []);
+            ops.read_guest(Ipa(l.ipa + first * SITE_SIZE as u64), chunk)
+                .map_err(|_| (Refusal::SiteListNotInRam, None))?;
+            h.update(chunk);
+            for (k, b) in chunk.chunks_exact(SITE_SIZE).enumerate() {
+                let index = Some(first as usize + k);
+                let mut w = [0u8; SITE_SIZE];
+                w.copy_from_slice(b);
+                let site = SiteEntry::from_bytes(&w);
+                let ipa = self
+                    .site_ipa(entries, attrs, site, ops)
+                    .ok_or((Refusal::Site, index))?;
+                self.sites
+                    .push(ipa, site.label)
+                    .map_err(|Full| (Refusal::SiteRoom, None))?;
+            }
+            first += n as u64;
+        }
+        if self.sites.pending_duplicate().is_some() {
+            return Err((Refusal::Site, None));
+        }
+        Ok(Some(h.finalize()))
+    }
+
+    /// The IPA of `s`'s instruction if `s` is a jump label of the call's
+    /// new code: site and label 4-byte aligned instructions of its
+    /// (non-JIT) EXEC entries, apart, the site not in code executable
+    /// before, and holding `NOP` or `B` to the label.
+    fn site_ipa(
+        &self,
+        entries: &[Entry],
+        attrs: &[MemAttrs],
+        s: SiteEntry,
+        ops: &mut dyn HypOps,
+    ) -> Option<u64> {
+        let in_code = |va: u64| {
+            entries
+                .iter()
+                .zip(attrs)
+                .filter(|(_, a)| is_code(**a))
+                .find(|(e, _)| va >= e.va && va - e.va <= e.size - patch::INSN_SIZE)
+                .map(|(e, _)| e.start + (va - e.va))
+        };
+        if !s.site.is_multiple_of(4) || !s.label.is_multiple_of(4) || s.site == s.label {
+            return None;
+        }
+        let ipa = in_code(s.site)?;
+        in_code(s.label)?;
+        if overlapping(&self.spans, ipa, ipa + patch::INSN_SIZE)
+            .any(|sp| sp.attrs.contains(MemAttrs::EXEC))
+        {
+            return None;
+        }
+        let mut insn = [0u8; 4];
+        ops.read_guest(Ipa(ipa), &mut insn).ok()?;
+        let insn = u32::from_le_bytes(insn);
+        (insn == NOP || patch::branch_target(insn, s.site) == Some(s.label)).then_some(ipa)
     }
 
     /// Puts the stage-2 permissions of `entries`' ranges back to the
@@ -729,9 +949,9 @@ impl Permissions {
     ///   4-byte aligned and inside the range, is performed and logged
     ///   ([`LOG_COPY`]): the BPF JIT copying a program into its pack or
     ///   filling a freed one with `BRK`s, kprobes writing a slot;
-    /// - into other code (module text): a jump label, NOP <-> B whose
-    ///   target lies, in VA terms, in code the guest was allowed to run,
-    ///   is performed and logged ([`LOG_PATCH`]);
+    /// - into other code (module text): at a jump-label site registered
+    ///   with that code, `NOP` <-> `B` to the site's own label (in VA
+    ///   terms) is performed and logged ([`LOG_PATCH`]);
     /// - anything else is refused as a permission fault the guest's
     ///   `copy_to_kernel_nofault()` turns into an error.
     pub fn text_patch(
@@ -821,27 +1041,15 @@ impl Permissions {
         new: u32,
         ops: &mut dyn HypOps,
     ) -> Result<[u8; mp::LOG_RECORD_SIZE], CodeWrite> {
+        let label = self.sites.label_at(ipa).ok_or(CodeWrite::NotASite)?;
         let mut old = [0u8; 4];
         if width != Width::Word || ops.read_guest(Ipa(ipa), &mut old).is_err() {
             return Err(CodeWrite::Width);
         }
         let old = u32::from_le_bytes(old);
-        let in_code = |a: u64| {
-            self.spans.iter().any(|s| {
-                s.attrs.contains(MemAttrs::EXEC) && a >= s.va && a - s.va < s.end - s.start
-            })
-        };
-        if !site.is_multiple_of(4) || old == new {
-            return Err(CodeWrite::NotJumpLabel);
-        }
-        let branch = match (old == NOP, new == NOP) {
-            (true, false) => new,
-            (false, true) => old,
-            _ => return Err(CodeWrite::NotJumpLabel),
-        };
-        match patch::branch_target(branch, site) {
-            Some(target) if target != site && in_code(target) => {}
-            _ => return Err(CodeWrite::NotJumpLabel),
+        let to_label = |insn: u32| patch::branch_target(insn, site) == Some(label);
+        if !((old == NOP && to_label(new)) || (to_label(old) && new == NOP)) {
+            return Err(CodeWrite::ForeignBranch);
         }
         ops.write_guest_insn(Ipa(ipa), new)
             .map_err(|_| CodeWrite::Failed)?;
@@ -866,12 +1074,16 @@ impl Permissions {
         writeln!(out, "kp_perm_patches={}", self.patches)?;
         writeln!(out, "kp_perm_patches_refused={}", self.patches_refused)?;
         writeln!(out, "kp_perm_copies={}", self.copies)?;
+        writeln!(out, "kp_perm_sites={}", self.sites.len())?;
+        writeln!(out, "kp_perm_sites_registered={}", self.sites_registered)?;
+        writeln!(out, "kp_perm_sites_released={}", self.sites_released)?;
         for r in Refusal::ALL {
             let n = self.refused.get(r as usize).copied().unwrap_or(0);
             writeln!(out, "kp_perm_refused_{}={n}", r.key())?;
         }
         writeln!(out, "kp_code_log_exec={}", self.exec_granted)?;
         writeln!(out, "kp_code_log_release={}", self.released)?;
+        writeln!(out, "kp_code_log_sites={}", self.site_lists)?;
         writeln!(out, "kp_code_log_records={}", self.log_records)?;
         write!(out, "kp_code_log=")?;
         for b in self.log {

@@ -162,8 +162,13 @@ fn e(start: u64, size: u64, attrs: u64) -> Entry {
     }
 }
 
-fn enabled(policy: Policy) -> (Permissions, Ops) {
-    let mut p = Permissions::new();
+/// Room for the jump-label sites of the tests' code.
+fn site_store() -> &'static mut [super::super::code_sites::CodeSite] {
+    Box::leak(vec![super::super::code_sites::CodeSite::EMPTY; 64].into_boxed_slice())
+}
+
+fn enabled(policy: Policy) -> (Permissions<'static>, Ops) {
+    let mut p = Permissions::with_code_sites(CodeSites::new(site_store()));
     p.set_policy(policy);
     p.set_hypervisor_memory(IpaRange::new(Ipa(HYP), 16 << 20).unwrap());
     let mut ops = Ops::small();
@@ -173,7 +178,29 @@ fn enabled(policy: Policy) -> (Permissions, Ops) {
 
 fn call(p: &mut Permissions, ops: &mut Ops, entries: &[Entry]) -> CallResult {
     ops.write_list(entries);
-    p.call(LIST, entries.len() as u64, ops)
+    p.call(LIST, entries.len() as u64, SiteList::default(), ops)
+}
+
+/// Where the tests put their site lists.
+const SITES: u64 = 0x40f8_0000;
+
+/// A call whose code comes with jump-label sites.
+fn call_sites(
+    p: &mut Permissions,
+    ops: &mut Ops,
+    entries: &[Entry],
+    sites: &[SiteEntry],
+) -> CallResult {
+    ops.write_list(entries);
+    for (i, s) in sites.iter().enumerate() {
+        let at = (SITES - RAM) as usize + i * SITE_SIZE;
+        ops.mem[at..at + SITE_SIZE].copy_from_slice(&s.to_bytes());
+    }
+    let list = SiteList {
+        ipa: SITES,
+        count: sites.len() as u64,
+    };
+    p.call(LIST, entries.len() as u64, list, ops)
 }
 
 fn refused(p: &Permissions, r: Refusal) -> u64 {
@@ -444,7 +471,7 @@ fn every_bad_input_has_its_code_and_counter() {
         (u64::MAX - 7, 1, KpError::AddrInvalid),
     ];
     for (list, n, code) in list_cases {
-        let r = p.call(list, n, &mut ops);
+        let r = p.call(list, n, SiteList::default(), &mut ops);
         assert_eq!((r[0], r[1]), (code.as_raw(), NO_ENTRY), "{list:#x} {n}");
     }
     assert_eq!(refused(&p, Refusal::ListSize), 3);
@@ -583,7 +610,7 @@ fn table_memory_per_gib() {
             e(base + 0x4000, 0x2000, ATTR_READ | ATTR_IMMUTABLE),
         ];
         ops.write_list(&load);
-        assert_eq!(p.call(LIST, 2, &mut ops)[0], 0);
+        assert_eq!(p.call(LIST, 2, SiteList::default(), &mut ops)[0], 0);
     }
     let modules = ops.s2_tables_used();
     println!(
@@ -665,7 +692,7 @@ fn random_lists_never_break_the_invariants() {
         let log = p.code_log();
         ops.write_list(&entries);
         let count = if round % 50 == 0 { next() } else { n as u64 };
-        let r = p.call(LIST, count, &mut ops);
+        let r = p.call(LIST, count, SiteList::default(), &mut ops);
         assert!(defined.contains(&r[0]), "undefined answer {r:?}");
         answers[usize::from(r[0] != 0)] += 1;
         if r[0] != 0 {
@@ -704,83 +731,239 @@ fn poke<'a>(ipa: u64, regs: &'a crate::vcpu::GuestRegs, width: u32) -> GuestFaul
     }
 }
 
-/// Jump labels in module text: a module's two text pages lie apart in
-/// RAM but next to each other in VA, and a branch from the first to the
-/// second is checked (and logged) in VA terms.
+/// A module's text as two pages apart in RAM but next to each other in
+/// VA, with a `NOP` at `+0x100` (a jump-label site) and at `+0x1010`.
+const MODULE_VA: u64 = 0xffff_8000_0100_0000;
+const PAGE0: u64 = HEAP + 0x5000;
+const PAGE1: u64 = HEAP + 0x2_0000;
+
+fn module_text(ops: &mut Ops) -> [Entry; 2] {
+    use guest_kp::patch::NOP;
+    for ipa in [PAGE0 + 0x100, PAGE1 + 0x10] {
+        let i = (ipa - RAM) as usize;
+        ops.mem[i..i + 4].copy_from_slice(&NOP.to_le_bytes());
+    }
+    [
+        Entry {
+            start: PAGE0,
+            size: 0x1000,
+            attrs: RX | ATTR_IMMUTABLE,
+            va: MODULE_VA,
+        },
+        Entry {
+            start: PAGE1,
+            size: 0x1000,
+            attrs: RX | ATTR_IMMUTABLE,
+            va: MODULE_VA + 0x1000,
+        },
+    ]
+}
+
+/// The module's one jump label: the site on the first page, its label on
+/// the second.
+const SITE: SiteEntry = SiteEntry {
+    site: MODULE_VA + 0x100,
+    label: MODULE_VA + 0x1020,
+};
+
+/// Jump labels in module text: only at a site registered with the code,
+/// only `NOP` <-> `B` to its own label, checked (and logged) in VA terms
+/// across two pages that are apart in RAM.
 #[test]
-fn jump_labels_in_module_text_are_checked_by_va() {
+fn jump_labels_in_module_text_are_its_registered_sites() {
     use guest_kp::patch::{encode_b, NOP};
 
     let (mut p, mut ops) = enabled(Policy::Measure);
-    let module_va = 0xffff_8000_0100_0000;
-    let (page0, page1) = (HEAP + 0x5000, HEAP + 0x2_0000);
-    let at = |ipa: u64, off: u64, ops: &mut Ops| {
-        let i = (ipa - RAM + off) as usize;
-        ops.mem[i..i + 4].copy_from_slice(&NOP.to_le_bytes());
-    };
-    at(page0, 0x100, &mut ops);
-    at(page1, 0x10, &mut ops);
-    let text = [
-        Entry {
-            start: page0,
-            size: 0x1000,
-            attrs: RX | ATTR_IMMUTABLE,
-            va: module_va,
-        },
-        Entry {
-            start: page1,
-            size: 0x1000,
-            attrs: RX | ATTR_IMMUTABLE,
-            va: module_va + 0x1000,
-        },
-    ];
-    assert_eq!(call(&mut p, &mut ops, &text)[0], 0);
+    let text = module_text(&mut ops);
+    let r = call_sites(&mut p, &mut ops, &text, &[SITE]);
+    assert_eq!(r[0], 0, "{r:?}");
+    assert_eq!((p.sites.len(), p.sites_registered), (1, 1));
+    // Two LOG_EXEC records and the site list's.
+    assert_eq!(r[2], 3);
     let records = p.code_log().1;
-    let site = module_va + 0x100;
     let mut regs = crate::vcpu::GuestRegs::default();
-    // NOP -> B into the second page, by VA.
-    regs.x[1] = u64::from(encode_b(site, module_va + 0x1010).unwrap());
+    // NOP -> B to its label, on the other page, by VA.
+    regs.x[1] = u64::from(encode_b(SITE.site, SITE.label).unwrap());
     assert_eq!(
-        p.text_patch(&poke(page0 + 0x100, &regs, 2), &mut ops),
+        p.text_patch(&poke(PAGE0 + 0x100, &regs, 2), &mut ops),
         Some(FaultAction::Emulated)
     );
-    let i = (page0 + 0x100 - RAM) as usize;
+    let i = (PAGE0 + 0x100 - RAM) as usize;
     assert_eq!(&ops.mem[i..i + 4], &(regs.x[1] as u32).to_le_bytes());
     assert_eq!(p.code_log().1, records + 1, "the patch is in the code log");
     // B -> NOP back.
     regs.x[1] = u64::from(NOP);
     assert_eq!(
-        p.text_patch(&poke(page0 + 0x100, &regs, 2), &mut ops),
+        p.text_patch(&poke(PAGE0 + 0x100, &regs, 2), &mut ops),
         Some(FaultAction::Emulated)
     );
-    // Out of the module's code (by VA), a BL-like store, a 64-bit store:
-    // refused as permission faults the guest's copy_to_kernel_nofault()
-    // turns into an error, not as an external abort.
-    regs.x[1] = u64::from(encode_b(site, module_va + 0x2000).unwrap());
+    // What the old NOP <-> B rule let through: a B to other code of the
+    // module at the site, and NOP -> B at a NOP that is no site. Then a
+    // BL, and a 64-bit store. All refused as permission faults the
+    // guest's copy_to_kernel_nofault() turns into an error.
+    regs.x[1] = u64::from(encode_b(SITE.site, MODULE_VA + 0x1010).unwrap());
     assert_eq!(
-        p.text_patch(&poke(page0 + 0x100, &regs, 2), &mut ops),
+        p.text_patch(&poke(PAGE0 + 0x100, &regs, 2), &mut ops),
+        Some(FaultAction::RefusedRecoverable)
+    );
+    regs.x[1] = u64::from(encode_b(MODULE_VA + 0x1010, SITE.label).unwrap());
+    assert_eq!(
+        p.text_patch(&poke(PAGE1 + 0x10, &regs, 2), &mut ops),
         Some(FaultAction::RefusedRecoverable)
     );
     regs.x[1] = 0x9400_0010;
     assert_eq!(
-        p.text_patch(&poke(page0 + 0x100, &regs, 2), &mut ops),
+        p.text_patch(&poke(PAGE0 + 0x100, &regs, 2), &mut ops),
         Some(FaultAction::RefusedRecoverable)
     );
-    regs.x[1] = u64::from(encode_b(site, module_va + 0x1010).unwrap());
+    regs.x[1] = u64::from(encode_b(SITE.site, SITE.label).unwrap());
     assert_eq!(
-        p.text_patch(&poke(page0 + 0x100, &regs, 3), &mut ops),
+        p.text_patch(&poke(PAGE0 + 0x100, &regs, 3), &mut ops),
         Some(FaultAction::RefusedRecoverable)
     );
-    assert_eq!((p.patches, p.patches_refused), (2, 3));
+    assert_eq!((p.patches, p.patches_refused), (2, 4));
+    for (ipa, insn) in [(PAGE0 + 0x100, NOP), (PAGE1 + 0x10, NOP)] {
+        let i = (ipa - RAM) as usize;
+        assert_eq!(&ops.mem[i..i + 4], &insn.to_le_bytes(), "unchanged");
+    }
     // Not code this part made executable: not its fault.
     assert_eq!(
         p.text_patch(&poke(HEAP + 0x40_0000, &regs, 2), &mut ops),
         None
     );
-    // Released code is no longer patched.
-    let release = [e(page0, 0x1000, ATTR_READ)];
+    // Released code is no longer patched, and its sites are gone.
+    let release = [e(PAGE0, 0x1000, ATTR_READ)];
     assert_eq!(call(&mut p, &mut ops, &release)[0], 0);
-    assert_eq!(p.text_patch(&poke(page0 + 0x100, &regs, 2), &mut ops), None);
+    assert_eq!(p.text_patch(&poke(PAGE0 + 0x100, &regs, 2), &mut ops), None);
+    assert_eq!((p.sites.len(), p.sites_released), (0, 1));
+}
+
+/// The code log names the site list: replayed independently.
+#[test]
+fn the_site_list_is_in_the_code_log() {
+    let (mut p, mut ops) = enabled(Policy::Measure);
+    let text = module_text(&mut ops);
+    let second = SiteEntry {
+        site: MODULE_VA + 0x1010,
+        label: MODULE_VA + 0x8,
+    };
+    assert_eq!(call_sites(&mut p, &mut ops, &text, &[SITE, second])[0], 0);
+    let hash = |parts: &[&[u8]]| {
+        let mut h = Sha256::new(crate::sha256::compress_soft);
+        parts.iter().for_each(|b| h.update(b));
+        h.finalize()
+    };
+    let page = |ipa: u64| ops.mem[(ipa - RAM) as usize..(ipa - RAM + 0x1000) as usize].to_vec();
+    let mut log = [0u8; 32];
+    for (ipa, va) in [(PAGE0, MODULE_VA), (PAGE1, MODULE_VA + 0x1000)] {
+        let d = hash(&[&page(ipa)]);
+        log = hash(&[&log, &mp::log_record(LOG_EXEC, ipa, 0x1000, va, &d)]);
+    }
+    let d = hash(&[&SITE.to_bytes(), &second.to_bytes()]);
+    log = hash(&[
+        &log,
+        &mp::log_record(LOG_SITES, PAGE0, 0x1000, MODULE_VA, &d),
+    ]);
+    assert_eq!(p.code_log(), (log, 3));
+}
+
+/// Every bad site list is refused with its code and counted, and a
+/// refused call leaves the pages, the sites and the log as they were.
+#[test]
+fn every_bad_site_list_is_refused_and_changes_nothing() {
+    use guest_kp::mem_perms::ATTR_JIT;
+    use guest_kp::patch::encode_b;
+
+    let (mut p, mut ops) = enabled(Policy::Measure);
+    let text = module_text(&mut ops);
+    // A B at +0x200 to +0x1020: a site already on.
+    let on = encode_b(MODULE_VA + 0x200, SITE.label).unwrap();
+    let i = (PAGE0 + 0x200 - RAM) as usize;
+    ops.mem[i..i + 4].copy_from_slice(&on.to_le_bytes());
+    let site = |site: u64, label: u64| SiteEntry { site, label };
+    let bad_sites = [
+        site(SITE.site + 2, SITE.label),
+        site(SITE.site, SITE.label + 1),
+        site(SITE.site, SITE.site),
+        site(MODULE_VA + 0x2000, SITE.label),
+        site(MODULE_VA - 4, SITE.label),
+        site(SITE.site, MODULE_VA + 0x2000),
+        site(MODULE_VA + 0x104, SITE.label), // not NOP or B (zeros)
+        site(MODULE_VA + 0x200, SITE.label + 4), // B elsewhere
+    ];
+    let log = p.code_log();
+    for (n, bad) in bad_sites.into_iter().enumerate() {
+        let r = call_sites(&mut p, &mut ops, &text, &[SITE, bad]);
+        assert_eq!(
+            (r[0], r[1]),
+            (KpError::ArgumentInvalid.as_raw(), 1),
+            "case {n}"
+        );
+    }
+    assert_eq!(refused(&p, Refusal::Site), bad_sites.len() as u64);
+    // A site already on is fine; named twice is not.
+    let twice = call_sites(
+        &mut p,
+        &mut ops,
+        &text,
+        &[SITE, site(MODULE_VA + 0x200, SITE.label), SITE],
+    );
+    assert_eq!(
+        (twice[0], twice[1]),
+        (KpError::ArgumentInvalid.as_raw(), NO_ENTRY)
+    );
+    // Sites in a JIT range are not jump labels.
+    let jit = [Entry {
+        attrs: RX | ATTR_JIT,
+        ..text[0]
+    }];
+    let r = call_sites(&mut p, &mut ops, &jit, &[SITE]);
+    assert_eq!(r[0], KpError::ArgumentSize.as_raw(), "no code for sites");
+    let r = call_sites(&mut p, &mut ops, &[jit[0], text[1]], &[SITE]);
+    assert_eq!((r[0], r[1]), (KpError::ArgumentInvalid.as_raw(), 0));
+    // The list itself.
+    ops.write_list(&text);
+    let list = |ipa: u64, count: u64| SiteList { ipa, count };
+    for (l, code, why) in [
+        (
+            list(SITES, MAX_SITES + 1),
+            KpError::ArgumentSize,
+            Refusal::SiteListSize,
+        ),
+        (
+            list(SITES + 4, 1),
+            KpError::ArgumentAlignment,
+            Refusal::SiteListAlignment,
+        ),
+        (
+            list(RAM + RAM_SIZE - 8, 1),
+            KpError::AddrInvalid,
+            Refusal::SiteListNotInRam,
+        ),
+        (
+            list(u64::MAX - 7, 1),
+            KpError::AddrInvalid,
+            Refusal::SiteListNotInRam,
+        ),
+        (list(SITES, 65), KpError::ArgumentSize, Refusal::SiteRoom),
+    ] {
+        let before = refused(&p, why);
+        let r = p.call(LIST, 2, l, &mut ops);
+        assert_eq!((r[0], r[1]), (code.as_raw(), NO_ENTRY), "{l:?}");
+        assert_eq!(refused(&p, why), before + 1, "{why:?}");
+    }
+    // Nothing changed.
+    assert_eq!(p.code_log(), log);
+    assert!(p.spans.is_empty() && p.sites.is_empty());
+    assert!(!ops.perms(PAGE0).contains(Perms::EXEC_EL1));
+    ops.assert_w_xor_x();
+    // Code that is already executable cannot be given sites later.
+    let plain = text.map(|e| Entry { attrs: RX, ..e });
+    assert_eq!(call(&mut p, &mut ops, &plain)[0], 0);
+    let r = call_sites(&mut p, &mut ops, &plain, &[SITE]);
+    assert_eq!((r[0], r[1]), (KpError::ArgumentInvalid.as_raw(), 0));
+    assert!(p.sites.is_empty());
+    assert!(ops.perms(PAGE0).contains(Perms::EXEC_EL1), "still code");
 }
 
 /// A JIT range (a BPF pack, a kprobes slot page): executable, never
