@@ -300,8 +300,9 @@ pub extern "C" fn pvguard_rust_mmio_give_up(busy: bool) -> c_int {
 }
 
 /// The kernel's section bounds, as `glue.c` passes them: physical
-/// [start, end) of TEXT, RODATA, DATA, BSS, then the FIX_TEXT_POKE0 VA
-/// and the page size.
+/// [start, end) of TEXT, RODATA, DATA, BSS, then the FIX_TEXT_POKE0 VA,
+/// the page size, and physical [start, end) of `.rodata.text` (the
+/// image's other text; empty if the kernel has none).
 #[repr(C)]
 pub struct KernelLayout {
     text: [u64; 2],
@@ -310,6 +311,7 @@ pub struct KernelLayout {
     bss: [u64; 2],
     fixmap_va: u64,
     page_size: u64,
+    other_text: [u64; 2],
 }
 
 fn kp_report_status(kp: &KpState) {
@@ -344,6 +346,7 @@ pub unsafe extern "C" fn pvguard_rust_kp_report(layout: *const KernelLayout) -> 
         fixmap_va: l.fixmap_va,
         fixmap_size: l.page_size,
     };
+    g.kp.set_other_text(l.other_text[0], l.other_text[1]);
     let record = &mut g.record;
     g.kp.report(&mut Smccc, &builder, |r| {
         record.0 = *r;
@@ -362,13 +365,12 @@ pub unsafe extern "C" fn pvguard_rust_kp_report(layout: *const KernelLayout) -> 
 /// Asks for protection, once boot-time patching is over and rodata is
 /// sealed. Returns 2 when `pvguard=strict` must refuse to go on.
 ///
-/// Called *without* `pvguard_lock`: a hypervisor with no CPU of its own
-/// hashes the kernel inside this call, which is not made with interrupts
-/// off; the lock is held around the state only.
+/// Called *without* `pvguard_lock`: the lock is held around the state
+/// only, never across the hypercall.
 #[no_mangle]
 pub extern "C" fn pvguard_rust_kp_enable() -> c_int {
-    let answer =
-        locked(|g| g.kp.may_enable()).then(|| guest_kp::guest::enable_protection(&mut Smccc));
+    let other_text = locked(|g| g.kp.may_enable().then(|| g.kp.other_text()));
+    let answer = other_text.map(|o| guest_kp::guest::enable_protection(&mut Smccc, o));
     let refuse = locked(|g| {
         if let Some(a) = answer {
             g.kp.record_enable(a);
@@ -717,39 +719,60 @@ fn code_error(what: core::fmt::Arguments<'_>, e: code::CodeError) -> c_int {
     }
 }
 
-/// A module's jump labels (`struct pvguard_jump_sites` in
-/// `pvguard_rust.h`): its `__jump_table`, and a buffer for the site list
-/// the hypervisor reads.
+/// Where a module's text may be patched (`struct pvguard_module_sites`
+/// in `pvguard_rust.h`): its `__jump_table`, its `__mcount_loc`, its
+/// ftrace PLTs, and a buffer for the site list the hypervisor reads.
 #[repr(C)]
-pub struct JumpSites {
-    table: *const code::JumpEntry,
-    entries: u64,
+pub struct ModuleSites {
+    jump_table: *const code::JumpEntry,
+    jump_entries: u64,
+    mcount: *const u64,
+    mcount_entries: u64,
+    ftrace_plts: [u64; 2],
     buf: *mut u8,
+    buf_entries: u64,
     buf_pa: u64,
 }
 
 /// The site list of the `ranges` of a module's text, written into the
-/// buffer of `sites` (which may be null: no jump labels).
+/// buffer of `sites` (which may be null: no sites).
 ///
 /// # Safety
-/// `sites` is null or valid, its table holds `entries` entries and its
-/// buffer `entries` sites, physically contiguous at `buf_pa`.
-unsafe fn site_list(sites: *const JumpSites, ranges: &[code::Range; 2]) -> SiteList {
+/// `sites` is null or valid: each table (or null) holds its number of
+/// entries, and the buffer `buf_entries` sites, physically contiguous at
+/// `buf_pa`.
+unsafe fn site_list(sites: *const ModuleSites, ranges: &[code::Range; 2]) -> SiteList {
     // SAFETY: null or valid, as the caller guarantees.
     let Some(s) = (unsafe { sites.as_ref() }) else {
         return SiteList::default();
     };
-    if s.table.is_null() || s.buf.is_null() || s.entries == 0 {
+    if s.buf.is_null() || s.buf_entries == 0 {
         return SiteList::default();
     }
-    let n = s.entries as usize;
-    // SAFETY: the module's jump table, `n` entries, not written while
-    // its text is made executable (the module is not live yet).
-    let table = unsafe { core::slice::from_raw_parts(s.table, n) };
-    // SAFETY: a buffer of `n` sites that only this call writes.
-    let out = unsafe { core::slice::from_raw_parts_mut(s.buf, n * SITE_SIZE) };
+    let jump = if s.jump_table.is_null() {
+        &[]
+    } else {
+        // SAFETY: the module's jump table, not written while its text is
+        // made executable (the module is not live yet).
+        unsafe { core::slice::from_raw_parts(s.jump_table, s.jump_entries as usize) }
+    };
+    let mcount = if s.mcount.is_null() {
+        &[]
+    } else {
+        // SAFETY: the module's __mcount_loc, as for the jump table.
+        unsafe { core::slice::from_raw_parts(s.mcount, s.mcount_entries as usize) }
+    };
+    let tables = code::ModulePatchTables {
+        jump,
+        jump_va: s.jump_table as u64,
+        mcount,
+        ftrace_plts: s.ftrace_plts,
+    };
+    let len = s.buf_entries as usize * SITE_SIZE;
+    // SAFETY: a buffer of `buf_entries` sites that only this call writes.
+    let out = unsafe { core::slice::from_raw_parts_mut(s.buf, len) };
     let text = ranges.map(|r| (r.va, r.pages));
-    let count = code::module_sites(table, s.table as u64, &text, out);
+    let count = code::module_sites(&tables, &text, out);
     SiteList {
         ipa: s.buf_pa,
         count,
@@ -757,7 +780,7 @@ unsafe fn site_list(sites: *const JumpSites, ranges: &[code::Range; 2]) -> SiteL
 }
 
 /// Two ranges of one module in one call: its text and init text
-/// (`seal` false), with the sites of its jump labels, or its rodata and
+/// (`seal` false), with its patch sites, or its rodata and
 /// ro_after_init (`seal` true, `sites` null). Returns 0 or a negative
 /// errno.
 ///
@@ -770,7 +793,7 @@ pub unsafe extern "C" fn pvguard_rust_code_module(
     pages0: u64,
     va1: u64,
     pages1: u64,
-    sites: *const JumpSites,
+    sites: *const ModuleSites,
 ) -> c_int {
     // SAFETY: called with `pvguard_lock` held.
     let protected = unsafe { guest() }.kp.status() == kp::Status::Protected;

@@ -40,7 +40,7 @@
 use crate::guest_kp::abi::KpError;
 use crate::guest_kp::mem_perms::{
     decode_answer, List, SiteEntry, SiteList, ATTR_DEFAULT, ATTR_EXEC, ATTR_IMMUTABLE, ATTR_JIT,
-    ATTR_READ, ATTR_RELEASE, MEM_PERMISSIONS, SITE_SIZE,
+    ATTR_READ, ATTR_RELEASE, MEM_PERMISSIONS, SITE_FTRACE, SITE_FTRACE_PLT, SITE_SIZE,
 };
 
 /// The kernel's page size for these requests (the ABI's granule).
@@ -191,38 +191,57 @@ pub struct JumpEntry {
 /// Size of a [`JumpEntry`], the C side's `sizeof(struct jump_entry)`.
 pub const JUMP_ENTRY_SIZE: u64 = 16;
 
-/// The site list for a module's text: every entry of its jump table
-/// (at kernel address `table_va`) whose site lies in one of the `text`
-/// ranges (VA, pages), as absolute VAs, written into `out` in the wire
-/// form. Returns how many were written; entries whose site lies
-/// elsewhere (none in a module the kernel built) and entries past the
-/// room of `out` are left out, so the hypervisor refuses the patches at
-/// those sites rather than a load being refused.
-pub fn module_sites(
-    table: &[JumpEntry],
-    table_va: u64,
-    text: &[(u64, u64)],
-    out: &mut [u8],
-) -> u64 {
+/// Where a module's text may be patched, as the kernel describes it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ModulePatchTables<'t> {
+    /// Its `__jump_table`.
+    pub jump: &'t [JumpEntry],
+    /// The kernel address of `jump`.
+    pub jump_va: u64,
+    /// Its `__mcount_loc`: the addresses of its ftrace call sites'
+    /// literals (0 for padding).
+    pub mcount: &'t [u64],
+    /// Its ftrace PLTs (`mod->arch.ftrace_trampolines` and
+    /// `init_ftrace_trampolines`), or 0.
+    pub ftrace_plts: [u64; 2],
+}
+
+/// The site list for a module's text: every jump label and ftrace call
+/// site of `tables` whose site lies in one of the `text` ranges (VA,
+/// pages), as absolute VAs, and its ftrace PLTs, written into `out` in
+/// the wire form. Returns how many were written; sites elsewhere (none
+/// in a module the kernel built) and sites past the room of `out` are
+/// left out, so the hypervisor refuses the patches at those sites
+/// rather than a load being refused.
+pub fn module_sites(tables: &ModulePatchTables<'_>, text: &[(u64, u64)], out: &mut [u8]) -> u64 {
     let in_text = |va: u64| {
         text.iter()
             .any(|&(start, pages)| va >= start && va - start < pages.saturating_mul(PAGE))
     };
+    let jumps = tables.jump.iter().enumerate().map(|(i, e)| {
+        let field = tables.jump_va.wrapping_add(i as u64 * JUMP_ENTRY_SIZE);
+        SiteEntry {
+            site: field.wrapping_add_signed(i64::from(e.code)),
+            label: field
+                .wrapping_add(4)
+                .wrapping_add_signed(i64::from(e.target)),
+        }
+    });
+    let calls = tables.mcount.iter().map(|&literal| SiteEntry {
+        site: literal,
+        label: SITE_FTRACE,
+    });
+    let plts = tables.ftrace_plts.into_iter().map(|site| SiteEntry {
+        site,
+        label: SITE_FTRACE_PLT,
+    });
     let mut n = 0;
     let mut slots = out.chunks_exact_mut(SITE_SIZE);
-    for (i, e) in table.iter().enumerate() {
-        let field = table_va.wrapping_add(i as u64 * JUMP_ENTRY_SIZE);
-        let site = field.wrapping_add_signed(i64::from(e.code));
-        let label = field
-            .wrapping_add(4)
-            .wrapping_add_signed(i64::from(e.target));
-        if !in_text(site) {
-            continue;
-        }
+    for s in jumps.chain(calls).chain(plts).filter(|s| in_text(s.site)) {
         let Some(slot) = slots.next() else {
             break;
         };
-        slot.copy_from_slice(&SiteEntry { site, label }.to_bytes());
+        slot.copy_from_slice(&s.to_bytes());
         n += 1;
     }
     n

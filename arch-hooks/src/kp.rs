@@ -125,6 +125,8 @@ pub struct KpState {
     sites: SiteTables,
     /// The hypervisor's code log at the last self-check, if it keeps one.
     code_log: Option<([u8; 32], u64)>,
+    /// The image's other text, as (IPA, size), named at enable.
+    other_text: (u64, u64),
 }
 
 impl Default for KpState {
@@ -143,6 +145,7 @@ impl KpState {
             last: None,
             checks: 0,
             code_log: None,
+            other_text: (0, 0),
             sites: SiteTables {
                 jump_table: TableOutcome::NotSent,
                 ftrace_callers: TableOutcome::NotSent,
@@ -265,12 +268,33 @@ impl KpState {
         self.status
     }
 
+    /// Names the image's other text, `[start, end)` as IPAs straight from
+    /// the linker symbols (arm64's `.rodata.text`: code the kernel runs
+    /// only through other mappings, the idmap and the KPTI trampoline),
+    /// for the enable call; widened to whole pages. An empty range names
+    /// none.
+    pub fn set_other_text(&mut self, start: u64, end: u64) {
+        let page = crate::guest_kp::abi::PAGE_SIZE;
+        self.other_text = if start < end {
+            let first = start & !(page - 1);
+            let last = end.div_ceil(page).saturating_mul(page);
+            (first, last - first)
+        } else {
+            (0, 0)
+        };
+    }
+
+    /// The image's other text as (IPA, size), or (0, 0).
+    pub fn other_text(&self) -> (u64, u64) {
+        self.other_text
+    }
+
     /// Asks for protection (after `mark_rodata_ro`).
     pub fn enable(&mut self, hv: &mut dyn Hypercall) -> Status {
         if !self.may_enable() {
             return self.status;
         }
-        self.record_enable(guest::enable_protection(hv))
+        self.record_enable(guest::enable_protection(hv, self.other_text))
     }
 
     /// Whether protection is to be asked for: the layout is reported and

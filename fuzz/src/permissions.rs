@@ -25,7 +25,7 @@ use hyp_stub::devices::DeviceWindows;
 use hyp_stub::esr::AbortSyndrome;
 use hyp_stub::service::{CallResult, FaultAction, GuestFault, HypOps, OpsError};
 use hyp_stub::services::kernel_protect::permissions::{
-    stage2_perms, MemAttrs, Permissions,
+    stage2_perms, MemAttrs, Patching, Permissions,
 };
 use hyp_stub::sha256::Sha256;
 use hyp_stub::stage2::{Perms, Stage2, Tlb};
@@ -311,7 +311,16 @@ fn call(
             Entry::from_bytes(&b)
         })
         .collect();
-    (p.call(at, count, guest_kp::mem_perms::SiteList::default(), ops), given)
+    (
+        p.call(
+            at,
+            count,
+            guest_kp::mem_perms::SiteList::default(),
+            &Patching::NONE,
+            ops,
+        ),
+        given,
+    )
 }
 
 /// What an input did: calls accepted, stores performed.
@@ -343,7 +352,7 @@ pub fn run(input: &Input) -> Reach {
         Policy::Measure
     });
     p.set_hypervisor_memory(machine::hyp_memory());
-    p.enable(image.map(|(r, _)| r), &mut ops)
+    p.enable(image.map(|(r, _)| r), None, &mut ops)
         .expect("default deny");
     check_stage2(&mut ops, &image);
     let mut immutable = Immutable::new();
@@ -415,7 +424,7 @@ pub fn run(input: &Input) -> Reach {
                 };
                 let before: Vec<u8> = (ipa..ipa + 8).map(|a| ops.byte(a)).collect();
                 let was = ops.perms(ipa);
-                let action = p.text_patch(&fault, &mut ops);
+                let action = p.text_patch(&fault, &Patching::NONE, &mut ops);
                 let after: Vec<u8> = (ipa..ipa + 8).map(|a| ops.byte(a)).collect();
                 match action {
                     Some(FaultAction::Emulated) => {

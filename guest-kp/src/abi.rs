@@ -9,7 +9,7 @@
 //! | call | ID | arguments |
 //! |---|---|---|
 //! | [`ASSET_INFO`] | `0xC606_005F` | x1 = region type, x2 = start, x3 = size |
-//! | [`ENABLE_VM_PROTECTION`] | `0xC606_0060` | x1 = target address space ([`SELF_ADDRSPACE`]) |
+//! | [`ENABLE_VM_PROTECTION`] | `0xC606_0060` | x1 = target address space ([`SELF_ADDRSPACE`]); first call: x2, x3 = the image's other text |
 //! | [`ASSET_INFO_COMPACT`] | `0xC606_0061` | x1 = IPA of one 132-byte record |
 //! | [`PATCH_SITES`] | `0xC606_0063` | x1 = [`SiteTable`], x2 = IPA of the table, x3 = entries, x4 = VA of TEXT's start |
 //! | [`TEXT_PATCH`] | `0xC606_0064` | x1 = IPA of [`TextPatch`] entries, x2 = how many |
@@ -37,8 +37,22 @@ pub const ASSET_INFO: u32 = 0xC606_005F;
 /// [`SELF_ADDRSPACE`]. Returns x1 = 1 if TEXT+RODATA are intact, x2 = the
 /// text patches the hypervisor performed, x3 = the first 64 bits of the
 /// measurement taken at the first call, or 0 if the first call returns
-/// while the hypervisor is still taking it on a CPU of its own.
+/// while the hypervisor is still taking it.
+///
+/// The first call (the one that enables protection) also takes x2 = IPA
+/// and x3 = size of the image's *other text*, or 0 and 0: code of the
+/// kernel image outside TEXT that EL1 runs only through other mappings
+/// (arm64's `.rodata.text`: the idmap text that CPU hotplug, suspend and
+/// kexec enter with the MMU off, and the KPTI trampoline). Under default
+/// deny it becomes executable at EL1 and read-only at enable, and is
+/// measured into the code log. It must be page aligned, at most
+/// [`MAX_OTHER_TEXT`] bytes, inside the image and outside the reported
+/// regions (ARGUMENT_ALIGNMENT, ARGUMENT_SIZE, ADDR_INVALID,
+/// ARGUMENT_INVALID). Later calls (self-checks) ignore x2 and x3.
 pub const ENABLE_VM_PROTECTION: u32 = 0xC606_0060;
+
+/// Most bytes of other text (see [`ENABLE_VM_PROTECTION`]).
+pub const MAX_OTHER_TEXT: u64 = 2 << 20;
 
 /// ASSET_INFO_COMPACT: report every region at once. x1 = IPA of one
 /// 132-byte `kernel_asset_info` record (see `record::KernelAssetInfo`).

@@ -112,15 +112,21 @@ pub struct SelfCheck {
 
 /// Asks the hypervisor to enable protection of this guest's kernel and
 /// run its integrity check (ENABLE_VM_PROTECTION with the guest itself,
-/// [`SELF_ADDRSPACE`], as target), and returns its answer.
+/// [`SELF_ADDRSPACE`], as target), and returns its answer. `other_text`
+/// is the image's other text as (IPA, size), or (0, 0) (see
+/// [`ENABLE_VM_PROTECTION`]); only the first call uses it.
 ///
 /// # Errors
 /// Any [`KpError`] the hypervisor returns, e.g.
 /// [`KpError::ObjectState`] before the layout was reported,
 /// [`KpError::Denied`] if self-checks are not allowed, or
 /// [`KpError::Unimplemented`] without kernel protect.
-pub fn enable_protection<H: Hypercall + ?Sized>(hv: &mut H) -> Result<SelfCheck, KpError> {
-    let [x0, x1, x2, x3] = hv.call(ENABLE_VM_PROTECTION, [SELF_ADDRSPACE, 0, 0, 0]);
+pub fn enable_protection<H: Hypercall + ?Sized>(
+    hv: &mut H,
+    other_text: (u64, u64),
+) -> Result<SelfCheck, KpError> {
+    let (start, size) = other_text;
+    let [x0, x1, x2, x3] = hv.call(ENABLE_VM_PROTECTION, [SELF_ADDRSPACE, start, size, 0]);
     KpError::from_raw(x0)?;
     Ok(SelfCheck {
         intact: x1 == 1,
@@ -140,7 +146,7 @@ pub fn enable_protection<H: Hypercall + ?Sized>(hv: &mut H) -> Result<SelfCheck,
 pub fn self_check<H: Hypercall + ?Sized>(hv: &mut H, retries: u32) -> Result<SelfCheck, KpError> {
     let mut tries = 0;
     loop {
-        match enable_protection(hv) {
+        match enable_protection(hv, (0, 0)) {
             Err(KpError::Busy) if tries < retries => {
                 tries += 1;
                 hv.pause();

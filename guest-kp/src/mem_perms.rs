@@ -37,23 +37,31 @@
 //! patches it performs in that code (a branch is relative to the VA, not
 //! to the IPA), and the code log names where code ran.
 //!
-//! # Jump-label sites
+//! # Patch sites
 //!
-//! The call that makes a module's text executable also names the jump
-//! labels the kernel may later patch in it: x4 [`SiteEntry`]s of
-//! [`SITE_SIZE`] bytes each, in guest RAM at x3 (8-byte aligned), built
-//! by the guest from the module's `__jump_table` when the text becomes
-//! executable. Each names the VA of a site and of its label. The
-//! hypervisor reads the list once and accepts it with the rest of the
-//! call, or refuses the whole call, if a site or its label is not
-//! 4-byte aligned code of one of this call's EXEC entries that was not
-//! executable before, if a site is its own label or named twice, or if
-//! the instruction at the site is not `NOP` or `B` to its label. From
-//! then on a store into that code through the text-poke path is
-//! performed only at such a site, and only as `NOP` <-> `B` to the
-//! site's own label; the sites go when the code is released. The list's
-//! digest is logged ([`LOG_SITES`]), so a verifier knows which patches
-//! the code admits.
+//! The call that makes a module's text executable also names the places
+//! the kernel may later patch in it: x4 [`SiteEntry`]s of [`SITE_SIZE`]
+//! bytes each, in guest RAM at x3 (8-byte aligned), built by the guest
+//! when the text becomes executable from the module's `__jump_table`
+//! and `__mcount_loc`. A jump label names the VAs of its site and its
+//! label; an ftrace call site names the VA of its 8-byte literal, with
+//! [`SITE_FTRACE`] in place of a label; the module's ftrace PLT, if it
+//! has one, names its VA and [`SITE_FTRACE_PLT`]. The hypervisor reads the list
+//! once and accepts it with the rest of the call, or refuses the whole
+//! call, if a site is not aligned code of one of this call's EXEC
+//! entries that was not executable before, or is named twice with
+//! different labels; if a jump label's label is not such code or is the
+//! site itself, or its site holds neither `NOP` nor `B` to the label; if
+//! an ftrace call site is not the arm64 sequence (literal, `[BTI C,]
+//! MOV X9, X30`, then `NOP` or `BL` to a trampoline the image
+//! registered), or a PLT does not jump to such a trampoline. From then on a store into that code through the
+//! text-poke path is performed only at such a site and only as its
+//! transition: `NOP` <-> `B` to a jump label's own label; `NOP` <-> `BL`
+//! to a registered trampoline or to the code's own PLT, or a 64-bit store of a kernel pointer (or
+//! 0) into the literal, at an ftrace call site, as the command line's
+//! ftrace policy allows. The sites go when the code is released. The
+//! list's digest is logged ([`LOG_SITES`]), so a verifier knows which
+//! patches the code admits.
 //!
 //! # Attributes (Heki's values)
 //!
@@ -150,12 +158,23 @@ pub const MAX_ENTRIES: usize = 128;
 /// Size of one [`SiteEntry`] in guest memory.
 pub const SITE_SIZE: usize = 16;
 
-/// Most jump-label sites one call registers.
-pub const MAX_SITES: u64 = 8192;
+/// Most sites one call registers.
+pub const MAX_SITES: u64 = 32768;
 
-/// One jump-label site of a site list: `{ u64 site; u64 label; }`,
-/// little-endian guest VAs, as a module's `__jump_table` names them
-/// (absolute, not relative).
+/// The label of a [`SiteEntry`] that names an ftrace call site by its
+/// literal. Never a jump label's: those are 4-byte aligned.
+pub const SITE_FTRACE: u64 = 1;
+
+/// The label of a [`SiteEntry`] that names the module's ftrace PLT
+/// (`ADRP X16; ADD X16; BR X16` to a trampoline the image registered),
+/// which its call sites call when the module lies out of `BL` range of
+/// the trampoline.
+pub const SITE_FTRACE_PLT: u64 = 2;
+
+/// One site of a site list: `{ u64 site; u64 label; }`, little-endian
+/// guest VAs, absolute: a jump label's site and label as a module's
+/// `__jump_table` names them, or an ftrace call site's literal (an entry
+/// of its `__mcount_loc`) and [`SITE_FTRACE`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SiteEntry {
     /// VA of the instruction that flips between `NOP` and `B`.

@@ -123,6 +123,42 @@ const fn encode_imm26(opcode: u32, from_ipa: u64, to_ipa: u64) -> Option<u32> {
     Some(opcode | imm26)
 }
 
+/// `BR X16`, how a module PLT leaves.
+pub const BR_X16: u32 = 0xd61f_0200;
+
+/// Where a module PLT at `pc` jumps: `ADRP X16, page; ADD X16, X16,
+/// #lo12; BR X16` (arm64's `struct plt_entry`, what a module calls
+/// ftrace's trampoline through when the module lies out of `BL` range),
+/// or `None` if `words` are not that.
+///
+/// ```
+/// use guest_kp::patch::{plt_target, BR_X16};
+///
+/// // adrp x16, #0x2000 (from 0x1000: page 0x3000); add x16, x16, #0x123
+/// let plt = [0xd000_0010, 0x9104_8e10, BR_X16];
+/// assert_eq!(plt_target(plt, 0x1000), Some(0x3123));
+/// ```
+pub const fn plt_target(words: [u32; 3], pc: u64) -> Option<u64> {
+    let [adrp, add, br] = words;
+    // ADRP: op=1, bits 28:24 = 10000, Rd = X16.
+    if adrp & 0x9f00_001f != 0x9000_0010 || br != BR_X16 {
+        return None;
+    }
+    // ADD (immediate, 64-bit, no shift), Rd = Rn = X16.
+    if add & 0xffc0_03ff != 0x9100_0210 {
+        return None;
+    }
+    let immlo = ((adrp >> 29) & 3) as i64;
+    let immhi = ((adrp >> 5) & 0x7_ffff) as i64;
+    // 21-bit page offset, sign-extended, in 4 KiB pages.
+    let pages = (((immhi << 2) | immlo) << 43) >> 43;
+    let lo12 = ((add >> 10) & 0xfff) as u64;
+    match (pc & !0xfff).checked_add_signed(pages * 4096) {
+        Some(page) => page.checked_add(lo12),
+        None => None,
+    }
+}
+
 #[cfg(test)]
 // An explicit path: the kernel's rustfmtcheck formats each file as if
 // it were a crate root.

@@ -463,6 +463,8 @@ pub struct SiteRegistry<'m> {
     literal: u64,
     /// TEXT's start, fixed by the first registration.
     text_start: u64,
+    /// TEXT's VA, fixed with it.
+    text_va: u64,
 }
 
 /// Reads guest memory at an IPA into the buffer; false if it cannot.
@@ -505,6 +507,7 @@ impl<'m> SiteRegistry<'m> {
             registered: 0,
             literal: 0,
             text_start: 0,
+            text_va: 0,
         }
     }
 
@@ -516,6 +519,14 @@ impl<'m> SiteRegistry<'m> {
     /// Registered ftrace call sites.
     pub fn ftrace_sites(&self) -> usize {
         self.ftrace_len
+    }
+
+    /// Whether `va` is a registered ftrace trampoline, in VA terms: what
+    /// ftrace call sites outside TEXT (module text) may call.
+    pub fn is_ftrace_caller_va(&self, va: u64) -> bool {
+        self.callers()
+            .iter()
+            .any(|&c| c.wrapping_sub(self.text_start).wrapping_add(self.text_va) == va)
     }
 
     /// Registered ftrace trampolines.
@@ -643,6 +654,7 @@ impl<'m> SiteRegistry<'m> {
             return Err(TableError::TableOutsideImage);
         }
         self.text_start = text.start();
+        self.text_va = text_va;
         let t = Table {
             ipa: table_ipa,
             count,

@@ -112,3 +112,72 @@ fn lock_boots_and_user_space_runs() {
         "nothing at EL1 ran outside the image"
     );
 }
+
+/// `.rodata.text` (the idmap text, the KPTI trampoline) lies outside the
+/// reported regions: named at enable, it stays executable under default
+/// deny (read-only), also under `lock`.
+fn other_text(append: &str, exec: &str, tag: &str) -> Outcome {
+    let a = artifacts();
+    let b = Boot {
+        cpus: 2,
+        append: append.into(),
+        exec: Some(exec.into()),
+        ..Boot::default()
+    };
+    run(&a, &b, tag).unwrap()
+}
+
+const HOTPLUG: &str = "echo 0 > /sys/devices/system/cpu/cpu1/online && echo cpu1-offline; \
+     echo 1 > /sys/devices/system/cpu/cpu1/online && echo cpu1-online; \
+     echo cpus-online=$(cat /sys/devices/system/cpu/online)";
+
+#[test]
+fn a_cpu_comes_back_online_through_the_idmap_text_under_default_deny() {
+    for policy in ["measure", "lock"] {
+        let o = other_text(
+            &format!("pvguard=on pvguard_code={policy}"),
+            HOTPLUG,
+            &format!("code-hotplug-{policy}"),
+        );
+        check(
+            &o,
+            &[
+                "pvguard: kernel protect: protected",
+                "cpu1-offline",
+                "cpu1-online",
+                "cpus-online=0-1",
+                "pvguard-init: exit status 0",
+            ],
+            &[],
+        )
+        .unwrap();
+        let s = o.stats().expect("stats");
+        assert_eq!(s.num("kp_default_deny"), 1);
+        assert!(s.num("kp_other_text") > 0, "named at enable");
+        assert_eq!(s.num("kp_perm_exec_blocked"), 0, "{policy}");
+    }
+}
+
+#[test]
+fn kpti_enters_the_kernel_through_its_trampoline_under_default_deny() {
+    let o = other_text(
+        "pvguard=on kpti=1",
+        "echo user-space-runs; cat /proc/version",
+        "code-kpti",
+    );
+    check(
+        &o,
+        &[
+            "Kernel page table isolation",
+            "pvguard: kernel protect: protected",
+            "user-space-runs",
+            "Linux version",
+            "pvguard-init: exit status 0",
+        ],
+        &[],
+    )
+    .unwrap();
+    let s = o.stats().expect("stats");
+    assert!(s.num("kp_other_text") > 0);
+    assert_eq!(s.num("kp_perm_exec_blocked"), 0);
+}

@@ -7,7 +7,7 @@
 //! kprobes' slots) is executable and never writable: the hypervisor
 //! performs the stores of the kernel's text-poke path into it.
 
-use qemu_tests::{artifacts, check, run, Boot, Outcome};
+use qemu_tests::{artifacts, check, module, run, Boot, Outcome};
 
 const KP: &str = "/sys/hypervisor/pvguard/kernel_protect";
 /// The full self-check report, code log included, is a debugfs dump:
@@ -176,6 +176,103 @@ fn the_same_module_text_patches_succeed_without_protection() {
         .any(|l| l.contains("modpatch") && (l.contains("refused") || l.contains("not put back"))));
 }
 
+const TRACING: &str = "/sys/kernel/tracing";
+
+/// The function tracer over a module's functions: on, filtered to them,
+/// before the module loads (its call sites are patched as it comes up),
+/// then off; then on over all functions once it is loaded, and off.
+fn trace_module(append: &str, tag: &str) -> Outcome {
+    let a = artifacts();
+    let ko = module::build(&a, "ftrace_target", tag).unwrap();
+    let calls = "/sys/module/ftrace_target/parameters/calls";
+    let b = Boot {
+        append: append.into(),
+        add: vec![ko],
+        exec: Some(format!(
+            "mount -t tracefs nodev {TRACING}; \
+             echo ':mod:ftrace_target' > {TRACING}/set_ftrace_filter; \
+             echo function > {TRACING}/current_tracer && echo tracer-on; \
+             insmod /pvguard/ftrace_target.ko && echo loaded-while-tracing; \
+             echo 5 > {calls}; echo 0 > {TRACING}/tracing_on; \
+             echo \"module calls in the trace: $(grep -c ftrace_target_work {TRACING}/trace)\"; \
+             echo nop > {TRACING}/current_tracer && echo tracer-off; \
+             echo > {TRACING}/set_ftrace_filter; echo 1 > {TRACING}/tracing_on; \
+             echo function > {TRACING}/current_tracer && echo all-functions-on; \
+             echo \"module functions traced: $(grep -c ftrace_target {TRACING}/enabled_functions)\"; \
+             echo 3 > {calls} && echo nop > {TRACING}/current_tracer && echo again-off; \
+             rmmod ftrace_target && echo unloaded; \
+             echo \"ftrace-bugs: $(dmesg | grep -c -e 'ftrace bug' -e 'ftrace failed')\""
+        )),
+        ..Boot::default()
+    };
+    run(&a, &b, tag).unwrap()
+}
+
+/// The number after `key` on the console.
+fn shown(o: &Outcome, key: &str) -> u64 {
+    o.console
+        .split(key)
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// ftrace over a module: its call sites, named with its text (and the
+/// PLT it calls ftrace through from the 2 GiB module region), are
+/// patched by the hypervisor, whether tracing was on when it loaded
+/// (filtered to its functions) or turned on later over all functions.
+#[test]
+fn the_function_tracer_traces_module_functions_under_default_deny() {
+    let o = trace_module("pvguard=on pvguard_code=measure", "code-modftrace");
+    check(
+        &o,
+        &[
+            "tracer-on",
+            "loaded-while-tracing",
+            "ftrace-target: 5 calls, sum 25",
+            "module calls in the trace: ",
+            "tracer-off",
+            "all-functions-on",
+            "module functions traced: ",
+            "ftrace-target: 3 calls, sum 9",
+            "again-off",
+            "unloaded",
+            "ftrace-bugs: 0",
+            "pvguard-init: exit status 0",
+        ],
+        &[],
+    )
+    .unwrap();
+    let functions = shown(&o, "module functions traced: ");
+    let calls = shown(&o, "module calls in the trace: ");
+    eprintln!("module functions traced: {functions}, module calls traced: {calls}");
+    assert!(functions >= 2 && calls >= 5, "{functions} {calls}");
+    let s = o.stats().expect("stats");
+    assert!(s.num("kp_perm_patches_ftrace") > 0);
+    assert_eq!(s.num("kp_perm_patches_refused"), 0);
+    assert_eq!(s.num("kp_perm_refused_site"), 0);
+}
+
+/// The control: the same tracing without protection.
+#[test]
+fn the_function_tracer_traces_module_functions_without_protection() {
+    let o = trace_module("pvguard=off", "code-modftrace-control");
+    check(
+        &o,
+        &[
+            "loaded-while-tracing",
+            "ftrace-target: 5 calls, sum 25",
+            "again-off",
+            "ftrace-bugs: 0",
+        ],
+        &[],
+    )
+    .unwrap();
+    assert!(shown(&o, "module functions traced: ") >= 2);
+    assert!(shown(&o, "module calls in the trace: ") >= 5);
+}
+
 #[test]
 fn hypercalls_per_module_load() {
     let o = modules(
@@ -213,7 +310,8 @@ fn lock_refuses_a_module_load_cleanly() {
     }
     let s = o.stats().expect("stats");
     assert!(s.num("kp_perm_refused_locked") >= 1);
-    assert_eq!(s.num("kp_code_log_exec"), 0);
+    // Only the image's own other text (.rodata.text), at enable.
+    assert_eq!(s.num("kp_code_log_exec"), 1);
 }
 
 /// Loads test_static_keys, then writes its text, rodata and

@@ -46,22 +46,24 @@ fn approved_code_runs_and_bad_requests_are_refused_with_their_codes() {
         &[0, 1, 2, 3],
         "perm-measure",
     );
+    // The code log starts with one record: the image's other text
+    // (.rodata.text), made executable at enable.
     check(
         &o,
         &[
-            "perm: exec: status=0 index=0 records=1",
+            "perm: exec: status=0 index=0 records=2",
             "perm: approved code returned 42",
-            "perm: release: status=0 index=0 records=2",
-            "perm: writable: status=0 index=0 records=2",
+            "perm: release: status=0 index=0 records=3",
+            "perm: writable: status=0 index=0 records=3",
             "perm-0-done",
-            "perm: write+exec: status=30 index=0 records=2",
+            "perm: write+exec: status=30 index=0 records=3",
             "perm-1-done",
-            "perm: immutable: status=0 index=0 records=2",
-            "perm: change immutable: status=30 index=0 records=2",
-            "perm: release immutable: status=0 index=0 records=2",
+            "perm: immutable: status=0 index=0 records=3",
+            "perm: change immutable: status=30 index=0 records=3",
+            "perm: release immutable: status=0 index=0 records=3",
             "perm: writable: status=0",
             "perm-2-done",
-            "perm: kernel text: status=30 index=0 records=2",
+            "perm: kernel text: status=30 index=0 records=3",
             "perm-3-done",
             "pvguard-init: exit status 0",
         ],
@@ -72,7 +74,8 @@ fn approved_code_runs_and_bad_requests_are_refused_with_their_codes() {
     assert_eq!(s.num("kp_perm_refused_write_exec"), 1);
     assert_eq!(s.num("kp_perm_refused_immutable"), 1);
     assert_eq!(s.num("kp_perm_refused_image"), 1);
-    assert_eq!(s.num("kp_code_log_exec"), 1);
+    // The other text, then the probe's page.
+    assert_eq!(s.num("kp_code_log_exec"), 2);
     assert_eq!(s.num("kp_code_log_release"), 1);
     assert_eq!(s.num("kp_perm_exec_blocked"), 0, "approved code ran");
     // The code log, recomputed: the page held "mov x0, #42; ret" and
@@ -83,7 +86,30 @@ fn approved_code_runs_and_bad_requests_are_refused_with_their_codes() {
     let mut h = Sha256::new(compress_soft);
     h.update(&page);
     let digest = h.finalize();
-    let mut chain = [0u8; 32];
+    // The log's first record, the image's other text, as hyp-stub
+    // printed it at enable.
+    let other = o
+        .console
+        .lines()
+        .find_map(|l| l.split("kernel protect: other text ").nth(1))
+        .expect("the other text is logged");
+    let (range, sha) = other.split_once(" executable, SHA-256 ").expect("its hash");
+    let (start, size) = range.split_once('+').expect("a range");
+    let num = |w: &str| u64::from_str_radix(w.trim_start_matches("0x"), 16).expect("hex");
+    let mut other_digest = [0u8; 32];
+    for (i, b) in other_digest.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&sha[2 * i..2 * i + 2], 16).expect("hex");
+    }
+    let mut h = Sha256::new(compress_soft);
+    h.update(&[0u8; 32]);
+    h.update(&log_record(
+        LOG_EXEC,
+        num(start),
+        num(size),
+        0,
+        &other_digest,
+    ));
+    let mut chain = h.finalize();
     for kind in [LOG_EXEC, LOG_RELEASE] {
         let mut h = Sha256::new(compress_soft);
         h.update(&chain);
@@ -97,11 +123,12 @@ fn approved_code_runs_and_bad_requests_are_refused_with_their_codes() {
 #[test]
 fn lock_refuses_new_code() {
     let o = perm_probes("pvguard=on pvguard_code=lock", &[0], "perm-lock");
+    // Under lock too, the image's other text is the log's one record.
     check(
         &o,
         &[
-            "perm: exec: status=30 index=0 records=0",
-            "perm: writable: status=0 index=0 records=0",
+            "perm: exec: status=30 index=0 records=1",
+            "perm: writable: status=0 index=0 records=1",
             "perm-0-done",
         ],
         &[],
@@ -110,7 +137,7 @@ fn lock_refuses_new_code() {
     assert!(!o.console.contains("approved code returned"));
     let s = o.stats().expect("stats");
     assert_eq!(s.num("kp_perm_refused_locked"), 1);
-    assert_eq!(s.num("kp_code_log_records"), 0);
+    assert_eq!(s.num("kp_code_log_records"), 1);
 }
 
 #[test]

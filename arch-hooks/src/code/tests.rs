@@ -310,8 +310,15 @@ fn a_jump_table_becomes_a_site_list() {
     ];
     assert_eq!(core::mem::size_of::<JumpEntry>() as u64, JUMP_ENTRY_SIZE);
     let text = [(VA, 6), (VA + 12 * PAGE, 2)];
-    let mut out = [0u8; 3 * SITE_SIZE];
-    assert_eq!(module_sites(&table, table_va, &text, &mut out), 2);
+    let mcount = [VA + 0x400, 0, VA + 12 * PAGE + 0x10, VA + 30 * PAGE];
+    let tables = ModulePatchTables {
+        jump: &table,
+        jump_va: table_va,
+        mcount: &mcount,
+        ftrace_plts: [VA + 5 * PAGE + 0x20, 0],
+    };
+    let mut out = [0u8; 8 * SITE_SIZE];
+    assert_eq!(module_sites(&tables, &text, &mut out), 5);
     let site =
         |i: usize| SiteEntry::from_bytes(out[i * SITE_SIZE..][..SITE_SIZE].try_into().unwrap());
     assert_eq!(
@@ -328,7 +335,28 @@ fn a_jump_table_becomes_a_site_list() {
             label: VA + 12 * PAGE + 0x8
         }
     );
+    // ftrace call sites by their literal (padding and sites outside the
+    // text left out), then the PLT.
+    let ftrace = |site| SiteEntry {
+        site,
+        label: SITE_FTRACE,
+    };
+    assert_eq!(site(2), ftrace(VA + 0x400));
+    assert_eq!(site(3), ftrace(VA + 12 * PAGE + 0x10));
+    assert_eq!(
+        site(4),
+        SiteEntry {
+            site: VA + 5 * PAGE + 0x20,
+            label: SITE_FTRACE_PLT
+        }
+    );
     // No room: what fits.
     let mut one = [0u8; SITE_SIZE];
-    assert_eq!(module_sites(&table, table_va, &text, &mut one), 1);
+    assert_eq!(module_sites(&tables, &text, &mut one), 1);
+    // No PLT: none named.
+    let no_plt = ModulePatchTables {
+        ftrace_plts: [0, 0],
+        ..tables
+    };
+    assert_eq!(module_sites(&no_plt, &text, &mut out), 4);
 }

@@ -28,6 +28,8 @@ struct Hyp {
     compact: bool,
     calls: Vec<u32>,
     intact: bool,
+    /// x2 and x3 of each ENABLE_VM_PROTECTION.
+    other_text: Vec<(u64, u64)>,
 }
 
 impl Hypercall for Hyp {
@@ -45,6 +47,7 @@ impl Hypercall for Hyp {
             abi::ASSET_INFO_COMPACT => [u64::MAX, 0, 0, 0],
             abi::ASSET_INFO => [0, 0, 0, 0],
             abi::ENABLE_VM_PROTECTION if a[0] == abi::SELF_ADDRSPACE => {
+                self.other_text.push((a[1], a[2]));
                 [0, u64::from(self.intact), 3, 0xabcd]
             }
             _ => [KpError::Denied.as_raw(), 0, 0, 0],
@@ -66,6 +69,7 @@ fn reports_compactly_then_protects_and_self_checks() {
         compact: true,
         calls: Vec::new(),
         intact: true,
+        other_text: Vec::new(),
     };
     let mut placed = None;
     assert_eq!(
@@ -77,6 +81,9 @@ fn reports_compactly_then_protects_and_self_checks() {
     );
     assert!(placed.is_some());
     assert_eq!(text(|s, w| s.write_state(w), &s), "reported (compact)\n");
+    // .rodata.text from its symbols, widened to pages.
+    s.set_other_text(0x4120_0800, 0x4120_4010);
+    assert_eq!(s.other_text(), (0x4120_0000, 0x5000));
     assert_eq!(s.enable(&mut hv), Status::Protected);
     assert_eq!(text(|s, w| s.write_state(w), &s), "protected\n");
     let check = s.self_check(&mut hv).unwrap();
@@ -94,6 +101,10 @@ fn reports_compactly_then_protects_and_self_checks() {
     );
     assert_eq!(text(|s, w| s.write_verdict(w), &s), "intact\n");
     assert!(text(|s, w| s.write_regions(w), &s).contains("TEXT"));
+    // Named at enable only; self-checks name nothing.
+    assert_eq!(hv.other_text, [(0x4120_0000, 0x5000), (0, 0)]);
+    s.set_other_text(5, 5);
+    assert_eq!(s.other_text(), (0, 0), "empty");
 }
 
 #[test]
@@ -104,6 +115,7 @@ fn falls_back_to_per_region_calls() {
         compact: false,
         calls: Vec::new(),
         intact: true,
+        other_text: Vec::new(),
     };
     assert_eq!(
         s.report(&mut hv, &layout(), |_| 0x4100_0000),
@@ -122,6 +134,7 @@ fn off_does_nothing_and_a_modified_kernel_shows() {
         compact: true,
         calls: Vec::new(),
         intact: false,
+        other_text: Vec::new(),
     };
     assert_eq!(s.report(&mut hv, &layout(), |_| 0), Status::NotRequested);
     assert!(hv.calls.is_empty());
@@ -143,6 +156,7 @@ fn a_bad_layout_is_reported_not_sent() {
         compact: true,
         calls: Vec::new(),
         intact: true,
+        other_text: Vec::new(),
     };
     let mut bad = layout();
     bad.rodata = (TEXT.0, RODATA.1);
@@ -429,6 +443,7 @@ fn the_self_check_shows_the_code_log() {
         compact: true,
         calls: Vec::new(),
         intact: true,
+        other_text: Vec::new(),
     });
     s.report(&mut hv, &layout(), |_| 0x4100_0000);
     s.enable(&mut hv);

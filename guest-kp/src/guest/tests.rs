@@ -213,7 +213,10 @@ fn no_kernel_protect() {
     );
     // Compact, then the first region; then it gives up.
     assert_eq!(hv.log.len(), 2);
-    assert_eq!(enable_protection(&mut hv), Err(KpError::Unimplemented));
+    assert_eq!(
+        enable_protection(&mut hv, (0, 0)),
+        Err(KpError::Unimplemented)
+    );
 }
 
 #[test]
@@ -292,11 +295,14 @@ fn record_outside_ram_or_stale() {
 fn enable_protection_self_check() {
     let rec = record();
     let mut hv = FakeHyp::new();
-    assert_eq!(enable_protection(&mut hv), Err(KpError::ObjectState));
+    assert_eq!(
+        enable_protection(&mut hv, (0, 0)),
+        Err(KpError::ObjectState)
+    );
     hv.store(RECORD_IPA, &rec);
     report(&mut hv, &rec, RECORD_IPA).unwrap();
-    assert_eq!(enable_protection(&mut hv).map(drop), Ok(()));
-    assert_eq!(enable_protection(&mut hv).map(drop), Ok(()));
+    assert_eq!(enable_protection(&mut hv, (0, 0)).map(drop), Ok(()));
+    assert_eq!(enable_protection(&mut hv, (0, 0)).map(drop), Ok(()));
     assert_eq!(hv.checks, 2);
     assert_eq!(
         hv.log.last(),
@@ -357,17 +363,17 @@ fn every_per_region_error_stops_the_fallback() {
 fn every_enable_error_is_returned() {
     for e in ALL_ERRORS.iter().copied().chain([KpError::Unimplemented]) {
         let mut hv = Scripted::new(0, 0, e.as_raw());
-        assert_eq!(enable_protection(&mut hv), Err(e));
+        assert_eq!(enable_protection(&mut hv, (0, 0)), Err(e));
     }
     let mut hv = Scripted::new(0, 0, 77);
     assert!(matches!(
-        enable_protection(&mut hv),
+        enable_protection(&mut hv, (0, 0)),
         Err(KpError::Unknown(c)) if c.get() == 77
     ));
     // On success x1..x3 are the answer, whatever the fake put there.
     let mut hv = Scripted::new(0, 0, 0);
     assert_eq!(
-        enable_protection(&mut hv),
+        enable_protection(&mut hv, (0, 0)),
         Ok(SelfCheck {
             intact: false,
             patches: 0xbeef,
@@ -383,7 +389,7 @@ fn works_through_a_trait_object() {
     fake.store(RECORD_IPA, &rec);
     let hv: &mut dyn Hypercall = &mut fake;
     assert_eq!(report(hv, &rec, RECORD_IPA), Ok(ReportPath::Compact));
-    assert_eq!(enable_protection(hv).map(drop), Ok(()));
+    assert_eq!(enable_protection(hv, (0, 0)).map(drop), Ok(()));
 }
 
 /// A hypervisor that answers TEXT_PATCH from a script and records calls.

@@ -85,3 +85,22 @@ fn bl_is_told_apart_from_b() {
     assert_eq!(call_target(0x97ff_fffe, 4), None);
     assert_eq!(call_target(NOP, 4), None);
 }
+
+#[test]
+fn module_plts_decode_to_their_target() {
+    // A PLT 100 MiB below its target, and one above it.
+    for (pc, to) in [
+        (0xffff_8000_0100_0010u64, 0xffff_8000_0740_0abcu64),
+        (0xffff_8000_8000_0ff0, 0xffff_8000_0100_0008),
+    ] {
+        let pages = ((to & !0xfff) as i64 - (pc & !0xfff) as i64) >> 12;
+        let imm = (pages as u32) & 0x1f_ffff;
+        let adrp = 0x9000_0010 | ((imm & 3) << 29) | ((imm >> 2) << 5);
+        let add = 0x9100_0210 | (((to & 0xfff) as u32) << 10);
+        assert_eq!(plt_target([adrp, add, BR_X16], pc), Some(to));
+        // Another register, a shifted ADD, a BLR: not a PLT.
+        assert_eq!(plt_target([adrp | 1, add, BR_X16], pc), None);
+        assert_eq!(plt_target([adrp, add | (1 << 22), BR_X16], pc), None);
+        assert_eq!(plt_target([adrp, add, 0xd63f_0200], pc), None);
+    }
+}

@@ -490,7 +490,38 @@ impl<'m> KernelProtect<'m> {
         ]
     }
 
-    fn enable(&mut self, target: u64, ops: &mut dyn HypOps) -> CallResult {
+    /// The image's other text named at enable (`(start, size)`, both 0
+    /// for none): page aligned, bounded, inside the image, outside the
+    /// reported regions.
+    fn other_text(
+        &self,
+        layout: &Layout,
+        (start, size): (u64, u64),
+    ) -> Result<Option<IpaRange>, KpError> {
+        if start == 0 && size == 0 {
+            return Ok(None);
+        }
+        if !abi::is_page_aligned(start) || !abi::is_page_aligned(size) {
+            return Err(KpError::ArgumentAlignment);
+        }
+        if size == 0 || size > abi::MAX_OTHER_TEXT {
+            return Err(KpError::ArgumentSize);
+        }
+        let range = IpaRange::new(Ipa(start), size).ok_or(KpError::AddrInvalid)?;
+        if !self.extents.is_some_and(|e| e.rx.covers(&range)) {
+            return Err(KpError::AddrInvalid);
+        }
+        let regions = [layout.text(), layout.rodata(), layout.data(), layout.bss()];
+        if regions
+            .into_iter()
+            .any(|r| IpaRange::from(r).overlaps(&range))
+        {
+            return Err(KpError::ArgumentInvalid);
+        }
+        Ok(Some(range))
+    }
+
+    fn enable(&mut self, target: u64, other: (u64, u64), ops: &mut dyn HypOps) -> CallResult {
         // The guest may only name itself (a self-check); the HLOS role
         // does not exist here.
         if target != abi::SELF_ADDRSPACE {
@@ -500,6 +531,13 @@ impl<'m> KernelProtect<'m> {
         match self.state {
             State::Inactive | State::Active => ret(KpError::ObjectState),
             State::Reported(layout) => {
+                let other = match self.other_text(&layout, other) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        self.counters.refused_calls += 1;
+                        return ret(e);
+                    }
+                };
                 // Permissions first: from here on TEXT and RODATA change
                 // only through this service, so the measurement, taken
                 // later a step at a time, is of the kernel as it was at
@@ -522,7 +560,7 @@ impl<'m> KernelProtect<'m> {
                     layout.data().into(),
                     layout.bss().into(),
                 ];
-                if let Err(e) = self.perms.enable(image, ops) {
+                if let Err(e) = self.perms.enable(image, other, ops) {
                     ops.log(format_args!(
                         "kernel protect: cannot deny EL1 execute outside the image: {e:?}"
                     ));
@@ -813,6 +851,22 @@ impl<'m> KernelProtect<'m> {
         FaultAction::Emulated
     }
 
+    /// Runs `f` on the page permissions with what they need to judge
+    /// ftrace's patches outside the image: the image's trampolines and
+    /// the ftrace policy.
+    fn with_perms<R>(
+        &mut self,
+        f: impl FnOnce(&mut permissions::Permissions<'m>, &permissions::Patching<'_>) -> R,
+    ) -> R {
+        let registry = &self.sites;
+        let is_trampoline = |va| registry.is_ftrace_caller_va(va);
+        let patching = permissions::Patching {
+            is_trampoline: &is_trampoline,
+            ftrace: self.policy.ftrace,
+        };
+        f(&mut self.perms, &patching)
+    }
+
     /// Writes to TEXT: only the text-patching path.
     fn rx_fault(
         &mut self,
@@ -848,12 +902,12 @@ impl Service for KernelProtect<'_> {
         match call.fid {
             abi::ASSET_INFO => self.asset_info(a1, a2, a3),
             abi::ASSET_INFO_COMPACT => self.asset_info_compact(a1, ops),
-            abi::ENABLE_VM_PROTECTION => self.enable(a1, ops),
+            abi::ENABLE_VM_PROTECTION => self.enable(a1, (a2, a3), ops),
             abi::PATCH_SITES => self.patch_sites([a1, a2, a3, a4], ops),
             abi::TEXT_PATCH => self.text_patch_batch(a1, a2, ops),
             mem_perms::MEM_PERMISSIONS => {
                 let sites = mem_perms::SiteList { ipa: a3, count: a4 };
-                self.perms.call(a1, a2, sites, ops)
+                self.with_perms(|perms, patching| perms.call(a1, a2, sites, patching, ops))
             }
             mem_perms::CODE_LOG => self.perms.code_log_call(a1),
             _ => ret(KpError::Unimplemented),
@@ -884,7 +938,9 @@ impl Service for KernelProtect<'_> {
             }
             // Jump labels in code the guest made executable (modules).
             if fault.syndrome.write() && layout.fixmap().contains(fault.va.get()) {
-                if let Some(action) = self.perms.text_patch(fault, ops) {
+                if let Some(action) =
+                    self.with_perms(|perms, patching| perms.text_patch(fault, patching, ops))
+                {
                     return action;
                 }
             }

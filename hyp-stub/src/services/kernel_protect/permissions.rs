@@ -22,7 +22,7 @@
 //! checked against that code once it is read-only, and are the only
 //! places the hypervisor later patches it.
 
-use super::code_sites::{CodeSites, Full};
+use super::code_sites::{CodeSites, Full, SiteKind};
 
 use core::fmt::{self, Write};
 
@@ -32,6 +32,7 @@ use guest_kp::mem_perms::{
     LOG_RELEASE, LOG_SITES, MAX_ENTRIES, MAX_SITES, NO_ENTRY, SITE_SIZE,
 };
 use guest_kp::patch::{self, NOP};
+use guest_kp::sites::{literal_ok, BTI_C, LITERAL_SIZE, MOV_X9_X30};
 
 use crate::addr::{Ipa, IpaRange};
 use crate::esr::Width;
@@ -284,6 +285,12 @@ enum CodeWrite {
     NotASite,
     /// At a site: not NOP <-> B to the site's own label.
     ForeignBranch,
+    /// At an ftrace call: not NOP <-> BL to a registered trampoline.
+    NotFtraceCall,
+    /// At an ftrace literal: not a kernel pointer or 0.
+    BadLiteral,
+    /// ftrace's patches are refused by the command line.
+    FtraceRefused,
     /// The hypervisor could not write guest memory.
     Failed,
 }
@@ -296,6 +303,9 @@ impl fmt::Display for CodeWrite {
             CodeWrite::Placement => "misaligned or outside the JIT range",
             CodeWrite::NotASite => "not a registered jump-label site",
             CodeWrite::ForeignBranch => "not NOP <-> B to the site's own label",
+            CodeWrite::NotFtraceCall => "not NOP <-> BL to a registered ftrace trampoline",
+            CodeWrite::BadLiteral => "ftrace literal is not a kernel address",
+            CodeWrite::FtraceRefused => "ftrace is refused by policy",
             CodeWrite::Failed => "guest memory not writable by the hypervisor",
         })
     }
@@ -330,6 +340,9 @@ pub struct Permissions<'m> {
     sites_registered: u64,
     sites_released: u64,
     site_lists: u64,
+    patches_ftrace: u64,
+    /// Bytes of the image's other text made executable at enable.
+    other_text: u64,
 }
 
 impl Default for Permissions<'static> {
@@ -452,6 +465,117 @@ fn hash_range(start: u64, end: u64, ops: &mut dyn HypOps) -> Result<[u8; 32], Op
     Ok(h.finalize())
 }
 
+/// A call's code, while its sites are checked: its entries, their
+/// attributes, and the spans as they were before the call.
+struct Code<'c> {
+    entries: &'c [Entry],
+    attrs: &'c [MemAttrs],
+    spans: &'c Spans,
+}
+
+impl Code<'_> {
+    /// The IPA of the instruction at `va` if it lies in the call's
+    /// (non-JIT) code, whole, and was not executable before the call.
+    fn new_insn(&self, va: u64) -> Option<u64> {
+        let ipa = self
+            .entries
+            .iter()
+            .zip(self.attrs)
+            .filter(|(_, a)| is_code(**a))
+            .find(|(e, _)| va >= e.va && va - e.va <= e.size - patch::INSN_SIZE)
+            .map(|(e, _)| e.start + (va - e.va))?;
+        let was_code = overlapping(self.spans, ipa, ipa + patch::INSN_SIZE)
+            .any(|sp| sp.attrs.contains(MemAttrs::EXEC));
+        (!was_code).then_some(ipa)
+    }
+}
+
+fn read_insn(ipa: u64, ops: &mut dyn HypOps) -> Option<u32> {
+    let mut insn = [0u8; 4];
+    ops.read_guest(Ipa(ipa), &mut insn).ok()?;
+    Some(u32::from_le_bytes(insn))
+}
+
+/// The sites (one or two) that `s` names in the call's new code, or
+/// `None` if it names none rightly:
+///
+/// - a jump label: site and label 4-byte aligned instructions of the
+///   code, apart, the site holding `NOP` or `B` to the label;
+/// - an ftrace call site ([`mp::SITE_FTRACE`]): its literal 8-byte
+///   aligned, followed by `[BTI C,] MOV X9, X30` and `NOP` or `BL` to a
+///   registered trampoline; the call and the literal are the sites;
+/// - an ftrace PLT ([`mp::SITE_FTRACE_PLT`]): three instructions of the
+///   code that jump to a registered trampoline.
+fn stage_site(
+    code: &Code<'_>,
+    s: SiteEntry,
+    patching: &Patching<'_>,
+    ops: &mut dyn HypOps,
+) -> Option<[Option<(u64, SiteKind)>; 2]> {
+    if s.label == mp::SITE_FTRACE_PLT {
+        if !s.site.is_multiple_of(4) {
+            return None;
+        }
+        let mut words = [0u32; 3];
+        let mut at = s.site;
+        for w in &mut words {
+            *w = read_insn(code.new_insn(at)?, ops)?;
+            at = at.checked_add(patch::INSN_SIZE)?;
+        }
+        let to = patch::plt_target(words, s.site)?;
+        return (patching.is_trampoline)(to)
+            .then_some([Some((code.new_insn(s.site)?, SiteKind::FtracePlt)), None]);
+    }
+    if s.label == mp::SITE_FTRACE {
+        let literal = s.site;
+        if !literal.is_multiple_of(LITERAL_SIZE) {
+            return None;
+        }
+        // 8-byte aligned: both words on one page.
+        let literal_ipa = code.new_insn(literal)?;
+        code.new_insn(literal.checked_add(4)?)?;
+        let after = read_insn(code.new_insn(literal.checked_add(8)?)?, ops)?;
+        let call = literal.checked_add(if after == BTI_C { 16 } else { 12 })?;
+        let mov = read_insn(code.new_insn(call - patch::INSN_SIZE)?, ops)?;
+        let call_ipa = code.new_insn(call)?;
+        let insn = read_insn(call_ipa, ops)?;
+        let calls_trampoline = patch::call_target(insn, call).is_some_and(patching.is_trampoline);
+        if mov != MOV_X9_X30 || !(insn == NOP || calls_trampoline) {
+            return None;
+        }
+        return Some([
+            Some((call_ipa, SiteKind::FtraceCall)),
+            Some((literal_ipa, SiteKind::FtraceLiteral)),
+        ]);
+    }
+    if !s.site.is_multiple_of(4) || !s.label.is_multiple_of(4) || s.site == s.label {
+        return None;
+    }
+    let ipa = code.new_insn(s.site)?;
+    code.new_insn(s.label)?;
+    let insn = read_insn(ipa, ops)?;
+    (insn == NOP || patch::branch_target(insn, s.site) == Some(s.label))
+        .then_some([Some((ipa, SiteKind::JumpLabel(s.label))), None])
+}
+
+/// What kernel protect tells this part for patches of ftrace call sites
+/// outside the image.
+pub struct Patching<'p> {
+    /// Whether a VA is one of the ftrace trampolines the image
+    /// registered (what a call site may call).
+    pub is_trampoline: &'p dyn Fn(u64) -> bool,
+    /// Whether the command line allows ftrace's patches.
+    pub ftrace: bool,
+}
+
+impl Patching<'_> {
+    /// No trampolines, ftrace refused.
+    pub const NONE: Patching<'static> = Patching {
+        is_trampoline: &|_| false,
+        ftrace: false,
+    };
+}
+
 impl Permissions<'static> {
     /// The state before boot, without room for jump-label sites.
     pub fn new() -> Self {
@@ -484,6 +608,8 @@ impl<'m> Permissions<'m> {
             sites_registered: 0,
             sites_released: 0,
             site_lists: 0,
+            patches_ftrace: 0,
+            other_text: 0,
         }
     }
 
@@ -522,11 +648,17 @@ impl<'m> Permissions<'m> {
 
     /// At enable, once the image's permissions are set: every other page
     /// of guest RAM becomes read/write and not executable at EL1, unless
-    /// the policy is `image`.
+    /// the policy is `image`; the image's `other` text (checked by the
+    /// caller) becomes read-only and executable, and is logged.
     ///
     /// # Errors
     /// [`OpsError`] if stage 2 could not be changed.
-    pub fn enable(&mut self, image: [IpaRange; 4], ops: &mut dyn HypOps) -> Result<(), OpsError> {
+    pub fn enable(
+        &mut self,
+        image: [IpaRange; 4],
+        other: Option<IpaRange>,
+        ops: &mut dyn HypOps,
+    ) -> Result<(), OpsError> {
         if !self.policy.default_deny() || self.image.is_some() {
             return Ok(());
         }
@@ -545,6 +677,29 @@ impl<'m> Permissions<'m> {
             ops.set_perms(gap, stage2_perms(DEFAULT))?;
         }
         self.image = Some(image);
+        if let Some(r) = other {
+            // Code of the image itself, run through other mappings (the
+            // idmap, the KPTI trampoline): boot code, so also under
+            // `lock`. Read-only first, then hashed.
+            let attrs = MemAttrs::READ | MemAttrs::EXEC | MemAttrs::IMMUTABLE;
+            let (start, end) = (r.start().get(), r.end().get());
+            ops.set_perms(r, stage2_perms(attrs))?;
+            set_range(&mut self.spans, start, end, attrs, 0).map_err(|()| OpsError::OutOfTables)?;
+            let digest = hash_range(start, end, ops)?;
+            ops.log(format_args!(
+                "kernel protect: other text {start:#x}+{:#x} executable, SHA-256 {}",
+                end - start,
+                super::Hex(&digest)
+            ));
+            self.log = chain(
+                &self.log,
+                &mp::log_record(LOG_EXEC, start, end - start, 0, &digest),
+                ops,
+            );
+            self.log_records += 1;
+            self.exec_granted += 1;
+            self.other_text = r.size();
+        }
         Ok(())
     }
 
@@ -597,6 +752,7 @@ impl<'m> Permissions<'m> {
         list: u64,
         count: u64,
         sites: SiteList,
+        patching: &Patching<'_>,
         ops: &mut dyn HypOps,
     ) -> CallResult {
         self.calls += 1;
@@ -611,7 +767,7 @@ impl<'m> Permissions<'m> {
             Err(r) => return self.refuse(r),
         };
         let entries = entries.get(..n).unwrap_or(&[]);
-        match self.apply(entries, sites, ops) {
+        match self.apply(entries, sites, patching, ops) {
             Ok(()) => [abi::RET_OK, 0, self.log_records, self.log_prefix()],
             Err(r) => self.refuse(r),
         }
@@ -696,6 +852,7 @@ impl<'m> Permissions<'m> {
         &mut self,
         entries: &[Entry],
         sites: SiteList,
+        patching: &Patching<'_>,
         ops: &mut dyn HypOps,
     ) -> Result<(), Refused> {
         let ram = ops.guest_ram();
@@ -747,7 +904,7 @@ impl<'m> Permissions<'m> {
             }
         }
         // The sites are checked against the code once it is read-only.
-        let sites_digest = match self.stage_sites(entries, attrs, sites, ops) {
+        let sites_digest = match self.stage_sites(entries, attrs, sites, patching, ops) {
             Ok(d) => d,
             Err(r) => {
                 self.sites.abort();
@@ -850,6 +1007,7 @@ impl<'m> Permissions<'m> {
         entries: &[Entry],
         attrs: &[MemAttrs],
         l: SiteList,
+        patching: &Patching<'_>,
         ops: &mut dyn HypOps,
     ) -> Result<Option<[u8; 32]>, Refused> {
         if l.count == 0 {
@@ -865,58 +1023,29 @@ impl<'m> Permissions<'m> {
                 .map_err(|_| (Refusal::SiteListNotInRam, None))?;
             h.update(chunk);
             for (k, b) in chunk.chunks_exact(SITE_SIZE).enumerate() {
-                let index = Some(first as usize + k);
                 let mut w = [0u8; SITE_SIZE];
                 w.copy_from_slice(b);
-                let site = SiteEntry::from_bytes(&w);
-                let ipa = self
-                    .site_ipa(entries, attrs, site, ops)
-                    .ok_or((Refusal::Site, index))?;
-                self.sites
-                    .push(ipa, site.label)
-                    .map_err(|Full| (Refusal::SiteRoom, None))?;
+                let code = Code {
+                    entries,
+                    attrs,
+                    spans: &self.spans,
+                };
+                let staged = match stage_site(&code, SiteEntry::from_bytes(&w), patching, ops) {
+                    Some(staged) => staged,
+                    None => return Err((Refusal::Site, Some(first as usize + k))),
+                };
+                for (ipa, kind) in staged.into_iter().flatten() {
+                    self.sites
+                        .push(ipa, kind)
+                        .map_err(|Full| (Refusal::SiteRoom, None))?;
+                }
             }
             first += n as u64;
         }
-        if self.sites.pending_duplicate().is_some() {
+        if self.sites.dedup_pending().is_err() {
             return Err((Refusal::Site, None));
         }
         Ok(Some(h.finalize()))
-    }
-
-    /// The IPA of `s`'s instruction if `s` is a jump label of the call's
-    /// new code: site and label 4-byte aligned instructions of its
-    /// (non-JIT) EXEC entries, apart, the site not in code executable
-    /// before, and holding `NOP` or `B` to the label.
-    fn site_ipa(
-        &self,
-        entries: &[Entry],
-        attrs: &[MemAttrs],
-        s: SiteEntry,
-        ops: &mut dyn HypOps,
-    ) -> Option<u64> {
-        let in_code = |va: u64| {
-            entries
-                .iter()
-                .zip(attrs)
-                .filter(|(_, a)| is_code(**a))
-                .find(|(e, _)| va >= e.va && va - e.va <= e.size - patch::INSN_SIZE)
-                .map(|(e, _)| e.start + (va - e.va))
-        };
-        if !s.site.is_multiple_of(4) || !s.label.is_multiple_of(4) || s.site == s.label {
-            return None;
-        }
-        let ipa = in_code(s.site)?;
-        in_code(s.label)?;
-        if overlapping(&self.spans, ipa, ipa + patch::INSN_SIZE)
-            .any(|sp| sp.attrs.contains(MemAttrs::EXEC))
-        {
-            return None;
-        }
-        let mut insn = [0u8; 4];
-        ops.read_guest(Ipa(ipa), &mut insn).ok()?;
-        let insn = u32::from_le_bytes(insn);
-        (insn == NOP || patch::branch_target(insn, s.site) == Some(s.label)).then_some(ipa)
     }
 
     /// Puts the stage-2 permissions of `entries`' ranges back to the
@@ -957,6 +1086,7 @@ impl<'m> Permissions<'m> {
     pub fn text_patch(
         &mut self,
         fault: &GuestFault<'_>,
+        patching: &Patching<'_>,
         ops: &mut dyn HypOps,
     ) -> Option<FaultAction> {
         let ipa = fault.ipa.get();
@@ -973,7 +1103,24 @@ impl<'m> Permissions<'m> {
         } else if span.attrs.contains(MemAttrs::JIT) {
             self.copy(&span, ipa, syn.width(), value, ops)
         } else {
-            self.jump_label(ipa, site, syn.width(), value as u32, ops)
+            let width = syn.width();
+            match self.sites.kind_at(ipa) {
+                None => Err(CodeWrite::NotASite),
+                Some(_) if width != Width::Word && width != Width::Double => Err(CodeWrite::Width),
+                Some(SiteKind::JumpLabel(label)) => {
+                    self.jump_label(ipa, site, width, value as u32, label, ops)
+                }
+                Some(SiteKind::FtraceCall) if patching.ftrace => {
+                    self.ftrace_call(ipa, site, width, value as u32, patching, ops)
+                }
+                Some(SiteKind::FtraceLiteral) if patching.ftrace => {
+                    self.ftrace_literal(ipa, site, width, value, ops)
+                }
+                Some(SiteKind::FtraceCall | SiteKind::FtraceLiteral) => {
+                    Err(CodeWrite::FtraceRefused)
+                }
+                Some(SiteKind::FtracePlt) => Err(CodeWrite::NotASite),
+            }
         };
         match verdict {
             Ok(record) => {
@@ -1039,18 +1186,65 @@ impl<'m> Permissions<'m> {
         site: u64,
         width: Width,
         new: u32,
+        label: u64,
         ops: &mut dyn HypOps,
     ) -> Result<[u8; mp::LOG_RECORD_SIZE], CodeWrite> {
-        let label = self.sites.label_at(ipa).ok_or(CodeWrite::NotASite)?;
-        let mut old = [0u8; 4];
-        if width != Width::Word || ops.read_guest(Ipa(ipa), &mut old).is_err() {
+        if width != Width::Word {
             return Err(CodeWrite::Width);
         }
-        let old = u32::from_le_bytes(old);
+        let old = read_insn(ipa, ops).ok_or(CodeWrite::Failed)?;
         let to_label = |insn: u32| patch::branch_target(insn, site) == Some(label);
         if !((old == NOP && to_label(new)) || (to_label(old) && new == NOP)) {
             return Err(CodeWrite::ForeignBranch);
         }
+        self.write_insn(ipa, site, old, new, ops)
+    }
+
+    /// An ftrace call site's call: `NOP` <-> `BL` to a trampoline, or
+    /// from one trampoline to another.
+    fn ftrace_call(
+        &mut self,
+        ipa: u64,
+        site: u64,
+        width: Width,
+        new: u32,
+        patching: &Patching<'_>,
+        ops: &mut dyn HypOps,
+    ) -> Result<[u8; mp::LOG_RECORD_SIZE], CodeWrite> {
+        if width != Width::Word {
+            return Err(CodeWrite::Width);
+        }
+        let old = read_insn(ipa, ops).ok_or(CodeWrite::Failed)?;
+        let callable = |to: u64| (patching.is_trampoline)(to) || self.is_plt(to);
+        let ok = |insn: u32| insn == NOP || patch::call_target(insn, site).is_some_and(callable);
+        if old == new || !ok(new) {
+            return Err(CodeWrite::NotFtraceCall);
+        }
+        self.patches_ftrace += 1;
+        self.write_insn(ipa, site, old, new, ops)
+    }
+
+    /// Whether `va` is a registered ftrace PLT of code this part made
+    /// executable.
+    fn is_plt(&self, va: u64) -> bool {
+        self.spans
+            .iter()
+            .find(|s| s.attrs.contains(MemAttrs::EXEC) && va >= s.va && va - s.va < s.end - s.start)
+            .is_some_and(|s| {
+                let ipa = s.start + (va - s.va);
+                self.sites.kind_at(ipa) == Some(SiteKind::FtracePlt)
+            })
+    }
+
+    /// Performs a checked instruction patch; its code-log record.
+    fn write_insn(
+        &mut self,
+        ipa: u64,
+        site: u64,
+        old: u32,
+        new: u32,
+        ops: &mut dyn HypOps,
+    ) -> Result<[u8; mp::LOG_RECORD_SIZE], CodeWrite> {
         ops.write_guest_insn(Ipa(ipa), new)
             .map_err(|_| CodeWrite::Failed)?;
         let mut digest = [0u8; 32];
@@ -1060,6 +1254,35 @@ impl<'m> Permissions<'m> {
         Ok(mp::log_record(LOG_PATCH, ipa, 4, site, &digest))
     }
 
+    /// An ftrace call site's literal: one 64-bit store of a kernel
+    /// pointer or 0 (the `ftrace_ops` its trampoline loads).
+    fn ftrace_literal(
+        &mut self,
+        ipa: u64,
+        site: u64,
+        width: Width,
+        new: u64,
+        ops: &mut dyn HypOps,
+    ) -> Result<[u8; mp::LOG_RECORD_SIZE], CodeWrite> {
+        if width != Width::Double {
+            return Err(CodeWrite::Width);
+        }
+        if !literal_ok(new) {
+            return Err(CodeWrite::BadLiteral);
+        }
+        let mut old = [0u8; 8];
+        ops.read_guest(Ipa(ipa), &mut old)
+            .map_err(|_| CodeWrite::Failed)?;
+        ops.write_guest_u64(Ipa(ipa), new)
+            .map_err(|_| CodeWrite::Failed)?;
+        let mut digest = [0u8; 32];
+        digest[..8].copy_from_slice(&old);
+        digest[8..16].copy_from_slice(&new.to_le_bytes());
+        self.patches += 1;
+        self.patches_ftrace += 1;
+        Ok(mp::log_record(LOG_PATCH, ipa, 8, site, &digest))
+    }
+
     /// The stats lines (`kp_perm_*`, `kp_code_log*`).
     ///
     /// # Errors
@@ -1067,12 +1290,14 @@ impl<'m> Permissions<'m> {
     pub fn write_stats(&self, out: &mut dyn Write) -> fmt::Result {
         writeln!(out, "kp_code_policy={}", self.policy.name())?;
         writeln!(out, "kp_default_deny={}", u8::from(self.enforcing()))?;
+        writeln!(out, "kp_other_text={}", self.other_text)?;
         writeln!(out, "kp_perm_calls={}", self.calls)?;
         writeln!(out, "kp_perm_entries_applied={}", self.entries_applied)?;
         writeln!(out, "kp_perm_spans={}", self.spans.len())?;
         writeln!(out, "kp_perm_exec_blocked={}", self.exec_blocked)?;
         writeln!(out, "kp_perm_patches={}", self.patches)?;
         writeln!(out, "kp_perm_patches_refused={}", self.patches_refused)?;
+        writeln!(out, "kp_perm_patches_ftrace={}", self.patches_ftrace)?;
         writeln!(out, "kp_perm_copies={}", self.copies)?;
         writeln!(out, "kp_perm_sites={}", self.sites.len())?;
         writeln!(out, "kp_perm_sites_registered={}", self.sites_registered)?;

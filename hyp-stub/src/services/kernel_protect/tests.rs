@@ -1439,3 +1439,92 @@ fn the_code_policy_comes_with_enable() {
     assert!(s.contains("kp_code_log_records=1\n"), "{s}");
     assert!(summary(&kp).contains("code policy:    measure"));
 }
+
+/// The image's other text (arm64's `.rodata.text`: the idmap, the KPTI
+/// trampoline) named at enable: checked, then read-only and executable
+/// at EL1 under default deny, also under `lock`, and in the code log.
+#[test]
+fn the_images_other_text_is_executable_and_read_only_from_enable() {
+    use guest_kp::mem_perms::read_code_log;
+
+    /// After BSS, inside the image the resource manager gave.
+    const OTHER: u64 = BSS.1;
+    for policy in [Policy::Measure, Policy::Lock] {
+        let mut ops = Ops::new();
+        let mut kp = KernelProtect::with_sites(storage(16, 16));
+        kp.init(&mut ops).unwrap();
+        let image = IpaRange::new(Ipa(TEXT.0), OTHER + 0x10_0000 - TEXT.0).unwrap();
+        kp.protect_vm_assets(AssetExtents {
+            rx: image,
+            ro: image,
+            rw: image,
+        })
+        .unwrap();
+        kp.set_code_policy(
+            policy,
+            IpaRange::new(Ipa(RAM + (8 << 20)), 1 << 20).unwrap(),
+        );
+        assert_eq!(submit(&mut kp, &mut ops, &record()), 0);
+        ops.at(OTHER)[..0x2000].fill(0x5a);
+        let enable_with = |kp: &mut KernelProtect, ops: &mut Ops, start: u64, size: u64| {
+            call(
+                kp,
+                ops,
+                abi::ENABLE_VM_PROTECTION,
+                [abi::SELF_ADDRSPACE, start, size],
+            )[0]
+        };
+        let bad = [
+            (OTHER + 0x800, 0x1000, KpError::ArgumentAlignment),
+            (OTHER, 0x1800, KpError::ArgumentAlignment),
+            (OTHER, 0, KpError::ArgumentSize),
+            (OTHER, abi::MAX_OTHER_TEXT + 0x1000, KpError::ArgumentSize),
+            (OTHER + 0x10_0000, 0x1000, KpError::AddrInvalid),
+            (!0xfff, 0x1000, KpError::AddrInvalid),
+            (BSS.1 - 0x1000, 0x2000, KpError::ArgumentInvalid),
+            (TEXT.0, 0x1000, KpError::ArgumentInvalid),
+        ];
+        for (start, size, want) in bad {
+            assert_eq!(
+                enable_with(&mut kp, &mut ops, start, size),
+                err(want),
+                "{start:#x}+{size:#x}"
+            );
+        }
+        assert!(!kp.is_protected(), "a refused enable changes nothing");
+        assert_eq!(enable_with(&mut kp, &mut ops, OTHER, 0x2000), 0);
+        assert!(kp.is_protected());
+        let perms = |ops: &Ops, ipa: u64| {
+            ops.perms
+                .iter()
+                .rev()
+                .find(|(r, _)| r.contains(Ipa(ipa)))
+                .map(|&(_, p)| p)
+        };
+        assert_eq!(
+            perms(&ops, OTHER + 0x1000),
+            Some(Perms::R_EL1X),
+            "{policy:?}"
+        );
+        assert_eq!(
+            perms(&ops, OTHER + 0x2000).map(|p| p.contains(Perms::EXEC_EL1)),
+            Some(false),
+            "only the other text"
+        );
+        // Logged: one LOG_EXEC record of its contents.
+        struct Hv<'a>(&'a mut KernelProtect<'static>, &'a mut Ops);
+        impl guest_kp::guest::Hypercall for Hv<'_> {
+            fn call(&mut self, fid: u32, a: [u64; 4]) -> [u64; 4] {
+                call4(self.0, self.1, fid, a)
+            }
+        }
+        let (_, records) = read_code_log(&mut Hv(&mut kp, &mut ops)).unwrap();
+        assert_eq!(records, 1);
+        assert!(stats(&kp).contains("kp_other_text=8192"));
+        // Self-checks ignore x2 and x3.
+        assert_ne!(
+            enable_with(&mut kp, &mut ops, 1, 1),
+            err(KpError::ArgumentAlignment)
+        );
+    }
+}

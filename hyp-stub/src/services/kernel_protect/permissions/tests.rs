@@ -172,13 +172,19 @@ fn enabled(policy: Policy) -> (Permissions<'static>, Ops) {
     p.set_policy(policy);
     p.set_hypervisor_memory(IpaRange::new(Ipa(HYP), 16 << 20).unwrap());
     let mut ops = Ops::small();
-    p.enable(image(), &mut ops).unwrap();
+    p.enable(image(), None, &mut ops).unwrap();
     (p, ops)
 }
 
 fn call(p: &mut Permissions, ops: &mut Ops, entries: &[Entry]) -> CallResult {
     ops.write_list(entries);
-    p.call(LIST, entries.len() as u64, SiteList::default(), ops)
+    p.call(
+        LIST,
+        entries.len() as u64,
+        SiteList::default(),
+        &Patching::NONE,
+        ops,
+    )
 }
 
 /// Where the tests put their site lists.
@@ -200,7 +206,7 @@ fn call_sites(
         ipa: SITES,
         count: sites.len() as u64,
     };
-    p.call(LIST, entries.len() as u64, list, ops)
+    p.call(LIST, entries.len() as u64, list, &Patching::NONE, ops)
 }
 
 fn refused(p: &Permissions, r: Refusal) -> u64 {
@@ -471,7 +477,7 @@ fn every_bad_input_has_its_code_and_counter() {
         (u64::MAX - 7, 1, KpError::AddrInvalid),
     ];
     for (list, n, code) in list_cases {
-        let r = p.call(list, n, SiteList::default(), &mut ops);
+        let r = p.call(list, n, SiteList::default(), &Patching::NONE, &mut ops);
         assert_eq!((r[0], r[1]), (code.as_raw(), NO_ENTRY), "{list:#x} {n}");
     }
     assert_eq!(refused(&p, Refusal::ListSize), 3);
@@ -540,7 +546,7 @@ fn out_of_tables_undoes_the_call() {
     p.set_policy(Policy::Measure);
     // Root, level 2 and the level-3 table of the image, and one spare.
     let mut ops = Ops::new(RAM_SIZE, 4);
-    p.enable(image(), &mut ops).unwrap();
+    p.enable(image(), None, &mut ops).unwrap();
     let spare = 4 - ops.s2_tables();
     assert_eq!(spare, 1, "one table left");
     let r = call(
@@ -600,7 +606,7 @@ fn table_memory_per_gib() {
     p.set_policy(Policy::Measure);
     let mut ops = Ops::new(1 << 30, 512);
     let image_only = ops.s2_tables_used();
-    p.enable(image(), &mut ops).unwrap();
+    p.enable(image(), None, &mut ops).unwrap();
     let default_deny = ops.s2_tables_used();
     for m in 0..32u64 {
         // Modules scattered over the vmalloc'd RAM, one block each.
@@ -610,7 +616,10 @@ fn table_memory_per_gib() {
             e(base + 0x4000, 0x2000, ATTR_READ | ATTR_IMMUTABLE),
         ];
         ops.write_list(&load);
-        assert_eq!(p.call(LIST, 2, SiteList::default(), &mut ops)[0], 0);
+        assert_eq!(
+            p.call(LIST, 2, SiteList::default(), &Patching::NONE, &mut ops)[0],
+            0
+        );
     }
     let modules = ops.s2_tables_used();
     println!(
@@ -692,7 +701,7 @@ fn random_lists_never_break_the_invariants() {
         let log = p.code_log();
         ops.write_list(&entries);
         let count = if round % 50 == 0 { next() } else { n as u64 };
-        let r = p.call(LIST, count, SiteList::default(), &mut ops);
+        let r = p.call(LIST, count, SiteList::default(), &Patching::NONE, &mut ops);
         assert!(defined.contains(&r[0]), "undefined answer {r:?}");
         answers[usize::from(r[0] != 0)] += 1;
         if r[0] != 0 {
@@ -785,7 +794,7 @@ fn jump_labels_in_module_text_are_its_registered_sites() {
     // NOP -> B to its label, on the other page, by VA.
     regs.x[1] = u64::from(encode_b(SITE.site, SITE.label).unwrap());
     assert_eq!(
-        p.text_patch(&poke(PAGE0 + 0x100, &regs, 2), &mut ops),
+        p.text_patch(&poke(PAGE0 + 0x100, &regs, 2), &Patching::NONE, &mut ops),
         Some(FaultAction::Emulated)
     );
     let i = (PAGE0 + 0x100 - RAM) as usize;
@@ -794,7 +803,7 @@ fn jump_labels_in_module_text_are_its_registered_sites() {
     // B -> NOP back.
     regs.x[1] = u64::from(NOP);
     assert_eq!(
-        p.text_patch(&poke(PAGE0 + 0x100, &regs, 2), &mut ops),
+        p.text_patch(&poke(PAGE0 + 0x100, &regs, 2), &Patching::NONE, &mut ops),
         Some(FaultAction::Emulated)
     );
     // What the old NOP <-> B rule let through: a B to other code of the
@@ -803,22 +812,22 @@ fn jump_labels_in_module_text_are_its_registered_sites() {
     // guest's copy_to_kernel_nofault() turns into an error.
     regs.x[1] = u64::from(encode_b(SITE.site, MODULE_VA + 0x1010).unwrap());
     assert_eq!(
-        p.text_patch(&poke(PAGE0 + 0x100, &regs, 2), &mut ops),
+        p.text_patch(&poke(PAGE0 + 0x100, &regs, 2), &Patching::NONE, &mut ops),
         Some(FaultAction::RefusedRecoverable)
     );
     regs.x[1] = u64::from(encode_b(MODULE_VA + 0x1010, SITE.label).unwrap());
     assert_eq!(
-        p.text_patch(&poke(PAGE1 + 0x10, &regs, 2), &mut ops),
+        p.text_patch(&poke(PAGE1 + 0x10, &regs, 2), &Patching::NONE, &mut ops),
         Some(FaultAction::RefusedRecoverable)
     );
     regs.x[1] = 0x9400_0010;
     assert_eq!(
-        p.text_patch(&poke(PAGE0 + 0x100, &regs, 2), &mut ops),
+        p.text_patch(&poke(PAGE0 + 0x100, &regs, 2), &Patching::NONE, &mut ops),
         Some(FaultAction::RefusedRecoverable)
     );
     regs.x[1] = u64::from(encode_b(SITE.site, SITE.label).unwrap());
     assert_eq!(
-        p.text_patch(&poke(PAGE0 + 0x100, &regs, 3), &mut ops),
+        p.text_patch(&poke(PAGE0 + 0x100, &regs, 3), &Patching::NONE, &mut ops),
         Some(FaultAction::RefusedRecoverable)
     );
     assert_eq!((p.patches, p.patches_refused), (2, 4));
@@ -828,13 +837,16 @@ fn jump_labels_in_module_text_are_its_registered_sites() {
     }
     // Not code this part made executable: not its fault.
     assert_eq!(
-        p.text_patch(&poke(HEAP + 0x40_0000, &regs, 2), &mut ops),
+        p.text_patch(&poke(HEAP + 0x40_0000, &regs, 2), &Patching::NONE, &mut ops),
         None
     );
     // Released code is no longer patched, and its sites are gone.
     let release = [e(PAGE0, 0x1000, ATTR_READ)];
     assert_eq!(call(&mut p, &mut ops, &release)[0], 0);
-    assert_eq!(p.text_patch(&poke(PAGE0 + 0x100, &regs, 2), &mut ops), None);
+    assert_eq!(
+        p.text_patch(&poke(PAGE0 + 0x100, &regs, 2), &Patching::NONE, &mut ops),
+        None
+    );
     assert_eq!((p.sites.len(), p.sites_released), (0, 1));
 }
 
@@ -901,12 +913,16 @@ fn every_bad_site_list_is_refused_and_changes_nothing() {
         );
     }
     assert_eq!(refused(&p, Refusal::Site), bad_sites.len() as u64);
-    // A site already on is fine; named twice is not.
+    // A site already on is fine; named twice with two labels is not.
     let twice = call_sites(
         &mut p,
         &mut ops,
         &text,
-        &[SITE, site(MODULE_VA + 0x200, SITE.label), SITE],
+        &[
+            SITE,
+            site(MODULE_VA + 0x200, SITE.label),
+            site(SITE.site, MODULE_VA + 0x1010),
+        ],
     );
     assert_eq!(
         (twice[0], twice[1]),
@@ -948,7 +964,7 @@ fn every_bad_site_list_is_refused_and_changes_nothing() {
         (list(SITES, 65), KpError::ArgumentSize, Refusal::SiteRoom),
     ] {
         let before = refused(&p, why);
-        let r = p.call(LIST, 2, l, &mut ops);
+        let r = p.call(LIST, 2, l, &Patching::NONE, &mut ops);
         assert_eq!((r[0], r[1]), (code.as_raw(), NO_ENTRY), "{l:?}");
         assert_eq!(refused(&p, why), before + 1, "{why:?}");
     }
@@ -1005,7 +1021,7 @@ fn jit_ranges_take_stores_through_the_text_poke_slot() {
     // A 64-bit store at a 4-byte (not 8-byte) aligned offset: both words.
     regs.x[1] = 0xd65f_03c0_d280_0540; // mov x0, #42; ret
     assert_eq!(
-        p.text_patch(&poke(pack + 0x104, &regs, 3), &mut ops),
+        p.text_patch(&poke(pack + 0x104, &regs, 3), &Patching::NONE, &mut ops),
         Some(FaultAction::Emulated)
     );
     let i = (pack + 0x104 - RAM) as usize;
@@ -1018,7 +1034,7 @@ fn jit_ranges_take_stores_through_the_text_poke_slot() {
     // A 32-bit store (the fill, as when a program is freed).
     regs.x[1] = u64::from(brk);
     assert_eq!(
-        p.text_patch(&poke(pack + 0x104, &regs, 2), &mut ops),
+        p.text_patch(&poke(pack + 0x104, &regs, 2), &Patching::NONE, &mut ops),
         Some(FaultAction::Emulated)
     );
     assert_eq!(&ops.mem[i..i + 4], &brk.to_le_bytes());
@@ -1026,14 +1042,14 @@ fn jit_ranges_take_stores_through_the_text_poke_slot() {
     // store running past the range; arbitrary code into module text.
     for (ipa, width) in [(pack + 0x200, 0), (pack + 0x202, 2), (pack + 0xffc, 3)] {
         assert_eq!(
-            p.text_patch(&poke(ipa, &regs, width), &mut ops),
+            p.text_patch(&poke(ipa, &regs, width), &Patching::NONE, &mut ops),
             Some(FaultAction::RefusedRecoverable),
             "{ipa:#x} width {width}"
         );
     }
     regs.x[1] = 0xd65f_03c0;
     assert_eq!(
-        p.text_patch(&poke(text + 0x10, &regs, 2), &mut ops),
+        p.text_patch(&poke(text + 0x10, &regs, 2), &Patching::NONE, &mut ops),
         Some(FaultAction::RefusedRecoverable)
     );
     assert_eq!((p.copies, p.patches_refused), (2, 4));
@@ -1059,7 +1075,10 @@ fn jit_ranges_take_stores_through_the_text_poke_slot() {
     // Released, the pack takes no more stores through this path.
     let free = [e(pack, 0x1000, ATTR_READ | mp::ATTR_WRITE)];
     assert_eq!(call(&mut p, &mut ops, &free)[0], 0);
-    assert_eq!(p.text_patch(&poke(pack + 0x104, &regs, 2), &mut ops), None);
+    assert_eq!(
+        p.text_patch(&poke(pack + 0x104, &regs, 2), &Patching::NONE, &mut ops),
+        None
+    );
 }
 
 #[test]
@@ -1110,4 +1129,289 @@ fn the_bitflags_type_knows_exactly_the_abi_bits() {
     assert_eq!(MemAttrs::all().bits(), mp::ATTR_ALL);
     assert_eq!(MemAttrs::EXEC.bits(), ATTR_EXEC);
     assert_eq!(MemAttrs::from_bits(mp::ATTR_ALL + 1), None);
+}
+
+/// An ftrace trampoline of the image, by VA.
+const TRAMPOLINE: u64 = MODULE_VA - 0x10_0000;
+
+fn ftrace_allowed(ftrace: bool) -> Patching<'static> {
+    Patching {
+        is_trampoline: &|va| va == TRAMPOLINE,
+        ftrace,
+    }
+}
+
+/// ftrace call sites in module text: two of them, one with `BTI C`, and
+/// one whose literal ends one page and whose call starts the next (apart
+/// in RAM): checked and judged by VA.
+#[test]
+fn ftrace_call_sites_in_module_text_take_only_ftrace_patches() {
+    use guest_kp::mem_perms::SITE_FTRACE;
+    use guest_kp::patch::{encode_b, encode_bl, NOP};
+    use guest_kp::sites::{BTI_C, MOV_X9_X30};
+
+    let (mut p, mut ops) = enabled(Policy::Measure);
+    let text = module_text(&mut ops);
+    let put = |ops: &mut Ops, ipa: u64, insn: u32| {
+        let i = (ipa - RAM) as usize;
+        ops.mem[i..i + 4].copy_from_slice(&insn.to_le_bytes());
+    };
+    // Site A: literal at +0x200, BTI C, MOV, NOP at +0x210.
+    put(&mut ops, PAGE0 + 0x208, BTI_C);
+    put(&mut ops, PAGE0 + 0x20c, MOV_X9_X30);
+    put(&mut ops, PAGE0 + 0x210, NOP);
+    // Site B: literal at +0xff8 (page 0), MOV at +0x1000 and a BL to the
+    // trampoline at +0x1004 (page 1).
+    put(&mut ops, PAGE1, MOV_X9_X30);
+    put(
+        &mut ops,
+        PAGE1 + 4,
+        encode_bl(MODULE_VA + 0x1004, TRAMPOLINE).unwrap(),
+    );
+    let ftrace = |site| SiteEntry {
+        site,
+        label: SITE_FTRACE,
+    };
+    let sites = [ftrace(MODULE_VA + 0x200), ftrace(MODULE_VA + 0xff8)];
+    ops.write_list(&text);
+    for (i, s) in sites.iter().enumerate() {
+        let at = (SITES - RAM) as usize + i * SITE_SIZE;
+        ops.mem[at..at + SITE_SIZE].copy_from_slice(&s.to_bytes());
+    }
+    let list = SiteList {
+        ipa: SITES,
+        count: 2,
+    };
+    let r = p.call(LIST, 2, list, &ftrace_allowed(true), &mut ops);
+    assert_eq!(r[0], 0, "{r:?}");
+    assert_eq!(p.sites.len(), 4, "a call and a literal each");
+    let allowed = ftrace_allowed(true);
+    let mut regs = crate::vcpu::GuestRegs::default();
+    let mut poke_as =
+        |p: &mut Permissions, ops: &mut Ops, ipa: u64, v: u64, w: u32, how: &Patching| {
+            regs.x[1] = v;
+            p.text_patch(&poke(ipa, &regs, w), how, ops)
+        };
+    let bl = |from: u64, to: u64| u64::from(encode_bl(from, to).unwrap());
+    let done = Some(FaultAction::Emulated);
+    let refused = Some(FaultAction::RefusedRecoverable);
+    // The calls: NOP -> BL trampoline -> NOP; BL elsewhere, B, and a
+    // 64-bit store are refused.
+    let call_a = (PAGE0 + 0x210, MODULE_VA + 0x210);
+    assert_eq!(
+        poke_as(
+            &mut p,
+            &mut ops,
+            call_a.0,
+            bl(call_a.1, TRAMPOLINE),
+            2,
+            &allowed
+        ),
+        done
+    );
+    assert_eq!(
+        poke_as(&mut p, &mut ops, call_a.0, u64::from(NOP), 2, &allowed),
+        done
+    );
+    assert_eq!(
+        poke_as(
+            &mut p,
+            &mut ops,
+            call_a.0,
+            bl(call_a.1, MODULE_VA + 0x1020),
+            2,
+            &allowed
+        ),
+        refused
+    );
+    let b = u64::from(encode_b(call_a.1, TRAMPOLINE).unwrap());
+    assert_eq!(poke_as(&mut p, &mut ops, call_a.0, b, 2, &allowed), refused);
+    assert_eq!(
+        poke_as(
+            &mut p,
+            &mut ops,
+            call_a.0,
+            bl(call_a.1, TRAMPOLINE),
+            3,
+            &allowed
+        ),
+        refused
+    );
+    // Site B, across the page boundary, by VA.
+    assert_eq!(
+        poke_as(&mut p, &mut ops, PAGE1 + 4, u64::from(NOP), 2, &allowed),
+        done
+    );
+    // The literals: a kernel pointer or 0, 64 bits at once.
+    let ops_ptr = 0xffff_8000_8250_1000;
+    assert_eq!(
+        poke_as(&mut p, &mut ops, PAGE0 + 0x200, ops_ptr, 3, &allowed),
+        done
+    );
+    assert_eq!(
+        poke_as(&mut p, &mut ops, PAGE0 + 0xff8, 0, 3, &allowed),
+        done
+    );
+    assert_eq!(
+        poke_as(&mut p, &mut ops, PAGE0 + 0x200, 0x4000_0000, 3, &allowed),
+        refused
+    );
+    assert_eq!(
+        poke_as(&mut p, &mut ops, PAGE0 + 0x200, ops_ptr, 2, &allowed),
+        refused
+    );
+    assert_eq!(
+        poke_as(&mut p, &mut ops, PAGE0 + 0x204, ops_ptr, 2, &allowed),
+        refused
+    );
+    let i = (PAGE0 + 0x200 - RAM) as usize;
+    assert_eq!(&ops.mem[i..i + 8], &ops_ptr.to_le_bytes());
+    // pvguard_ftrace=refuse: no ftrace patch at all.
+    let refusing = ftrace_allowed(false);
+    assert_eq!(
+        poke_as(
+            &mut p,
+            &mut ops,
+            call_a.0,
+            bl(call_a.1, TRAMPOLINE),
+            2,
+            &refusing
+        ),
+        refused
+    );
+    assert_eq!(
+        poke_as(&mut p, &mut ops, PAGE0 + 0x200, 0, 3, &refusing),
+        refused
+    );
+    assert_eq!((p.patches, p.patches_ftrace, p.patches_refused), (5, 5, 8));
+}
+
+/// An ftrace site list that does not describe the code is refused.
+#[test]
+fn bad_ftrace_sites_are_refused() {
+    use guest_kp::mem_perms::SITE_FTRACE;
+    use guest_kp::patch::encode_bl;
+    use guest_kp::sites::MOV_X9_X30;
+
+    let (mut p, mut ops) = enabled(Policy::Measure);
+    let text = module_text(&mut ops);
+    let put = |ops: &mut Ops, ipa: u64, insn: u32| {
+        let i = (ipa - RAM) as usize;
+        ops.mem[i..i + 4].copy_from_slice(&insn.to_le_bytes());
+    };
+    // +0x300: literal, MOV, BL to a function that is no trampoline.
+    put(
+        &mut ops,
+        PAGE0 + 0x30c,
+        encode_bl(MODULE_VA + 0x30c, MODULE_VA).unwrap(),
+    );
+    put(&mut ops, PAGE0 + 0x308, MOV_X9_X30);
+    // +0x400: literal, then no MOV.
+    let ftrace = |site| SiteEntry {
+        site,
+        label: SITE_FTRACE,
+    };
+    for bad in [
+        ftrace(MODULE_VA + 0x304),
+        ftrace(MODULE_VA + 0x300),
+        ftrace(MODULE_VA + 0x400),
+        ftrace(MODULE_VA + 0x2000),
+    ] {
+        ops.write_list(&text);
+        let at = (SITES - RAM) as usize;
+        ops.mem[at..at + SITE_SIZE].copy_from_slice(&bad.to_bytes());
+        let list = SiteList {
+            ipa: SITES,
+            count: 1,
+        };
+        let r = p.call(LIST, 2, list, &ftrace_allowed(true), &mut ops);
+        assert_eq!(
+            (r[0], r[1]),
+            (KpError::ArgumentInvalid.as_raw(), 0),
+            "{bad:?}"
+        );
+    }
+    assert!(p.sites.is_empty() && p.spans.is_empty());
+}
+
+/// A module out of BL range of ftrace's trampoline calls it through its
+/// own PLT: registered with the code, a call site may call it; a PLT
+/// that jumps elsewhere is refused, and a PLT is never written.
+#[test]
+fn ftrace_calls_may_go_through_the_modules_own_plt() {
+    use guest_kp::mem_perms::{SITE_FTRACE, SITE_FTRACE_PLT};
+    use guest_kp::patch::{encode_bl, BR_X16, NOP};
+    use guest_kp::sites::MOV_X9_X30;
+
+    let plt_words = |pc: u64, to: u64| {
+        let pages = ((to & !0xfff) as i64 - (pc & !0xfff) as i64) >> 12;
+        let imm = (pages as u32) & 0x1f_ffff;
+        [
+            0x9000_0010 | ((imm & 3) << 29) | ((imm >> 2) << 5),
+            0x9100_0210 | (((to & 0xfff) as u32) << 10),
+            BR_X16,
+        ]
+    };
+    let far = 0xffff_8000_8020_1000; // out of BL range of the module
+    let patching = Patching {
+        is_trampoline: &|va| va == far,
+        ftrace: true,
+    };
+    for (plt_to, ok) in [(far, true), (far + 8, false)] {
+        let (mut p, mut ops) = enabled(Policy::Measure);
+        let text = module_text(&mut ops);
+        let put = |ops: &mut Ops, ipa: u64, insn: u32| {
+            let i = (ipa - RAM) as usize;
+            ops.mem[i..i + 4].copy_from_slice(&insn.to_le_bytes());
+        };
+        for (i, w) in plt_words(MODULE_VA + 0x500, plt_to).into_iter().enumerate() {
+            put(&mut ops, PAGE0 + 0x500 + 4 * i as u64, w);
+        }
+        put(&mut ops, PAGE0 + 0x608, MOV_X9_X30);
+        put(&mut ops, PAGE0 + 0x60c, NOP);
+        let sites = [
+            SiteEntry {
+                site: MODULE_VA + 0x600,
+                label: SITE_FTRACE,
+            },
+            SiteEntry {
+                site: MODULE_VA + 0x500,
+                label: SITE_FTRACE_PLT,
+            },
+        ];
+        ops.write_list(&text);
+        for (i, s) in sites.iter().enumerate() {
+            let at = (SITES - RAM) as usize + i * SITE_SIZE;
+            ops.mem[at..at + SITE_SIZE].copy_from_slice(&s.to_bytes());
+        }
+        let list = SiteList {
+            ipa: SITES,
+            count: 2,
+        };
+        let r = p.call(LIST, 2, list, &patching, &mut ops);
+        if !ok {
+            assert_eq!((r[0], r[1]), (KpError::ArgumentInvalid.as_raw(), 1));
+            continue;
+        }
+        assert_eq!(r[0], 0, "{r:?}");
+        let mut regs = crate::vcpu::GuestRegs::default();
+        regs.x[1] = u64::from(encode_bl(MODULE_VA + 0x60c, MODULE_VA + 0x500).unwrap());
+        assert_eq!(
+            p.text_patch(&poke(PAGE0 + 0x60c, &regs, 2), &patching, &mut ops),
+            Some(FaultAction::Emulated),
+            "BL to the PLT"
+        );
+        regs.x[1] = u64::from(encode_bl(MODULE_VA + 0x60c, MODULE_VA + 0x504).unwrap());
+        assert_eq!(
+            p.text_patch(&poke(PAGE0 + 0x60c, &regs, 2), &patching, &mut ops),
+            Some(FaultAction::RefusedRecoverable),
+            "BL into the middle of the PLT"
+        );
+        regs.x[1] = u64::from(NOP);
+        assert_eq!(
+            p.text_patch(&poke(PAGE0 + 0x500, &regs, 2), &patching, &mut ops),
+            Some(FaultAction::RefusedRecoverable),
+            "the PLT is not written"
+        );
+    }
 }
