@@ -13,17 +13,29 @@
 //!   EXEC under `lock`, and changes an IMMUTABLE page only by the
 //!   release;
 //! - a store the service performs lands on a page executable at EL1,
-//!   and a refused one leaves guest memory as it was.
+//!   and a refused one leaves guest memory as it was;
+//! - a refused call also leaves the patch sites as they were.
+//!
+//! Calls may come with a site list (jump labels, ftrace call sites and
+//! PLTs), and steps may write instructions into heap pages first, so
+//! that lists the service accepts, and stores at their sites, are
+//! reachable.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use arbitrary::Arbitrary;
-use guest_kp::mem_perms::{Entry, Policy, ATTR_EXEC, ATTR_IMMUTABLE, ATTR_READ, ENTRY_SIZE};
+use guest_kp::mem_perms::{
+    Entry, Policy, SiteEntry, SiteList, ATTR_EXEC, ATTR_IMMUTABLE, ATTR_READ, ENTRY_SIZE,
+    SITE_FTRACE, SITE_FTRACE_PLT, SITE_SIZE,
+};
+use guest_kp::patch::{encode_b, encode_bl, BR_X16, NOP};
+use guest_kp::sites::{BTI_C, MOV_X9_X30};
 use hyp_stub::addr::{GuestVa, Ipa, IpaRange};
 use hyp_stub::devices::DeviceWindows;
 use hyp_stub::esr::AbortSyndrome;
 use hyp_stub::service::{CallResult, FaultAction, GuestFault, HypOps, OpsError};
+use hyp_stub::services::kernel_protect::code_sites::{CodeSite, CodeSites};
 use hyp_stub::services::kernel_protect::permissions::{
     stage2_perms, MemAttrs, Patching, Permissions,
 };
@@ -43,6 +55,10 @@ const BSS: (u64, u64) = (0x403c_0000, 0x4040_0000);
 const HEAP: u64 = 0x4100_0000;
 /// The page the list is written to.
 const LIST: u64 = 0x4200_0000;
+/// Where site lists are written.
+const SITES: u64 = 0x4200_1000;
+/// The image's ftrace trampoline, by VA (in TEXT).
+const TRAMPOLINE: u64 = KVA + TEXT.0 + 0x100;
 /// Where EL1 runs what the lists make executable.
 const KVA: u64 = 0xffff_8000_0000_0000;
 /// The store through the text-poke slot, as the guest's fixmap maps it.
@@ -220,16 +236,109 @@ impl EntrySeed {
     }
 }
 
+/// A VA in the heap window, as EL1 runs it there (`KVA + IPA`).
+#[derive(Arbitrary, Clone, Copy, Debug)]
+pub struct HeapVa {
+    page: u8,
+    offset: u16,
+}
+
+impl HeapVa {
+    fn ipa(self) -> u64 {
+        HEAP + u64::from(self.page) * PAGE + u64::from(self.offset) % PAGE
+    }
+    fn va(self) -> u64 {
+        KVA + self.ipa()
+    }
+}
+
+/// One entry of a site list.
+#[derive(Arbitrary, Clone, Copy, Debug)]
+pub enum SiteSeed {
+    JumpLabel { site: HeapVa, label: HeapVa },
+    Ftrace { literal: HeapVa },
+    Plt { at: HeapVa },
+    Raw { site: u64, label: u64 },
+}
+
+impl SiteSeed {
+    fn entry(self) -> SiteEntry {
+        match self {
+            SiteSeed::JumpLabel { site, label } => SiteEntry {
+                site: site.va(),
+                label: label.va(),
+            },
+            SiteSeed::Ftrace { literal } => SiteEntry {
+                site: literal.va(),
+                label: SITE_FTRACE,
+            },
+            SiteSeed::Plt { at } => SiteEntry {
+                site: at.va(),
+                label: SITE_FTRACE_PLT,
+            },
+            SiteSeed::Raw { site, label } => SiteEntry { site, label },
+        }
+    }
+}
+
+/// An instruction (or three) the guest writes into a heap page while it
+/// is still data.
+#[derive(Arbitrary, Clone, Copy, Debug)]
+pub enum Insn {
+    Nop,
+    BtiC,
+    MovX9X30,
+    /// B from here to there.
+    B(HeapVa),
+    /// BL from here to the trampoline.
+    BlTrampoline,
+    /// BL from here to there.
+    Bl(HeapVa),
+    /// A PLT from here to the trampoline.
+    Plt,
+    Raw(u32),
+}
+
+/// The words of `insn` written at `at`.
+fn words(insn: Insn, at: HeapVa) -> Vec<u32> {
+    let from = at.va();
+    match insn {
+        Insn::Nop => vec![NOP],
+        Insn::BtiC => vec![BTI_C],
+        Insn::MovX9X30 => vec![MOV_X9_X30],
+        Insn::B(to) => vec![encode_b(from & !3, to.va() & !3).unwrap_or(NOP)],
+        Insn::BlTrampoline => vec![encode_bl(from & !3, TRAMPOLINE).unwrap_or(NOP)],
+        Insn::Bl(to) => vec![encode_bl(from & !3, to.va() & !3).unwrap_or(NOP)],
+        Insn::Plt => {
+            let pc = from & !3;
+            let pages = ((TRAMPOLINE & !0xfff) as i64 - (pc & !0xfff) as i64) >> 12;
+            let imm = (pages as u32) & 0x1f_ffff;
+            vec![
+                0x9000_0010 | ((imm & 3) << 29) | ((imm >> 2) << 5),
+                0x9100_0210 | (((TRAMPOLINE & 0xfff) as u32) << 10),
+                BR_X16,
+            ]
+        }
+        Insn::Raw(w) => vec![w],
+    }
+}
+
 /// One thing the guest does.
 #[derive(Arbitrary, Clone, Debug)]
 pub enum Step {
     /// MEM_PERMISSIONS with these entries at [`LIST`] (or the count off
-    /// by `extra`, or the list somewhere else).
+    /// by `extra`, or the list somewhere else), and these sites at
+    /// [`SITES`] (or the list somewhere else).
     Call {
         entries: Vec<EntrySeed>,
         extra: i8,
         list: Option<u64>,
+        sites: Vec<SiteSeed>,
+        site_list: Option<u64>,
     },
+    /// Instructions written into a heap page (only lands if the page is
+    /// writable at stage 2, as a guest store would).
+    Write { at: HeapVa, insn: Insn },
     /// A store through the text-poke slot to a heap page.
     Store {
         page: u8,
@@ -244,10 +353,12 @@ pub enum Step {
     CodeLog { half: u8 },
 }
 
-/// The input: the code policy, then the steps.
+/// The input: the code policy, whether ftrace may patch, then the
+/// steps.
 #[derive(Arbitrary, Clone, Debug)]
 pub struct Input {
     lock: bool,
+    ftrace: bool,
     steps: Vec<Step>,
 }
 
@@ -292,9 +403,9 @@ fn check_stage2(ops: &mut Ops, image_perms: &[(IpaRange, Perms); 4]) {
 fn call(
     p: &mut Permissions,
     ops: &mut Ops,
-    entries: &[Entry],
-    extra: i8,
-    list: Option<u64>,
+    (entries, extra, list): (&[Entry], i8, Option<u64>),
+    sites: SiteList,
+    patching: &Patching<'_>,
 ) -> (CallResult, Vec<Entry>) {
     let at = list.unwrap_or(LIST);
     let bytes: Vec<u8> = entries.iter().flat_map(|e| e.to_bytes()).collect();
@@ -311,16 +422,7 @@ fn call(
             Entry::from_bytes(&b)
         })
         .collect();
-    (
-        p.call(
-            at,
-            count,
-            guest_kp::mem_perms::SiteList::default(),
-            &Patching::NONE,
-            ops,
-        ),
-        given,
-    )
+    (p.call(at, count, sites, patching, ops), given)
 }
 
 /// What an input did: calls accepted, stores performed.
@@ -345,7 +447,8 @@ pub fn run(input: &Input) -> Reach {
     for (r, perms) in image {
         ops.set_perms(r, perms).expect("image permissions");
     }
-    let mut p = Permissions::new();
+    let mut store = vec![CodeSite::EMPTY; 256];
+    let mut p = Permissions::with_code_sites(CodeSites::new(&mut store));
     p.set_policy(if input.lock {
         Policy::Lock
     } else {
@@ -354,6 +457,11 @@ pub fn run(input: &Input) -> Reach {
     p.set_hypervisor_memory(machine::hyp_memory());
     p.enable(image.map(|(r, _)| r), None, &mut ops)
         .expect("default deny");
+    let is_trampoline = |va| va == TRAMPOLINE;
+    let patching = Patching {
+        is_trampoline: &is_trampoline,
+        ftrace: input.ftrace,
+    };
     check_stage2(&mut ops, &image);
     let mut immutable = Immutable::new();
     for step in input.steps.iter().take(64) {
@@ -362,13 +470,34 @@ pub fn run(input: &Input) -> Reach {
                 entries,
                 extra,
                 list,
+                sites,
+                site_list,
             } => {
                 let entries: Vec<Entry> = entries.iter().take(140).map(|e| e.entry()).collect();
-                let before = (ops.leaves(), p.code_log());
-                let (r, entries) = call(&mut p, &mut ops, &entries, *extra, *list);
+                let at = site_list.unwrap_or(SITES);
+                let bytes: Vec<u8> = sites
+                    .iter()
+                    .take(64)
+                    .flat_map(|s| s.entry().to_bytes())
+                    .collect();
+                if ops.inside(Ipa(at), bytes.len() as u64) {
+                    ops.write(at, &bytes);
+                }
+                let sites = SiteList {
+                    ipa: at,
+                    count: (bytes.len() / SITE_SIZE) as u64,
+                };
+                let before = (ops.leaves(), p.code_log(), p.code_sites());
+                let (r, entries) = call(
+                    &mut p,
+                    &mut ops,
+                    (&entries, *extra, *list),
+                    sites,
+                    &patching,
+                );
                 if r[0] != 0 {
                     assert_eq!(
-                        (ops.leaves(), p.code_log()),
+                        (ops.leaves(), p.code_log(), p.code_sites()),
                         before,
                         "a refused call changed something: {r:x?}"
                     );
@@ -424,7 +553,7 @@ pub fn run(input: &Input) -> Reach {
                 };
                 let before: Vec<u8> = (ipa..ipa + 8).map(|a| ops.byte(a)).collect();
                 let was = ops.perms(ipa);
-                let action = p.text_patch(&fault, &Patching::NONE, &mut ops);
+                let action = p.text_patch(&fault, &patching, &mut ops);
                 let after: Vec<u8> = (ipa..ipa + 8).map(|a| ops.byte(a)).collect();
                 match action {
                     Some(FaultAction::Emulated) => {
@@ -435,6 +564,17 @@ pub fn run(input: &Input) -> Reach {
                         );
                     }
                     _ => assert_eq!(before, after, "a refused store changed memory"),
+                }
+            }
+            Step::Write { at, insn } => {
+                let ipa = at.ipa() & !3;
+                if ops.perms(ipa).contains(Perms::WRITE) {
+                    for (i, w) in words(*insn, *at).into_iter().enumerate() {
+                        let a = ipa + 4 * i as u64;
+                        if a / PAGE == ipa / PAGE {
+                            ops.write(a, &w.to_le_bytes());
+                        }
+                    }
                 }
             }
             Step::CodeLog { half } => {
@@ -467,6 +607,8 @@ mod tests {
                 entries: vec![jit],
                 extra: 0,
                 list: None,
+                sites: vec![],
+                site_list: None,
             },
             Step::Store {
                 page: 3,
@@ -479,6 +621,7 @@ mod tests {
         ];
         let input = Input {
             lock: false,
+            ftrace: false,
             steps: steps.clone(),
         };
         assert_eq!(
@@ -488,7 +631,95 @@ mod tests {
                 stores: 1
             }
         );
-        let locked = Input { lock: true, steps };
+        let locked = Input {
+            lock: true,
+            ftrace: false,
+            steps,
+        };
         assert_eq!(run(&locked), Reach::default());
+    }
+
+    /// Module text with a jump label and an ftrace call site, built by
+    /// the steps: the list is accepted and stores at both sites are
+    /// performed; the same list naming one more "site" that holds
+    /// neither NOP nor B is refused, and no store is performed.
+    #[test]
+    fn module_text_with_its_sites_and_stores_at_them() {
+        let at = |offset| HeapVa { page: 5, offset };
+        let text = EntrySeed {
+            page: Page::Heap(5),
+            pages: 1,
+            attrs: (ATTR_READ | ATTR_EXEC | ATTR_IMMUTABLE) as u8,
+            va: None,
+            skew: (0, 0),
+        };
+        let write = |offset, insn| Step::Write {
+            at: at(offset),
+            insn,
+        };
+        let store = |offset: u16, value: u64, width| Step::Store {
+            page: 5,
+            offset,
+            value,
+            width,
+            valid: true,
+        };
+        let steps = |sites| {
+            vec![
+                write(0x100, Insn::Nop),
+                write(0x208, Insn::MovX9X30),
+                write(0x20c, Insn::Nop),
+                write(0x300, Insn::Plt),
+                Step::Call {
+                    entries: vec![text],
+                    extra: 0,
+                    list: None,
+                    sites,
+                    site_list: None,
+                },
+                store(
+                    0x100,
+                    u64::from(encode_b(at(0x100).va(), at(0x180).va()).unwrap()),
+                    2,
+                ),
+                store(
+                    0x20c,
+                    u64::from(encode_bl(at(0x20c).va(), at(0x300).va()).unwrap()),
+                    2,
+                ),
+                store(0x200, 0xffff_8000_1234_5678, 3),
+            ]
+        };
+        let good = vec![
+            SiteSeed::JumpLabel {
+                site: at(0x100),
+                label: at(0x180),
+            },
+            SiteSeed::Ftrace { literal: at(0x200) },
+            SiteSeed::Plt { at: at(0x300) },
+        ];
+        let input = Input {
+            lock: false,
+            ftrace: true,
+            steps: steps(good.clone()),
+        };
+        assert_eq!(
+            run(&input),
+            Reach {
+                accepted: 1,
+                stores: 3
+            }
+        );
+        let mut bad = good;
+        bad.push(SiteSeed::JumpLabel {
+            site: at(0x104),
+            label: at(0x180),
+        });
+        let input = Input {
+            lock: false,
+            ftrace: true,
+            steps: steps(bad),
+        };
+        assert_eq!(run(&input), Reach::default());
     }
 }

@@ -635,6 +635,11 @@ impl<'m> Permissions<'m> {
         self.image.is_some()
     }
 
+    /// Patch sites of dynamic code held.
+    pub fn code_sites(&self) -> usize {
+        self.sites.len()
+    }
+
     /// The code log: digest and number of records.
     pub fn code_log(&self) -> ([u8; 32], u64) {
         (self.log, self.log_records)
