@@ -83,6 +83,11 @@ impl Ops {
             self.mem[at..at + ENTRY_SIZE].copy_from_slice(&e.to_bytes());
         }
     }
+    /// Writes one instruction at `ipa`.
+    fn put(&mut self, ipa: u64, insn: u32) {
+        let at = (ipa - RAM) as usize;
+        self.mem[at..at + 4].copy_from_slice(&insn.to_le_bytes());
+    }
     fn fill(&mut self, ipa: u64, len: u64, byte: u8) {
         let at = (ipa - RAM) as usize;
         self.mem[at..at + len as usize].fill(byte);
@@ -197,6 +202,17 @@ fn call_sites(
     entries: &[Entry],
     sites: &[SiteEntry],
 ) -> CallResult {
+    call_sites_with(p, ops, entries, sites, &Patching::NONE)
+}
+
+/// The same, judged with `patching` (trampolines, the ftrace policy).
+fn call_sites_with(
+    p: &mut Permissions,
+    ops: &mut Ops,
+    entries: &[Entry],
+    sites: &[SiteEntry],
+    patching: &Patching<'_>,
+) -> CallResult {
     ops.write_list(entries);
     for (i, s) in sites.iter().enumerate() {
         let at = (SITES - RAM) as usize + i * SITE_SIZE;
@@ -206,7 +222,7 @@ fn call_sites(
         ipa: SITES,
         count: sites.len() as u64,
     };
-    p.call(LIST, entries.len() as u64, list, &Patching::NONE, ops)
+    p.call(LIST, entries.len() as u64, list, patching, ops)
 }
 
 fn refused(p: &Permissions, r: Refusal) -> u64 {
@@ -749,8 +765,7 @@ const PAGE1: u64 = HEAP + 0x2_0000;
 fn module_text(ops: &mut Ops) -> [Entry; 2] {
     use guest_kp::patch::NOP;
     for ipa in [PAGE0 + 0x100, PAGE1 + 0x10] {
-        let i = (ipa - RAM) as usize;
-        ops.mem[i..i + 4].copy_from_slice(&NOP.to_le_bytes());
+        ops.put(ipa, NOP);
     }
     [
         Entry {
@@ -1152,19 +1167,14 @@ fn ftrace_call_sites_in_module_text_take_only_ftrace_patches() {
 
     let (mut p, mut ops) = enabled(Policy::Measure);
     let text = module_text(&mut ops);
-    let put = |ops: &mut Ops, ipa: u64, insn: u32| {
-        let i = (ipa - RAM) as usize;
-        ops.mem[i..i + 4].copy_from_slice(&insn.to_le_bytes());
-    };
     // Site A: literal at +0x200, BTI C, MOV, NOP at +0x210.
-    put(&mut ops, PAGE0 + 0x208, BTI_C);
-    put(&mut ops, PAGE0 + 0x20c, MOV_X9_X30);
-    put(&mut ops, PAGE0 + 0x210, NOP);
+    ops.put(PAGE0 + 0x208, BTI_C);
+    ops.put(PAGE0 + 0x20c, MOV_X9_X30);
+    ops.put(PAGE0 + 0x210, NOP);
     // Site B: literal at +0xff8 (page 0), MOV at +0x1000 and a BL to the
     // trampoline at +0x1004 (page 1).
-    put(&mut ops, PAGE1, MOV_X9_X30);
-    put(
-        &mut ops,
+    ops.put(PAGE1, MOV_X9_X30);
+    ops.put(
         PAGE1 + 4,
         encode_bl(MODULE_VA + 0x1004, TRAMPOLINE).unwrap(),
     );
@@ -1173,115 +1183,53 @@ fn ftrace_call_sites_in_module_text_take_only_ftrace_patches() {
         label: SITE_FTRACE,
     };
     let sites = [ftrace(MODULE_VA + 0x200), ftrace(MODULE_VA + 0xff8)];
-    ops.write_list(&text);
-    for (i, s) in sites.iter().enumerate() {
-        let at = (SITES - RAM) as usize + i * SITE_SIZE;
-        ops.mem[at..at + SITE_SIZE].copy_from_slice(&s.to_bytes());
-    }
-    let list = SiteList {
-        ipa: SITES,
-        count: 2,
-    };
-    let r = p.call(LIST, 2, list, &ftrace_allowed(true), &mut ops);
+    let r = call_sites_with(&mut p, &mut ops, &text, &sites, &ftrace_allowed(true));
     assert_eq!(r[0], 0, "{r:?}");
     assert_eq!(p.sites.len(), 4, "a call and a literal each");
-    let allowed = ftrace_allowed(true);
-    let mut regs = crate::vcpu::GuestRegs::default();
-    let mut poke_as =
-        |p: &mut Permissions, ops: &mut Ops, ipa: u64, v: u64, w: u32, how: &Patching| {
-            regs.x[1] = v;
-            p.text_patch(&poke(ipa, &regs, w), how, ops)
-        };
     let bl = |from: u64, to: u64| u64::from(encode_bl(from, to).unwrap());
+    let (call_a, call_a_va) = (PAGE0 + 0x210, MODULE_VA + 0x210);
+    let ops_ptr = 0xffff_8000_8250_1000;
     let done = Some(FaultAction::Emulated);
     let refused = Some(FaultAction::RefusedRecoverable);
-    // The calls: NOP -> BL trampoline -> NOP; BL elsewhere, B, and a
-    // 64-bit store are refused.
-    let call_a = (PAGE0 + 0x210, MODULE_VA + 0x210);
-    assert_eq!(
-        poke_as(
-            &mut p,
-            &mut ops,
-            call_a.0,
-            bl(call_a.1, TRAMPOLINE),
+    // (IPA, value, log2 of the store's width, ftrace allowed, outcome)
+    let pokes = [
+        // The call: NOP -> BL trampoline -> NOP; BL elsewhere, B, and a
+        // 64-bit store are refused.
+        (call_a, bl(call_a_va, TRAMPOLINE), 2, true, done),
+        (call_a, u64::from(NOP), 2, true, done),
+        (call_a, bl(call_a_va, MODULE_VA + 0x1020), 2, true, refused),
+        (
+            call_a,
+            u64::from(encode_b(call_a_va, TRAMPOLINE).unwrap()),
             2,
-            &allowed
+            true,
+            refused,
         ),
-        done
-    );
-    assert_eq!(
-        poke_as(&mut p, &mut ops, call_a.0, u64::from(NOP), 2, &allowed),
-        done
-    );
-    assert_eq!(
-        poke_as(
-            &mut p,
-            &mut ops,
-            call_a.0,
-            bl(call_a.1, MODULE_VA + 0x1020),
-            2,
-            &allowed
-        ),
-        refused
-    );
-    let b = u64::from(encode_b(call_a.1, TRAMPOLINE).unwrap());
-    assert_eq!(poke_as(&mut p, &mut ops, call_a.0, b, 2, &allowed), refused);
-    assert_eq!(
-        poke_as(
-            &mut p,
-            &mut ops,
-            call_a.0,
-            bl(call_a.1, TRAMPOLINE),
-            3,
-            &allowed
-        ),
-        refused
-    );
-    // Site B, across the page boundary, by VA.
-    assert_eq!(
-        poke_as(&mut p, &mut ops, PAGE1 + 4, u64::from(NOP), 2, &allowed),
-        done
-    );
-    // The literals: a kernel pointer or 0, 64 bits at once.
-    let ops_ptr = 0xffff_8000_8250_1000;
-    assert_eq!(
-        poke_as(&mut p, &mut ops, PAGE0 + 0x200, ops_ptr, 3, &allowed),
-        done
-    );
-    assert_eq!(
-        poke_as(&mut p, &mut ops, PAGE0 + 0xff8, 0, 3, &allowed),
-        done
-    );
-    assert_eq!(
-        poke_as(&mut p, &mut ops, PAGE0 + 0x200, 0x4000_0000, 3, &allowed),
-        refused
-    );
-    assert_eq!(
-        poke_as(&mut p, &mut ops, PAGE0 + 0x200, ops_ptr, 2, &allowed),
-        refused
-    );
-    assert_eq!(
-        poke_as(&mut p, &mut ops, PAGE0 + 0x204, ops_ptr, 2, &allowed),
-        refused
-    );
+        (call_a, bl(call_a_va, TRAMPOLINE), 3, true, refused),
+        // Site B, across the page boundary, by VA.
+        (PAGE1 + 4, u64::from(NOP), 2, true, done),
+        // The literals: a kernel pointer or 0, 64 bits at once.
+        (PAGE0 + 0x200, ops_ptr, 3, true, done),
+        (PAGE0 + 0xff8, 0, 3, true, done),
+        (PAGE0 + 0x200, 0x4000_0000, 3, true, refused),
+        (PAGE0 + 0x200, ops_ptr, 2, true, refused),
+        (PAGE0 + 0x204, ops_ptr, 2, true, refused),
+        // pvguard_ftrace=refuse: no ftrace patch at all.
+        (call_a, bl(call_a_va, TRAMPOLINE), 2, false, refused),
+        (PAGE0 + 0x200, 0, 3, false, refused),
+    ];
+    let mut regs = crate::vcpu::GuestRegs::default();
+    for (n, (ipa, value, width, ftrace, want)) in pokes.into_iter().enumerate() {
+        regs.x[1] = value;
+        let how = ftrace_allowed(ftrace);
+        let got = p.text_patch(&poke(ipa, &regs, width), &how, &mut ops);
+        assert_eq!(got, want, "poke {n}");
+    }
     let i = (PAGE0 + 0x200 - RAM) as usize;
-    assert_eq!(&ops.mem[i..i + 8], &ops_ptr.to_le_bytes());
-    // pvguard_ftrace=refuse: no ftrace patch at all.
-    let refusing = ftrace_allowed(false);
     assert_eq!(
-        poke_as(
-            &mut p,
-            &mut ops,
-            call_a.0,
-            bl(call_a.1, TRAMPOLINE),
-            2,
-            &refusing
-        ),
-        refused
-    );
-    assert_eq!(
-        poke_as(&mut p, &mut ops, PAGE0 + 0x200, 0, 3, &refusing),
-        refused
+        &ops.mem[i..i + 8],
+        &ops_ptr.to_le_bytes(),
+        "the literal as last performed"
     );
     assert_eq!((p.patches, p.patches_ftrace, p.patches_refused), (5, 5, 8));
 }
@@ -1295,17 +1243,12 @@ fn bad_ftrace_sites_are_refused() {
 
     let (mut p, mut ops) = enabled(Policy::Measure);
     let text = module_text(&mut ops);
-    let put = |ops: &mut Ops, ipa: u64, insn: u32| {
-        let i = (ipa - RAM) as usize;
-        ops.mem[i..i + 4].copy_from_slice(&insn.to_le_bytes());
-    };
     // +0x300: literal, MOV, BL to a function that is no trampoline.
-    put(
-        &mut ops,
+    ops.put(
         PAGE0 + 0x30c,
         encode_bl(MODULE_VA + 0x30c, MODULE_VA).unwrap(),
     );
-    put(&mut ops, PAGE0 + 0x308, MOV_X9_X30);
+    ops.put(PAGE0 + 0x308, MOV_X9_X30);
     // +0x400: literal, then no MOV.
     let ftrace = |site| SiteEntry {
         site,
@@ -1317,14 +1260,7 @@ fn bad_ftrace_sites_are_refused() {
         ftrace(MODULE_VA + 0x400),
         ftrace(MODULE_VA + 0x2000),
     ] {
-        ops.write_list(&text);
-        let at = (SITES - RAM) as usize;
-        ops.mem[at..at + SITE_SIZE].copy_from_slice(&bad.to_bytes());
-        let list = SiteList {
-            ipa: SITES,
-            count: 1,
-        };
-        let r = p.call(LIST, 2, list, &ftrace_allowed(true), &mut ops);
+        let r = call_sites_with(&mut p, &mut ops, &text, &[bad], &ftrace_allowed(true));
         assert_eq!(
             (r[0], r[1]),
             (KpError::ArgumentInvalid.as_raw(), 0),
@@ -1360,15 +1296,11 @@ fn ftrace_calls_may_go_through_the_modules_own_plt() {
     for (plt_to, ok) in [(far, true), (far + 8, false)] {
         let (mut p, mut ops) = enabled(Policy::Measure);
         let text = module_text(&mut ops);
-        let put = |ops: &mut Ops, ipa: u64, insn: u32| {
-            let i = (ipa - RAM) as usize;
-            ops.mem[i..i + 4].copy_from_slice(&insn.to_le_bytes());
-        };
         for (i, w) in plt_words(MODULE_VA + 0x500, plt_to).into_iter().enumerate() {
-            put(&mut ops, PAGE0 + 0x500 + 4 * i as u64, w);
+            ops.put(PAGE0 + 0x500 + 4 * i as u64, w);
         }
-        put(&mut ops, PAGE0 + 0x608, MOV_X9_X30);
-        put(&mut ops, PAGE0 + 0x60c, NOP);
+        ops.put(PAGE0 + 0x608, MOV_X9_X30);
+        ops.put(PAGE0 + 0x60c, NOP);
         let sites = [
             SiteEntry {
                 site: MODULE_VA + 0x600,
@@ -1379,16 +1311,7 @@ fn ftrace_calls_may_go_through_the_modules_own_plt() {
                 label: SITE_FTRACE_PLT,
             },
         ];
-        ops.write_list(&text);
-        for (i, s) in sites.iter().enumerate() {
-            let at = (SITES - RAM) as usize + i * SITE_SIZE;
-            ops.mem[at..at + SITE_SIZE].copy_from_slice(&s.to_bytes());
-        }
-        let list = SiteList {
-            ipa: SITES,
-            count: 2,
-        };
-        let r = p.call(LIST, 2, list, &patching, &mut ops);
+        let r = call_sites_with(&mut p, &mut ops, &text, &sites, &patching);
         if !ok {
             assert_eq!((r[0], r[1]), (KpError::ArgumentInvalid.as_raw(), 1));
             continue;
