@@ -495,7 +495,7 @@ impl<'m> KernelProtect<'m> {
     /// reported regions.
     fn other_text(
         &self,
-        layout: &Layout,
+        image: &[IpaRange; 4],
         (start, size): (u64, u64),
     ) -> Result<Option<IpaRange>, KpError> {
         if start == 0 && size == 0 {
@@ -511,11 +511,7 @@ impl<'m> KernelProtect<'m> {
         if !self.extents.is_some_and(|e| e.rx.covers(&range)) {
             return Err(KpError::AddrInvalid);
         }
-        let regions = [layout.text(), layout.rodata(), layout.data(), layout.bss()];
-        if regions
-            .into_iter()
-            .any(|r| IpaRange::from(r).overlaps(&range))
-        {
+        if image.iter().any(|r| r.overlaps(&range)) {
             return Err(KpError::ArgumentInvalid);
         }
         Ok(Some(range))
@@ -531,7 +527,13 @@ impl<'m> KernelProtect<'m> {
         match self.state {
             State::Inactive | State::Active => ret(KpError::ObjectState),
             State::Reported(layout) => {
-                let other = match self.other_text(&layout, other) {
+                let image = [
+                    layout.text().into(),
+                    layout.rodata().into(),
+                    layout.data().into(),
+                    layout.bss().into(),
+                ];
+                let other = match self.other_text(&image, other) {
                     Ok(o) => o,
                     Err(e) => {
                         self.counters.refused_calls += 1;
@@ -554,12 +556,6 @@ impl<'m> KernelProtect<'m> {
                     }
                 }
                 // Then default deny for the rest of RAM (per the policy).
-                let image = [
-                    layout.text().into(),
-                    layout.rodata().into(),
-                    layout.data().into(),
-                    layout.bss().into(),
-                ];
                 if let Err(e) = self.perms.enable(image, other, ops) {
                     ops.log(format_args!(
                         "kernel protect: cannot deny EL1 execute outside the image: {e:?}"

@@ -1111,7 +1111,6 @@ impl<'m> Permissions<'m> {
             let width = syn.width();
             match self.sites.kind_at(ipa) {
                 None => Err(CodeWrite::NotASite),
-                Some(_) if width != Width::Word && width != Width::Double => Err(CodeWrite::Width),
                 Some(SiteKind::JumpLabel(label)) => {
                     self.jump_label(ipa, site, width, value as u32, label, ops)
                 }
